@@ -1,0 +1,81 @@
+"""``sim``: the embedded default market, for any symbol name (``btcusd.sim``, ``es.sim`` ...).
+
+A seeded random walk with a whole-tick spread, bid/ask updates and trade prints (see
+:mod:`._market`). Rate, seed, tick size and more are set in the ``[sim]`` section of
+``piker_ems.toml`` (and per symbol under ``[sim.symbols.<name>]``)::
+
+    [sim]
+    seed = 7
+    rate = 50          # updates per second
+    tick_size = 0.25
+
+The markets live in this module's :class:`SimVenue`, one per brokerd process, so the quote feed
+and the simulated exchange (the live ``trades_dialogue``) see the same prices.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from ...symbols import Symbol
+from ._market import SimConfig, SimMarket, sim_config
+
+name = 'sim'
+
+__all__ = ['SimConfig', 'SimMarket', 'SimVenue', 'get_symbol_info', 'open_quote_stream', 'set_price']
+
+
+class SimVenue:
+    """All simulated markets of one process, created on first use per symbol."""
+
+    _current: 'SimVenue | None' = None
+
+    def __init__(self) -> None:
+        self.markets: dict[str, SimMarket] = {}
+
+    @classmethod
+    def current(cls) -> 'SimVenue':
+        """The venue of this process (the brokerd.sim actor)."""
+        if cls._current is None:
+            cls._current = SimVenue()
+        return cls._current
+
+    def market(self, symbol: str) -> SimMarket:
+        """The market for ``symbol``, created from the config on first use."""
+        symbol = symbol.lower()
+        market = self.markets.get(symbol)
+        if market is None:
+            market = self.markets[symbol] = SimMarket(symbol, sim_config(symbol))
+        return market
+
+
+async def get_symbol_info(symbol: str) -> Symbol:
+    """Every symbol name exists in the sim market; its tick and lot come from the config."""
+    cfg = SimVenue.current().market(symbol).config
+    return Symbol(key=symbol.lower(), broker=name, tick_size=cfg.tick_size, lot_size=cfg.lot_size, currency='usd')
+
+
+@asynccontextmanager
+async def open_quote_stream(symbol: str) -> AsyncIterator[tuple[dict, AsyncIterator[dict]]]:
+    """Yield the current quote and an endless stream of updates at the configured rate."""
+    market = SimVenue.current().market(symbol)
+    period = 1.0 / market.config.rate
+
+    async def updates() -> AsyncIterator[dict]:
+        deadline = trio.current_time()
+        while True:
+            deadline += period
+            now = trio.current_time()
+            if deadline < now - 1.0:  # we fell far behind (suspended?): don't burst to catch up
+                deadline = now
+            await trio.sleep_until(deadline)
+            yield market.step()
+
+    yield market.quote(), updates()
+
+
+async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
+    """RPC (on ``brokerd.sim``): print a trade at ``price``; for tests and demos."""
+    return SimVenue.current().market(symbol).set_price(price, spread_ticks)

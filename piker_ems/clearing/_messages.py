@@ -1,0 +1,458 @@
+# piker_ems: execution management system for traders
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""
+The EMS message protocol (SPEC section 4).
+
+Every message is a pydantic v2 model with a ``Literal`` tag field, so a dict
+received off the wire parses into exactly one type. Messages travel as plain
+dicts made by :func:`to_wire`; the receiver validates with one of the
+``parse_*`` functions, one per direction:
+
+- :func:`parse_client_msg`: emsd, for client requests (tag ``action``);
+- :func:`parse_ems_msg`: a client, for emsd replies (tag ``name``);
+- :func:`parse_broker_request`: a brokerd or paper engine, for emsd
+  requests (tag ``name``);
+- :func:`parse_brokerd_msg`: emsd, for broker events (tag ``name``).
+
+Every parse failure (bad field, unknown tag, not a dict at all) raises one
+exception type, :class:`MsgError`, so a receive loop needs a single
+``except`` to answer or log the bad message and carry on.
+
+Strictness: *requests* (client -> emsd and emsd -> broker) forbid unknown
+fields, since a misspelled field silently changes meaning (a misspelled
+``reqid`` turns a modify into a new order). *Replies and events* (broker ->
+emsd, emsd -> client) ignore unknown fields so a backend or a newer emsd may
+add detail without breaking older receivers.
+"""
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ..symbols import FqsnError, parse_fqsn
+
+__all__ = [
+    'BROKER_RESP_PREFIX',
+    'EMS_RESPS',
+    'BrokerdCancel',
+    'BrokerdError',
+    'BrokerdFill',
+    'BrokerdOrder',
+    'BrokerdOrderAck',
+    'BrokerdPosition',
+    'BrokerdStatus',
+    'Cancel',
+    'MsgError',
+    'Order',
+    'Status',
+    'parse_broker_request',
+    'parse_brokerd_msg',
+    'parse_client_msg',
+    'parse_ems_msg',
+    'to_wire',
+]
+
+
+# ---------------------------------------------------------------------------
+# shared field types
+
+#: Our order id: made by the client (a uuid string), the idempotency key.
+Oid = Annotated[str, Field(min_length=1)]
+
+#: The broker's order id: whatever type the backend uses.
+ReqId = Union[int, str]
+
+#: A finite, strictly positive float (prices and sizes of requests).
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+#: Any finite float (broker reported prices/sizes: may be 0 or negative).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+_STRICT = ConfigDict(extra='forbid')
+_LENIENT = ConfigDict(extra='ignore')
+
+
+
+def _check_fqsn(v: str) -> str:
+    """Validator: a client symbol must be an fqsn, ``<symbol>.<broker>``."""
+    try:
+        parse_fqsn(v)
+    except FqsnError as err:
+        raise PydanticCustomError('fqsn', str(err)) from None
+    return v
+
+
+# ---------------------------------------------------------------------------
+# client -> emsd
+
+class Order(BaseModel):
+    """
+    A client's request to place (or, resent with a known ``oid``, modify)
+    a buy/sell order or a price alert.
+    """
+
+    model_config = _STRICT
+
+    # NB: field order matters: validators below read earlier fields.
+    action: Literal['buy', 'sell', 'alert']
+    oid: Oid
+    symbol: str
+    price: PosFloat
+    size: float = Field(0.0, allow_inf_nan=False, validate_default=True)
+    brokers: list[str] = Field(default_factory=list)
+    exec_mode: Literal['dark', 'live', 'paper'] = 'dark'
+    account: str = 'paper'
+    # filled in by emsd: the name of the client that created the order
+    owner: str | None = None
+
+    _check_fqsn = field_validator('symbol')(_check_fqsn)
+
+    @field_validator('size')
+    @classmethod
+    def _check_size(cls, v: float, info: ValidationInfo) -> float:
+        if info.data.get('action') in ('buy', 'sell'):
+            if v <= 0:
+                raise PydanticCustomError(
+                    'size', 'must be > 0 for buy/sell, got {size}',
+                    {'size': v},
+                )
+        elif v < 0:
+            raise PydanticCustomError(
+                'size', 'must be >= 0, got {size}', {'size': v},
+            )
+        return v
+
+    @model_validator(mode='after')
+    def _default_brokers(self) -> 'Order':
+        if not self.brokers:
+            self.brokers = [parse_fqsn(self.symbol)[1]]
+        return self
+
+
+class Cancel(BaseModel):
+    """A client's request to cancel one of its orders or alerts by ``oid``."""
+
+    model_config = _STRICT
+
+    action: Literal['cancel'] = 'cancel'
+    oid: Oid
+    symbol: str
+
+    _check_fqsn = field_validator('symbol')(_check_fqsn)
+
+
+# ---------------------------------------------------------------------------
+# emsd <-> brokerd / paper engine
+
+class BrokerdOrder(BaseModel):
+    """
+    emsd asks a broker to place a limit order (``reqid=None``) or to modify
+    the order it already knows as ``reqid``.
+    """
+
+    model_config = _STRICT
+
+    name: Literal['order'] = 'order'
+    action: Literal['buy', 'sell']
+    oid: Oid
+    account: str = 'paper'
+    time_ns: int = Field(default_factory=time.time_ns)
+    reqid: ReqId | None = None
+    # the broker-local symbol key (``btcusd``), not an fqsn
+    symbol: str = Field(min_length=1)
+    price: PosFloat
+    size: PosFloat
+
+
+class BrokerdCancel(BaseModel):
+    """emsd asks a broker to cancel the order it knows as ``reqid``."""
+
+    model_config = _STRICT
+
+    name: Literal['cancel'] = 'cancel'
+    oid: Oid
+    account: str = 'paper'
+    time_ns: int = Field(default_factory=time.time_ns)
+    reqid: ReqId | None = None
+    symbol: str | None = None
+
+
+class BrokerdOrderAck(BaseModel):
+    """
+    A broker binds its id (``reqid``) to our ``oid``; it must follow every new
+    order so later events (which only carry ``reqid``) can be routed.
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['ack'] = 'ack'
+    oid: Oid
+    reqid: ReqId
+    account: str = 'paper'
+
+
+class BrokerdStatus(BaseModel):
+    """
+    A broker reports an order state change (submitted, cancelled, filled,
+    inactive ...); emsd relays it as ``broker_<status>``.
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['status'] = 'status'
+    reqid: ReqId
+    time_ns: int = Field(default_factory=time.time_ns)
+    status: str = Field(min_length=1)
+    account: str = 'paper'
+    filled: FiniteFloat = 0.0
+    remaining: FiniteFloat = 0.0
+    reason: str = ''
+    broker_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BrokerdFill(BaseModel):
+    """A broker reports one execution (possibly partial) of an order."""
+
+    model_config = _LENIENT
+
+    name: Literal['fill'] = 'fill'
+    reqid: ReqId
+    time_ns: int = Field(default_factory=time.time_ns)
+    action: Literal['buy', 'sell']
+    size: FiniteFloat
+    price: FiniteFloat
+    # the broker's own timestamp of the execution, epoch seconds
+    broker_time: FiniteFloat = Field(default_factory=time.time)
+    broker_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BrokerdError(BaseModel):
+    """A broker refused or failed a request; emsd relays it as ``broker_errored``."""
+
+    model_config = _LENIENT
+
+    name: Literal['error'] = 'error'
+    oid: str | None = None
+    reqid: ReqId | None = None
+    symbol: str | None = None
+    reason: str
+    broker_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BrokerdPosition(BaseModel):
+    """
+    A broker's (or the paper engine's) position for one account and symbol;
+    emsd forwards it to clients unchanged.
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['position'] = 'position'
+    broker: str
+    account: str = 'paper'
+    symbol: str
+    currency: str = ''
+    size: FiniteFloat
+    avg_price: FiniteFloat
+
+
+# ---------------------------------------------------------------------------
+# emsd -> client
+
+#: ``Status.resp`` values emsd makes itself; anything ``broker_<status>`` is
+#: also valid (an open set coming from the backend).
+EMS_RESPS: frozenset[str] = frozenset({
+    'dark_submitted',
+    'alert_submitted',
+    'dark_cancelled',
+    'dark_triggered',
+    'alert_triggered',
+    'broker_submitted',
+    'broker_cancelled',
+    'broker_filled',
+    'broker_executed',
+    'broker_errored',
+    'error',
+})
+BROKER_RESP_PREFIX = 'broker_'
+
+
+class Status(BaseModel):
+    """
+    emsd tells a client (owner or watcher) what happened to an order; it
+    carries the originating ``req`` so any client can draw an order it did
+    not place.
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['status'] = 'status'
+    oid: Oid
+    time_ns: int = Field(default_factory=time.time_ns)
+    resp: str
+    trigger_price: float | None = None
+    broker_reqid: ReqId | None = None
+    # the broker message this status came from, if any
+    brokerd_msg: dict[str, Any] = Field(default_factory=dict)
+    req: Order | None = None
+    reason: str | None = None
+    owner: str | None = None
+
+    @field_validator('resp')
+    @classmethod
+    def _check_resp(cls, v: str) -> str:
+        if v in EMS_RESPS or (
+            v.startswith(BROKER_RESP_PREFIX) and len(v) > len(BROKER_RESP_PREFIX)
+        ):
+            return v
+        raise PydanticCustomError(
+            'resp',
+            "unknown resp '{resp}': expected a dark_/alert_ status, "
+            "'error' or 'broker_<status>'",
+            {'resp': v},
+        )
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+class MsgError(ValueError):
+    """
+    A received message is not valid for its direction. ``str(err)`` is short
+    and human readable (fit for an ``error`` status or a log line); the
+    pydantic error details, if any, are kept on ``.errors``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        msg: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.errors: list[dict[str, Any]] = errors or []
+        # the offending input, so a receiver can e.g. echo the ``oid`` back
+        self.msg = msg
+
+
+class _Parser:
+    """One direction of the protocol: a discriminated union built once."""
+
+    def __init__(
+        self,
+        what: str,
+        tag: str,
+        *models: type[BaseModel],
+    ) -> None:
+        self.what = what
+        self.tag = tag
+        self.models = models
+        union = Union[models] if len(models) > 1 else models[0]  # type: ignore[valid-type]
+        self.adapter: TypeAdapter[Any] = TypeAdapter(
+            Annotated[union, Field(discriminator=tag)]
+        )
+        # tag value -> model name, for readable error messages
+        self.names: dict[str, str] = {}
+        for model in models:
+            for value in get_args(model.model_fields[tag].annotation):
+                self.names[value] = model.__name__
+        self.expected = ', '.join(self.names)
+
+    def __call__(self, obj: Any) -> Any:
+        if isinstance(obj, self.models):
+            return obj
+        if not isinstance(obj, Mapping):
+            raise MsgError(
+                f'invalid {self.what}: expected a message dict, '
+                f'got {type(obj).__name__}',
+                msg=obj,
+            )
+        try:
+            return self.adapter.validate_python(obj)
+        except ValidationError as err:
+            raise self._error(err, obj) from None
+
+    def _error(self, err: ValidationError, obj: Any) -> MsgError:
+        errors = err.errors(include_url=False)
+        first = errors[0]
+        etype = first['type']
+        if etype == 'union_tag_not_found':
+            text = (
+                f'invalid {self.what}: missing {self.tag!r} field; '
+                f'expected one of: {self.expected}'
+            )
+        elif etype == 'union_tag_invalid':
+            text = (
+                f'invalid {self.what}: unknown {self.tag} '
+                f'{obj.get(self.tag)!r}; expected one of: {self.expected}'
+            )
+        else:
+            # loc is (tag value, field, ...): name the model, then the fields
+            model = self.names.get(first['loc'][0], self.what) if first['loc'] else self.what
+            parts = []
+            for e in errors:
+                field = '.'.join(str(p) for p in e['loc'][1:])
+                parts.append(f'{field}: {e["msg"]}' if field else e['msg'])
+            text = f'invalid {model}: ' + '; '.join(parts)
+        return MsgError(text, errors=errors, msg=obj)
+
+
+_parse_client = _Parser('client message', 'action', Order, Cancel)
+_parse_ems = _Parser('ems message', 'name', Status, BrokerdPosition)
+_parse_request = _Parser(
+    'broker request', 'name', BrokerdOrder, BrokerdCancel,
+)
+_parse_brokerd = _Parser(
+    'brokerd message', 'name',
+    BrokerdOrderAck, BrokerdStatus, BrokerdFill, BrokerdError, BrokerdPosition,
+)
+
+
+def parse_client_msg(obj: Any) -> Order | Cancel:
+    """What emsd receives from a client: an ``Order`` or a ``Cancel``.
+
+    Raises :class:`MsgError` for anything else.
+    """
+    return _parse_client(obj)
+
+
+def parse_ems_msg(obj: Any) -> Status | BrokerdPosition:
+    """What a client receives from emsd: a ``Status`` or a ``BrokerdPosition``.
+
+    Raises :class:`MsgError` for anything else.
+    """
+    return _parse_ems(obj)
+
+
+def parse_broker_request(obj: Any) -> BrokerdOrder | BrokerdCancel:
+    """What a brokerd or paper engine receives from emsd.
+
+    Raises :class:`MsgError` for anything else.
+    """
+    return _parse_request(obj)
+
+
+def parse_brokerd_msg(
+    obj: Any,
+) -> BrokerdOrderAck | BrokerdStatus | BrokerdFill | BrokerdError | BrokerdPosition:
+    """What emsd receives from a brokerd or paper engine.
+
+    Raises :class:`MsgError` for anything else.
+    """
+    return _parse_brokerd(obj)
+
+
+def to_wire(model: BaseModel) -> dict[str, Any]:
+    """A message as the plain, JSON/msgpack-safe dict that travels between actors."""
+    return model.model_dump(mode='json')

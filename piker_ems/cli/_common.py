@@ -1,0 +1,119 @@
+"""Shared CLI plumbing: silencing tractor's deprecation noise, running trio, readable errors.
+
+Every user-facing failure (unknown broker, bad symbol, no daemon, lost feed) ends as one line on
+stderr and a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import click
+
+# before tractor is imported anywhere; children inherit the env var
+os.environ.setdefault('PYTHONWARNINGS', 'ignore::FutureWarning')
+warnings.filterwarnings('ignore', category=FutureWarning)
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class CliState:
+    """Options of the ``piker`` group shared by every sub-command."""
+
+    host: str | None
+    port: int | None
+    loglevel: str
+    tractor_loglevel: str | None
+
+    @property
+    def registry(self) -> tuple[str, int]:
+        from ..config import registry_addr
+
+        return registry_addr(self.host, self.port)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from ..brokers import NoBrokerBackend, SymbolNotFound
+    from ..data.feed import FeedLost
+    from ..service import PikerdError
+    from ..symbols import FqsnError
+
+    return (NoBrokerBackend, SymbolNotFound, FqsnError, PikerdError, FeedLost, UserError)
+
+
+class UserError(Exception):
+    """A failure to report to the user as one line (with an optional exit code)."""
+
+    def __init__(self, msg: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    if isinstance(exc, types):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _find(sub, types)
+            if found is not None:
+                return found
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc and isinstance(cause, types):
+        return cause
+    return None
+
+
+def _remote_reason(exc: BaseException) -> str | None:
+    import tractor
+
+    found = _find(exc, (tractor.RemoteActorError,))
+    if found is None:
+        return None
+    msgdata = getattr(found, 'msgdata', {}) or {}
+    tb = (msgdata.get('tb_str') or '').strip().splitlines()
+    last = tb[-1] if tb else str(found)
+    return f'{msgdata.get("type_str", "remote error")} in a service: {last}'
+
+
+def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run ``fn(*args)`` under trio and turn failures into one readable line + exit code."""
+    import trio
+
+    try:
+        return trio.run(fn, *args)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except BaseException as exc:  # noqa: BLE001 - this is the CLI's last line of defence
+        if isinstance(exc, SystemExit):
+            raise
+        if _find(exc, (KeyboardInterrupt,)) is not None:
+            sys.exit(EXIT_INTERRUPTED)
+        known = _find(exc, _known_errors())
+        if known is not None:
+            click.secho(f'error: {known}', fg='red', err=True)
+            sys.exit(getattr(known, 'code', EXIT_FAILED))
+        reason = _remote_reason(exc)
+        if reason is not None:
+            click.secho(f'error: {reason}', fg='red', err=True)
+            sys.exit(EXIT_FAILED)
+        raise
+
+
+def check_fqsn(fqsn: str) -> tuple[str, str]:
+    """Validate a symbol and its broker before starting any actor (fast, clean failure)."""
+    from ..brokers import NoBrokerBackend, get_brokermod
+    from ..symbols import FqsnError, parse_fqsn
+
+    try:
+        sym, broker = parse_fqsn(fqsn)
+        get_brokermod(broker)
+    except (FqsnError, NoBrokerBackend) as err:
+        click.secho(f'error: {err}', fg='red', err=True)
+        sys.exit(EXIT_USAGE)
+    return sym, broker

@@ -1,0 +1,211 @@
+"""The brokerd side of feeds: one upstream task per symbol, fanned out to every subscriber.
+
+``brokerd.<broker>`` runs :func:`_setup_persistent_brokerd` as its service task; it creates the
+process's :class:`FeedBus`. Each subscriber (a chart, emsd, a paper engine, a bot, in any actor)
+opens :func:`open_feed_stream`. Whatever the number of subscribers, each symbol has one
+upstream task reading the backend; it pushes into a bounded buffer per subscriber without ever
+waiting, so a subscriber that stops reading only loses its own quotes (counted and reported to
+it) and never stalls the upstream or the other subscribers. The upstream stops when its last
+subscriber leaves.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import AsyncIterator
+
+import tractor
+import trio
+
+from ..brokers import get_brokermod
+from ..log import get_logger, setup_console
+from ..service._cache import SharedCache
+
+log = get_logger(__name__)
+
+HEARTBEAT_S = 1.0
+DEFAULT_BUFSIZE = 2048
+
+
+class Subscriber:
+    """One subscribing context: a bounded buffer of ``(symbol, quote)`` and its drop count."""
+
+    def __init__(self, name: str, bufsize: int) -> None:
+        self.name = name
+        self.tx, self.rx = trio.open_memory_channel[tuple[str, dict]](bufsize)
+        self.dropped = 0
+        self.reported = 0
+
+    def push(self, symbol: str, quote: dict) -> None:
+        """Queue a quote without waiting; count it as dropped when the buffer is full."""
+        try:
+            self.tx.send_nowait((symbol, quote))
+        except trio.WouldBlock:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning('subscriber %s is slow: %d quotes dropped', self.name, self.dropped)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@dataclass
+class Upstream:
+    """The single reader of one symbol's backend quote stream."""
+
+    symbol: str
+    first_quote: dict
+    info: dict
+    subscribers: set[Subscriber] = field(default_factory=set)
+    quotes_in: int = 0
+    failed: BaseException | None = None
+
+    async def pump(self, quotes: AsyncIterator[dict]) -> None:
+        """Read the backend forever and fan every quote out; never waits on a subscriber."""
+        try:
+            async for quote in quotes:
+                self.first_quote = quote
+                self.quotes_in += 1
+                for sub in list(self.subscribers):
+                    sub.push(self.symbol, quote)
+        except Exception as err:  # a backend failure must not take brokerd down
+            log.exception('quote stream for %s failed', self.symbol)
+            self.failed = err
+            for sub in list(self.subscribers):
+                sub.tx.close()
+
+
+class FeedBus:
+    """brokerd's feed state: the per-symbol upstreams and their subscribers."""
+
+    _current: 'FeedBus | None' = None
+
+    def __init__(self, broker: str, brokermod: ModuleType, nursery: trio.Nursery) -> None:
+        self.broker = broker
+        self.brokermod = brokermod
+        self.upstreams = SharedCache(nursery)
+        self.started_per_symbol: dict[str, int] = {}
+
+    @classmethod
+    def current(cls) -> 'FeedBus':
+        """The bus of this brokerd process (created by its service task)."""
+        if cls._current is None:
+            raise RuntimeError('this actor is not a brokerd (no feed bus)')
+        return cls._current
+
+    @asynccontextmanager
+    async def _open_upstream(self, symbol: str) -> AsyncIterator[Upstream]:
+        info = (await self.brokermod.get_symbol_info(symbol)).model_dump()
+        async with self.brokermod.open_quote_stream(symbol) as (first, quotes):
+            upstream = Upstream(symbol, first, info)
+            self.started_per_symbol[symbol] = self.started_per_symbol.get(symbol, 0) + 1
+            log.info('upstream for %s.%s started', symbol, self.broker)
+            async with trio.open_nursery() as n:
+                n.start_soon(upstream.pump, quotes)
+                try:
+                    yield upstream
+                finally:
+                    n.cancel_scope.cancel()
+                    log.info('upstream for %s.%s stopped', symbol, self.broker)
+
+    @asynccontextmanager
+    async def subscribe(self, symbol: str, subscriber: Subscriber) -> AsyncIterator[Upstream]:
+        """Attach ``subscriber`` to ``symbol``'s upstream (starting it if needed)."""
+        symbol = symbol.lower()
+        async with self.upstreams.open(symbol, lambda: self._open_upstream(symbol)) as (_, upstream):
+            upstream.subscribers.add(subscriber)
+            try:
+                yield upstream
+            finally:
+                upstream.subscribers.discard(subscriber)
+
+    def stats(self) -> dict:
+        """Upstream counts per symbol (tests assert exactly one upstream per symbol)."""
+        return {
+            'active': {k: self.upstreams.users(k) for k in self.upstreams.keys()},
+            'started': dict(self.started_per_symbol),
+        }
+
+
+@tractor.context
+async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel: str | None = None) -> None:
+    """brokerd's service task: create the feed bus and keep it until pikerd cancels us."""
+    setup_console(loglevel, process_name=f'brokerd.{broker}')
+    brokermod = get_brokermod(broker)
+    async with trio.open_nursery() as n:
+        FeedBus._current = FeedBus(broker, brokermod, n)
+        try:
+            await ctx.started(broker)
+            await trio.sleep_forever()
+        finally:
+            FeedBus._current = None
+
+
+async def feed_stats() -> dict:
+    """RPC: the bus's upstream counts."""
+    return FeedBus.current().stats()
+
+
+@tractor.context
+async def open_feed_stream(
+    ctx: tractor.Context,
+    symbols: list[str],
+    subscriber: str = 'anonymous',
+    bufsize: int = DEFAULT_BUFSIZE,
+    heartbeat: float = HEARTBEAT_S,
+) -> None:
+    """Stream quotes for ``symbols`` to one subscriber.
+
+    ``started()`` carries ``{symbol: {'info': Symbol dict, 'first_quote': quote}}``. Stream
+    messages are ``{'quotes': {symbol: quote}}``, ``{'heartbeat': t}`` when idle for
+    ``heartbeat`` seconds (so the subscriber can detect a dead brokerd), and
+    ``{'overrun': {'dropped': n}}`` after this subscriber's buffer overflowed.
+    """
+    bus = FeedBus.current()
+    sub = Subscriber(subscriber, bufsize)
+    async with AsyncExitStack() as stack:
+        firsts = {}
+        for symbol in symbols:
+            upstream = await stack.enter_async_context(bus.subscribe(symbol, sub))
+            firsts[upstream.symbol] = {'info': upstream.info, 'first_quote': upstream.first_quote}
+        await ctx.started(firsts)
+        async with ctx.open_stream() as stream, trio.open_nursery() as n:
+
+            async def watch_client() -> None:
+                async for _ in stream:  # ends when the subscriber closes its side
+                    pass
+                n.cancel_scope.cancel()
+
+            n.start_soon(watch_client)
+            while True:
+                item = None
+                with trio.move_on_after(heartbeat):  # only the wait is timed, never a send
+                    try:
+                        item = await sub.rx.receive()
+                    except trio.EndOfChannel:
+                        raise RuntimeError(f'quote stream for {symbols} ended in brokerd.{bus.broker}') from None
+                if item is None:
+                    await stream.send({'heartbeat': time.time()})
+                    continue
+                if sub.dropped != sub.reported:
+                    await stream.send({'overrun': {'dropped': sub.dropped - sub.reported}})
+                    sub.reported = sub.dropped
+                await stream.send({'quotes': _batch(item, sub.rx)})
+
+
+def _batch(item: tuple[str, dict], rx: trio.MemoryReceiveChannel, limit: int = 64) -> dict:
+    """Merge already-queued quotes into one packet; a repeated symbol keeps its newest quote
+    but its ticks are concatenated, so no tick is lost to batching."""
+    symbol, quote = item
+    packet = {symbol: quote}
+    for _ in range(limit):
+        try:
+            symbol, quote = rx.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        prev = packet.get(symbol)
+        if prev is not None:
+            quote = {**quote, 'ticks': prev['ticks'] + quote['ticks']}
+        packet[symbol] = quote
+    return packet

@@ -1,0 +1,184 @@
+"""The client side of feeds: :func:`open_feed` for any actor (chart, emsd, paper engine, bot).
+
+Each broker's quotes arrive over one tractor stream that a local pump task always drains into a
+bounded local buffer, so an unread feed can never head-of-line block the IPC channel it shares
+with other contexts. brokerd sends heartbeats when idle; if neither quotes nor heartbeats arrive
+for ``heartbeat_timeout`` seconds the feed is declared lost and the next ``receive()`` raises
+:class:`FeedLost` instead of hanging forever.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import tractor
+import trio
+
+from ..log import get_logger
+from ..service import maybe_spawn_brokerd
+from ..symbols import Symbol, parse_fqsn
+from . import _brokerd
+
+log = get_logger(__name__)
+
+HEARTBEAT_TIMEOUT_S = 3 * _brokerd.HEARTBEAT_S
+
+
+class FeedLost(RuntimeError):
+    """A brokerd stopped sending quotes and heartbeats (it died or hung)."""
+
+
+@dataclass
+class QuoteStream:
+    """Async iterator of quote packets ``{fqsn: quote}`` merged from every broker of a feed."""
+
+    rx: trio.MemoryReceiveChannel
+    lost: dict[str, str] = field(default_factory=dict)
+
+    async def receive(self) -> dict[str, dict]:
+        """The next packet; raises :class:`FeedLost` once a broker connection died."""
+        try:
+            return await self.rx.receive()
+        except trio.EndOfChannel:
+            raise FeedLost('; '.join(self.lost.values()) or 'feed closed') from None
+
+    def __aiter__(self) -> 'QuoteStream':
+        return self
+
+    async def __anext__(self) -> dict[str, dict]:
+        try:
+            return await self.receive()
+        except FeedLost:
+            if self.lost:
+                raise
+            raise StopAsyncIteration from None
+
+
+@dataclass
+class Feed:
+    """What :func:`open_feed` yields: symbol infos, first quotes and the quote stream."""
+
+    symbols: dict[str, Symbol]
+    first_quotes: dict[str, dict]
+    stream: QuoteStream
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Quotes lost per broker because this consumer was slow (brokerd-side and local)."""
+
+    def __aiter__(self) -> QuoteStream:
+        return self.stream
+
+
+async def _pump(
+    broker: str,
+    stream: tractor.MsgStream,
+    tx: trio.MemorySendChannel,
+    feed: Feed,
+    heartbeat_timeout: float,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Drain one broker's stream forever into the local buffer (never blocks on the consumer)."""
+    task_status.started()
+    try:
+        while True:
+            try:
+                with trio.fail_after(heartbeat_timeout):
+                    msg = await stream.receive()
+            except trio.TooSlowError:
+                feed.stream.lost[broker] = (
+                    f'brokerd.{broker} sent nothing for {heartbeat_timeout:g}s: feed lost'
+                )
+                log.error(feed.stream.lost[broker])
+                return
+            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
+                feed.stream.lost[broker] = f'brokerd.{broker} closed the feed ({type(err).__name__})'
+                return
+            quotes = msg.get('quotes')
+            if quotes is not None:
+                packet = {f'{sym}.{broker}': q for sym, q in quotes.items()}
+                try:
+                    tx.send_nowait(packet)
+                except trio.WouldBlock:
+                    feed.dropped[broker] += 1
+            elif 'overrun' in msg:
+                n = msg['overrun']['dropped']
+                feed.dropped[broker] += n
+                log.warning('brokerd.%s dropped %d quotes for this slow consumer', broker, n)
+    finally:
+        tx.close()
+
+
+@asynccontextmanager
+async def _open_broker_feed(
+    broker: str,
+    symbols: list[str],
+    subscriber: str,
+    loglevel: str | None,
+    heartbeat_timeout: float,
+) -> AsyncIterator[tuple[tractor.MsgStream, dict]]:
+    async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
+        async with portal.open_context(
+            _brokerd.open_feed_stream, symbols=symbols, subscriber=subscriber,
+        ) as (ctx, firsts):
+            lost = False
+            try:
+                async with ctx.open_stream() as stream:
+                    yield stream, firsts
+            except BaseException:
+                lost = True
+                raise
+            finally:
+                # a dead brokerd never answers: don't wait for its result, cancel instead
+                with trio.CancelScope(shield=True), trio.move_on_after(1) as cs:
+                    if lost:
+                        await ctx.cancel()
+                    else:
+                        await ctx.result()
+                if cs.cancelled_caught:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await ctx.cancel()
+
+
+@asynccontextmanager
+async def open_feed(
+    fqsns: list[str] | str,
+    *,
+    loglevel: str | None = None,
+    subscriber: str | None = None,
+    bufsize: int = 1024,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+) -> AsyncIterator[Feed]:
+    """Open live quotes for ``fqsns`` (spawning the brokerds as needed) and yield a :class:`Feed`.
+
+    Packets are keyed by fqsn. Must run inside a tractor runtime (see ``maybe_open_pikerd``).
+    """
+    if isinstance(fqsns, str):
+        fqsns = [fqsns]
+    by_broker: dict[str, list[str]] = defaultdict(list)
+    for fqsn in fqsns:
+        sym, broker = parse_fqsn(fqsn)
+        if sym not in by_broker[broker]:
+            by_broker[broker].append(sym)
+    subscriber = subscriber or tractor.current_actor().name
+    tx, rx = trio.open_memory_channel[dict](bufsize)
+    feed = Feed(symbols={}, first_quotes={}, stream=QuoteStream(rx))
+    async with AsyncExitStack() as stack:
+        streams = []
+        for broker, syms in by_broker.items():
+            stream, firsts = await stack.enter_async_context(
+                _open_broker_feed(broker, syms, subscriber, loglevel, heartbeat_timeout)
+            )
+            for sym, first in firsts.items():
+                fqsn = f'{sym}.{broker}'
+                feed.symbols[fqsn] = Symbol.model_validate(first['info'])
+                feed.first_quotes[fqsn] = first['first_quote']
+            streams.append((broker, stream))
+        n = await stack.enter_async_context(trio.open_nursery())
+        async with tx:
+            for broker, stream in streams:
+                await n.start(_pump, broker, stream, tx.clone(), feed, heartbeat_timeout)
+        try:
+            yield feed
+        finally:
+            n.cancel_scope.cancel()

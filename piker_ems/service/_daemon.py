@@ -1,0 +1,374 @@
+"""pikerd: the root daemon, its :class:`Services` and the RPCs clients use to ask for services.
+
+A daemon is a sub-actor of pikerd plus a *service task*: a remote context that pikerd opens on
+the daemon and holds open. Because pikerd (not the client that asked) owns that context, the
+daemon outlives its requester. Clients in other processes reach pikerd's :class:`Services`
+through :func:`spawn_service` / :func:`cancel_service` / :func:`list_services` RPCs.
+"""
+from __future__ import annotations
+
+import importlib
+import signal
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import tractor
+import trio
+
+from .. import config
+from ..log import get_logger, setup_console
+from ._registry import find_service, registry_is_up
+
+log = get_logger(__name__)
+
+DEATHSIG_MODULE = 'piker_ems.service._deathsig'
+PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon']
+TRACTOR_QUIET = 'critical'
+
+
+class PikerdError(RuntimeError):
+    """pikerd cannot start or be reached (e.g. its registry port is taken)."""
+
+
+@dataclass
+class ServiceSpec:
+    """How to run one named daemon: its actor modules and its service-task endpoint."""
+
+    name: str
+    enable_modules: list[str]
+    target: str  # 'package.module:function' of a @tractor.context endpoint
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_target(self) -> Callable:
+        """Import and return the service-task endpoint."""
+        mod, _, fn = self.target.partition(':')
+        return getattr(importlib.import_module(mod), fn)
+
+
+@dataclass
+class _Running:
+    portal: tractor.Portal
+    cancel_scope: trio.CancelScope
+    done: trio.Event
+
+
+class Services:
+    """pikerd's handle: the actor nursery daemons live in and the service-task nursery.
+
+    One instance per pikerd process, created by :func:`open_pikerd` (or by an embedded pikerd
+    actor) and torn down with it.
+    """
+
+    def __init__(
+        self,
+        actor_n: tractor._supervise.ActorNursery,
+        service_n: trio.Nursery,
+        *,
+        registry: tuple[str, int],
+        loglevel: str | None = None,
+        tractor_loglevel: str = TRACTOR_QUIET,
+        debug_mode: bool = False,
+    ) -> None:
+        self.actor_n = actor_n
+        self.service_n = service_n
+        self.registry = registry
+        self.loglevel = loglevel
+        self.tractor_loglevel = tractor_loglevel
+        self.debug_mode = debug_mode
+        self._running: dict[str, _Running] = {}
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    def list(self) -> list[str]:
+        """Names of the services this pikerd runs."""
+        return sorted(self._running)
+
+    def portal(self, name: str) -> tractor.Portal | None:
+        """The portal of a running service, if any."""
+        running = self._running.get(name)
+        return running.portal if running else None
+
+    async def start_service_task(
+        self,
+        name: str,
+        portal: tractor.Portal,
+        target: Callable,
+        **kwargs: Any,
+    ) -> Any:
+        """Open ``target`` as a context on ``portal`` from pikerd's service nursery.
+
+        Returns the service's ``started()`` value once it is up. The context is held open by
+        pikerd until :meth:`cancel_service`; if the service fails, the failure is logged and the
+        service forgotten, but pikerd keeps running.
+        """
+        done = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            cs = trio.CancelScope()
+            started = False
+            try:
+                with cs:
+                    async with portal.open_context(target, **kwargs) as (ctx, first):
+                        started = True
+                        task_status.started((cs, first))
+                        await ctx.result()
+            except* tractor.ContextCancelled:
+                log.info('service %s was cancelled', name)
+            except* Exception as eg:
+                if not started:
+                    raise  # the requester sees why the service could not start
+                log.error('service %s failed: %r', name, eg.exceptions[0])
+            finally:
+                done.set()
+                current = self._running.get(name)
+                if current is not None and current.done is done:
+                    del self._running[name]
+
+        cs, first = await self.service_n.start(run)
+        self._running[name] = _Running(portal, cs, done)
+        return first
+
+    async def spawn(self, spec: ServiceSpec) -> bool:
+        """Start ``spec`` unless it already runs; return whether it was started now."""
+        async with self._locks[spec.name]:
+            running = self._running.get(spec.name)
+            if running is not None and not running.done.is_set():
+                return False
+            log.info('spawning %s', spec.name)
+            portal = await self.actor_n.start_actor(
+                spec.name,
+                enable_modules=[DEATHSIG_MODULE, *spec.enable_modules],
+                loglevel=self.tractor_loglevel,
+                debug_mode=self.debug_mode,
+            )
+            try:
+                await self.start_service_task(
+                    spec.name, portal, spec.resolve_target(),
+                    loglevel=self.loglevel, **spec.kwargs,
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await portal.cancel_actor()
+                raise
+            return True
+
+    async def cancel_service(self, name: str) -> bool:
+        """Stop one service cleanly: end its service task, then cancel its actor."""
+        running = self._running.pop(name, None)
+        if running is None:
+            return False
+        running.cancel_scope.cancel()
+        with trio.move_on_after(3):
+            await running.done.wait()
+        return await running.portal.cancel_actor()
+
+    async def cancel_all(self) -> None:
+        """Stop every service (used on pikerd shutdown)."""
+        for name in list(self._running):
+            await self.cancel_service(name)
+
+
+class _Local:
+    """The one place a process records that it hosts pikerd's Services (RPCs need to find it)."""
+
+    services: Services | None = None
+
+
+def local_services() -> Services | None:
+    """This process's :class:`Services` if it is (or embeds) pikerd, else ``None``."""
+    return _Local.services
+
+
+# --- RPC endpoints run inside pikerd ---------------------------------------------------------
+
+async def spawn_service(name: str, loglevel: str | None = None) -> bool:
+    """RPC: start the named service inside pikerd (idempotent); True if it was started now."""
+    from ._spawn import service_spec
+
+    services = _require_local()
+    return await services.spawn(service_spec(name, loglevel=loglevel))
+
+
+async def cancel_service(name: str) -> bool:
+    """RPC: stop the named service."""
+    return await _require_local().cancel_service(name)
+
+
+async def list_services() -> list[str]:
+    """RPC: names of running services."""
+    return _require_local().list()
+
+
+def _require_local() -> Services:
+    services = local_services()
+    if services is None:
+        raise PikerdError('this actor is not pikerd')
+    return services
+
+
+# --- opening pikerd ---------------------------------------------------------------------------
+
+async def _cancel_on_signal(cancel_scope: trio.CancelScope, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Turn SIGTERM/SIGHUP into an orderly shutdown of the whole tree."""
+    try:
+        receiver = trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
+    except (RuntimeError, ValueError):  # not the main thread
+        task_status.started()
+        await trio.sleep_forever()
+    with receiver as signals:
+        task_status.started()
+        async for signum in signals:
+            log.warning('received %s: shutting down', signal.Signals(signum).name)
+            cancel_scope.cancel()
+            return
+
+
+@asynccontextmanager
+async def _hosting_services(
+    registry: tuple[str, int],
+    loglevel: str | None,
+    tractor_loglevel: str,
+    debug_mode: bool,
+) -> AsyncIterator[Services]:
+    """Open an actor nursery and a service nursery in the current actor and publish Services."""
+    if _Local.services is not None:
+        raise PikerdError('this process already hosts pikerd')
+    async with tractor.open_nursery() as actor_n:
+        try:
+            async with trio.open_nursery() as service_n:
+                services = Services(
+                    actor_n, service_n, registry=registry, loglevel=loglevel,
+                    tractor_loglevel=tractor_loglevel, debug_mode=debug_mode,
+                )
+                _Local.services = services
+                try:
+                    yield services
+                finally:
+                    _Local.services = None
+                    service_n.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await actor_n.cancel()
+
+
+@asynccontextmanager
+async def open_pikerd(
+    registry_addr: tuple[str, int] | None = None,
+    loglevel: str | None = None,
+    debug_mode: bool = False,
+    tractor_loglevel: str | None = None,
+) -> AsyncIterator[Services]:
+    """Make this process the root daemon: the registry plus the owner of every service.
+
+    Yields the :class:`Services` handle. SIGTERM and SIGHUP end the ``async with`` body and tear
+    the whole tree down (SIGINT does the same through KeyboardInterrupt).
+    """
+    addr = registry_addr or config.registry_addr()
+    setup_console(loglevel)
+    if await registry_is_up(addr):
+        raise PikerdError(f'something already listens at {addr[0]}:{addr[1]}; is pikerd running?')
+    tl = tractor_loglevel or TRACTOR_QUIET
+    async with tractor.open_root_actor(
+        name='pikerd',
+        arbiter_addr=addr,
+        loglevel=tl,
+        debug_mode=debug_mode,
+        enable_modules=PIKERD_MODULES,
+    ) as actor:
+        if not actor.is_arbiter:
+            raise PikerdError(f'lost the race for {addr[0]}:{addr[1]} to another registry')
+        async with trio.open_nursery() as guard:
+            await guard.start(_cancel_on_signal, guard.cancel_scope)
+            async with _hosting_services(addr, loglevel, tl, debug_mode) as services:
+                log.info('pikerd up at %s:%s', *addr)
+                yield services
+            guard.cancel_scope.cancel()
+
+
+@tractor.context
+async def _embedded_pikerd(
+    ctx: tractor.Context,
+    loglevel: str | None = None,
+    tractor_loglevel: str = TRACTOR_QUIET,
+    debug_mode: bool = False,
+) -> None:
+    """Run pikerd's Services inside a child actor of someone else's tractor tree."""
+    setup_console(loglevel)
+    actor = tractor.current_actor()
+    async with _hosting_services(tuple(actor._arb_addr), loglevel, tractor_loglevel, debug_mode):
+        await ctx.started(True)
+        await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> AsyncIterator[None]:
+    async with tractor.open_nursery() as an:
+        portal = await an.start_actor(
+            'pikerd', enable_modules=PIKERD_MODULES, loglevel=tractor_loglevel,
+        )
+        async with portal.open_context(
+            _embedded_pikerd, loglevel=loglevel, tractor_loglevel=tractor_loglevel,
+        ) as (ctx, _):
+            try:
+                yield
+            finally:
+                await ctx.cancel()
+        await an.cancel()
+
+
+class _Embedded:
+    """Per-process cache of an embedded pikerd child, shared by every caller in the process."""
+
+    cache = None
+
+
+@asynccontextmanager
+async def maybe_open_pikerd(
+    registry_addr: tuple[str, int] | None = None,
+    loglevel: str | None = None,
+    debug_mode: bool = False,
+    name: str = 'piker',
+    tractor_loglevel: str | None = None,
+    enable_modules: list[str] | None = None,
+) -> AsyncIterator[Services | None]:
+    """Join the running pikerd if one answers, else become pikerd in this process.
+
+    - No tractor runtime yet and a pikerd listening: open a plain client root actor named
+      ``name`` (yields ``None``).
+    - No tractor runtime and nothing listening: become pikerd (yields :class:`Services`); the
+      services then die with this process.
+    - Already inside a tractor tree (embedding): reuse it; if no pikerd is registered anywhere,
+      start one as a child of this tree (shared by every caller in the process).
+    """
+    from ._cache import SharedCache
+
+    tl = tractor_loglevel or TRACTOR_QUIET
+    actor = tractor.current_actor(err_on_no_runtime=False)
+    if actor is not None:
+        if _Local.services is not None:
+            yield _Local.services
+            return
+        async with find_service('pikerd') as portal:
+            found = portal is not None
+        if found:
+            yield None
+            return
+        if _Embedded.cache is None or _Embedded.cache._nursery is not actor._service_n:
+            _Embedded.cache = SharedCache(actor._service_n)
+        async with _Embedded.cache.open('pikerd', lambda: _open_embedded_pikerd(loglevel, tl)):
+            yield None
+        return
+
+    addr = registry_addr or config.registry_addr()
+    setup_console(loglevel)
+    if await registry_is_up(addr):
+        async with tractor.open_root_actor(
+            name=name, arbiter_addr=addr, loglevel=tl, debug_mode=debug_mode,
+            enable_modules=[DEATHSIG_MODULE, *(enable_modules or [])],
+        ):
+            yield None
+    else:
+        log.info('no pikerd at %s:%s: running services in this process', *addr)
+        async with open_pikerd(addr, loglevel=loglevel, debug_mode=debug_mode, tractor_loglevel=tl) as services:
+            yield services

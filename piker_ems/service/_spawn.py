@@ -1,0 +1,96 @@
+"""Find a service by name, or have pikerd spawn it.
+
+Service names are fixed (SPEC §1): ``brokerd.<broker>`` and ``emsd``. :func:`service_spec`
+maps a name to what runs it; :func:`maybe_spawn_daemon` is the one find-or-spawn path every
+caller uses, whether this process is pikerd, a client of a remote pikerd, or embedded in
+someone else's tractor tree.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import AsyncIterator
+
+import tractor
+import trio
+
+from ..log import get_logger
+from ._daemon import PikerdError, ServiceSpec, local_services, maybe_open_pikerd
+from ._registry import _connect_live, current_registry, find_service, wait_for_service
+
+log = get_logger(__name__)
+
+BROKERD_MODULES = ['piker_ems.data._brokerd']
+EMSD_MODULES = ['piker_ems.clearing._ems']
+SPAWN_TIMEOUT = 30.0
+
+
+def service_spec(name: str, loglevel: str | None = None) -> ServiceSpec:
+    """Describe how to run the service called ``name``; unknown names are a clear error."""
+    from ..brokers import get_brokermod
+
+    if name == 'emsd':
+        return ServiceSpec(
+            'emsd', EMSD_MODULES, 'piker_ems.clearing._ems:_setup_persistent_emsd',
+        )
+    prefix, dot, broker = name.partition('.')
+    if prefix == 'brokerd' and dot and broker:
+        mod = get_brokermod(broker)
+        return ServiceSpec(
+            name,
+            [*BROKERD_MODULES, mod.__name__],
+            'piker_ems.data._brokerd:_setup_persistent_brokerd',
+            {'broker': broker},
+        )
+    raise PikerdError(f'no service named {name!r}: expected emsd or brokerd.<broker>')
+
+
+class _SpawnLocks:
+    """Per-process, per-service-name locks so concurrent callers never spawn twice."""
+
+    locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+
+async def _request_spawn(name: str, loglevel: str | None) -> None:
+    services = local_services()
+    if services is not None:
+        await services.spawn(service_spec(name, loglevel))
+        return
+    async with find_service('pikerd') as pikerd:
+        if pikerd is None:
+            raise PikerdError('no pikerd is registered to spawn services')
+        await pikerd.run_from_ns(
+            'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel,
+        )
+
+
+@asynccontextmanager
+async def maybe_spawn_daemon(name: str, loglevel: str | None = None) -> AsyncIterator[tractor.Portal]:
+    """Yield a portal to service ``name``, spawning it inside pikerd when it is not running.
+
+    Must be called inside a tractor runtime. When no pikerd exists anywhere (an embedding app's
+    own tree), one is started as a child of the calling tree for the duration of this block.
+    """
+    service_spec(name)  # validate the name (and the broker) before touching anything
+    async with AsyncExitStack() as stack:
+        async with _SpawnLocks.locks[name]:
+            portal = await _connect_live(name, current_registry(), stack)
+            if portal is None:
+                if local_services() is None:
+                    async with find_service('pikerd') as pikerd:
+                        no_pikerd = pikerd is None
+                    if no_pikerd:
+                        await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
+                await _request_spawn(name, loglevel)
+                portal = await stack.enter_async_context(wait_for_service(name, SPAWN_TIMEOUT))
+        yield portal
+
+
+def maybe_spawn_brokerd(broker: str, loglevel: str | None = None):
+    """Find or spawn ``brokerd.<broker>`` (async context manager yielding its portal)."""
+    return maybe_spawn_daemon(f'brokerd.{broker}', loglevel=loglevel)
+
+
+def maybe_open_emsd(loglevel: str | None = None):
+    """Find or spawn the ``emsd`` singleton (async context manager yielding its portal)."""
+    return maybe_spawn_daemon('emsd', loglevel=loglevel)

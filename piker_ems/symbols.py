@@ -1,0 +1,57 @@
+"""Symbols: the ``<symbol>.<broker>`` naming ("fqsn") and per-instrument trading info."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FqsnError(ValueError):
+    """A symbol was not written ``<symbol>.<broker>``."""
+
+
+def parse_fqsn(fqsn: str) -> tuple[str, str]:
+    """Split ``btcusd.sim`` into ``('btcusd', 'sim')`` on the last dot; a missing broker is an error."""
+    sym, dot, broker = fqsn.strip().lower().rpartition('.')
+    if not dot or not sym or not broker:
+        raise FqsnError(
+            f'symbol {fqsn!r} has no broker suffix: write it as <symbol>.<broker>, e.g. btcusd.sim'
+        )
+    return sym, broker
+
+
+class Symbol(BaseModel):
+    """What a client needs to price and size orders for one instrument."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    broker: str
+    tick_size: float = Field(gt=0)
+    lot_size: float = Field(gt=0)
+    currency: str = ''
+
+    @property
+    def fqsn(self) -> str:
+        """The fully qualified name, ``<key>.<broker>``."""
+        return f'{self.key}.{self.broker}'
+
+    @property
+    def tick_digits(self) -> int:
+        """Decimal places of the tick size (for display and exact rounding)."""
+        return tick_digits(self.tick_size)
+
+    def round_price(self, price: float) -> float:
+        """Snap a price to this symbol's tick grid."""
+        return round_to_tick(price, self.tick_size)
+
+
+def tick_digits(tick_size: float) -> int:
+    """Number of decimals needed to write ``tick_size`` exactly."""
+    exp = Decimal(repr(tick_size)).normalize().as_tuple().exponent
+    return max(0, -int(exp))
+
+
+def round_to_tick(price: float, tick_size: float) -> float:
+    """Round ``price`` to the nearest multiple of ``tick_size`` without float residue."""
+    return round(round(price / tick_size) * tick_size, tick_digits(tick_size))
