@@ -1,0 +1,146 @@
+"""Tick-to-bar aggregation for the chart.
+
+The feed streams quotes (trade ticks with ``last``/``size`` and bid/ask-only
+updates); the chart needs OHLCV bars. :class:`BarAggregator` folds ticks into
+fixed-period bars kept in one contiguous numpy structured array so the chart
+can draw thousands of bars from a single array view without per-bar objects.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ['BAR_DTYPE', 'BarAggregator']
+
+#: Layout of one bar. ``time`` is the bar's start (epoch seconds, a multiple
+#: of the period); the chart draws the bar over ``[time, time + period)``.
+BAR_DTYPE = np.dtype([
+    ('time', 'f8'),
+    ('open', 'f8'),
+    ('high', 'f8'),
+    ('low', 'f8'),
+    ('close', 'f8'),
+    ('volume', 'f8'),
+])
+
+
+class BarAggregator:
+    """Turn a stream of ticks into OHLCV bars of ``period_s`` seconds.
+
+    Exists so the chart can build bars itself from the live quote stream
+    (there is no history service): every tick goes through :meth:`update`
+    and the chart redraws from :attr:`array`.
+
+    Rules:
+
+    * A tick whose ``ts`` falls in the current bar's period updates that bar.
+      A tick past it opens a new bar starting at the period boundary that
+      contains ``ts``; empty periods in between (gaps) are simply skipped,
+      no flat filler bars are invented.
+    * A tick older than the current bar (late/out-of-order delivery) is folded
+      into the current bar rather than rewriting history.
+    * Trades (``is_trade=True``) set OHLC and add ``size`` to the volume.
+      Quote-only updates (``is_trade=False``, e.g. the bid/ask mid) never add
+      volume, and only shape a bar that has seen no trade yet -- so a quiet
+      market still draws bars, but once a trade prints in a period the bar
+      reflects trades only (its OHLC restarts from that first trade).
+
+    Storage: a preallocated buffer of ``capacity`` rows that doubles when full
+    (no ring buffer: history is never dropped). :attr:`array` is a view into
+    the buffer, so a view taken before a growth is stale afterwards -- re-read
+    :attr:`array` after each update instead of holding on to it.
+    """
+
+    def __init__(self, period_s: float = 5.0, capacity: int = 100_000) -> None:
+        if not period_s > 0:
+            raise ValueError(f'period_s must be > 0, got {period_s!r}')
+        if capacity < 1:
+            raise ValueError(f'capacity must be >= 1, got {capacity!r}')
+        self.period_s = float(period_s)
+        self._buf = np.zeros(int(capacity), dtype=BAR_DTYPE)
+        self._n = 0
+        # whether the current (last) bar has seen at least one trade
+        self._cur_has_trade = False
+
+    # -- read side ---------------------------------------------------------
+    @property
+    def array(self) -> np.ndarray:
+        """The filled bars, oldest first (a view into the internal buffer)."""
+        return self._buf[:self._n]
+
+    @property
+    def capacity(self) -> int:
+        """Rows currently allocated; grows (doubles) as bars are added."""
+        return len(self._buf)
+
+    def __len__(self) -> int:
+        """Number of bars (including the forming one)."""
+        return self._n
+
+    @property
+    def last(self) -> np.void | None:
+        """The current (still forming) bar, or None before the first tick."""
+        return self._buf[self._n - 1] if self._n else None
+
+    def bar_start(self, ts: float) -> float:
+        """Start of the period containing ``ts`` (used to align arrows etc.)."""
+        return math.floor(ts / self.period_s) * self.period_s
+
+    # -- write side --------------------------------------------------------
+    def update(
+        self,
+        ts: float,
+        price: float,
+        size: float = 0.0,
+        is_trade: bool = True,
+    ) -> bool:
+        """Fold one tick into the bars; return True if a new bar was opened.
+
+        The return value lets the chart choose between redrawing just the
+        last bar (False) and extending the history (True).
+        """
+        price = float(price)
+        if not math.isfinite(price):
+            return False
+        start = self.bar_start(ts)
+
+        if self._n == 0 or start > self._buf[self._n - 1]['time']:
+            self._open_bar(start, price, size if is_trade else 0.0)
+            self._cur_has_trade = bool(is_trade)
+            return True
+
+        bar = self._buf[self._n - 1]
+        if is_trade:
+            if not self._cur_has_trade:
+                # first trade in a bar drawn from quotes: trades take over
+                bar['open'] = bar['high'] = bar['low'] = bar['close'] = price
+                self._cur_has_trade = True
+            else:
+                self._extend(bar, price)
+            bar['volume'] += size
+        elif not self._cur_has_trade:
+            self._extend(bar, price)
+        return False
+
+    def clear(self) -> None:
+        """Forget all bars (e.g. when the chart switches symbol)."""
+        self._n = 0
+        self._cur_has_trade = False
+
+    # -- internals ---------------------------------------------------------
+    @staticmethod
+    def _extend(bar: np.void, price: float) -> None:
+        if price > bar['high']:
+            bar['high'] = price
+        if price < bar['low']:
+            bar['low'] = price
+        bar['close'] = price
+
+    def _open_bar(self, start: float, price: float, volume: float) -> None:
+        if self._n == len(self._buf):
+            grown = np.zeros(len(self._buf) * 2, dtype=BAR_DTYPE)
+            grown[:self._n] = self._buf[:self._n]
+            self._buf = grown
+        self._buf[self._n] = (start, price, price, price, price, volume)
+        self._n += 1

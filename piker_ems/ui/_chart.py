@@ -1,0 +1,727 @@
+"""The chart widget the order mode trades from.
+
+:class:`ChartWidget` bundles everything drawn for one symbol: OHLC bars, the
+L1 (bid/ask) lines, the last price tag on the price axis, a tick-snapped
+crosshair, order/alert lines, fill arrows and the position line. It is pure
+drawing and geometry, driven by method calls from the app (quotes, bars)
+and the order mode (lines, arrows); it holds no trading logic and never
+touches trio, tractor or the network.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
+
+from ._bars import OHLCBarsItem
+from ._lines import (
+    BUY_COLOR,
+    SELL_COLOR,
+    LevelLine,
+    PositionLine,
+    format_price,
+    format_size,
+    make_alert_arrow,
+    make_fill_arrow,
+    snap_to_tick,
+)
+
+__all__ = ['ChartWidget', 'AxisLabel', 'BG_COLOR']
+
+BG_COLOR = QtGui.QColor(14, 17, 22)
+_AXIS_COLOR = QtGui.QColor(90, 96, 110)
+_AXIS_TEXT = QtGui.QColor(160, 166, 178)
+_CROSSHAIR_COLOR = QtGui.QColor(150, 156, 170, 130)
+_BID_COLOR = QtGui.QColor(88, 150, 220)
+_ASK_COLOR = QtGui.QColor(220, 120, 150)
+_PRICE_AXIS_WIDTH = 78
+#: fraction of the x span kept empty right of the last bar (room for tags)
+_RIGHT_MARGIN = 0.18
+
+
+def _font(point_size: float, bold: bool = False) -> QtGui.QFont:
+    f = QtGui.QFont()
+    f.setPointSizeF(point_size)
+    f.setBold(bold)
+    return f
+
+
+class AxisLabel(QtWidgets.QGraphicsObject):
+    """A filled price tag pinned to the (right) price axis at a view y value.
+
+    Exists so values that matter at a glance -- the last price and the
+    crosshair price -- sit on the axis itself, like on any trading screen,
+    instead of covering the bars.
+    """
+
+    def __init__(
+        self,
+        axis: pg.AxisItem,
+        vb: pg.ViewBox,
+        bg: QtGui.QColor,
+        fg: QtGui.QColor = QtGui.QColor(14, 17, 22),
+        font: QtGui.QFont | None = None,
+    ) -> None:
+        super().__init__(axis)
+        self._axis = axis
+        self._vb = vb
+        self._bg = QtGui.QColor(bg)
+        self._fg = QtGui.QColor(fg)
+        self._font = font or _font(8.5, bold=True)
+        self._text = ''
+        self._value: float | None = None
+        self._h = QtGui.QFontMetricsF(self._font).height() + 6
+        self.setZValue(100)
+        self.setVisible(False)
+        vb.sigTransformChanged.connect(self._reposition)
+        vb.sigResized.connect(self._reposition)
+        axis.geometryChanged.connect(self._reposition)
+
+    @property
+    def value(self) -> float | None:
+        """The view y value the tag points at (None: hidden)."""
+        return self._value
+
+    def text(self) -> str:
+        """The tag's text."""
+        return self._text
+
+    def set_value(self, y: float | None, text: str | None = None) -> None:
+        """Point the tag at ``y`` showing ``text``; ``None`` hides it."""
+        self._value = y
+        if text is not None and text != self._text:
+            self._text = text
+            self.update()
+        self._reposition()
+
+    def set_colors(self, bg: QtGui.QColor, fg: QtGui.QColor | None = None) -> None:
+        """Recolour the tag (e.g. last price green on upticks, red on downticks)."""
+        self._bg = QtGui.QColor(bg)
+        if fg is not None:
+            self._fg = QtGui.QColor(fg)
+        self.update()
+
+    def _reposition(self, *_args) -> None:
+        if self._value is None or not math.isfinite(self._value):
+            self.setVisible(False)
+            return
+        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(0, self._value))
+        ay = self._axis.mapFromScene(scene_pt).y()
+        inside = 0 <= ay <= self._axis.boundingRect().height()
+        self.setPos(0, ay)
+        self.setVisible(inside)
+
+    def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
+        """Full axis width, one text line high, centred on the value."""
+        return QtCore.QRectF(0, -self._h / 2, max(self._axis.width(), 10), self._h)
+
+    def paint(self, p: QtGui.QPainter, *args) -> None:
+        """A tag with a small notch pointing at the plot."""
+        r = self.boundingRect()
+        notch = 5.0
+        path = QtGui.QPainterPath()
+        path.moveTo(0, 0)
+        path.lineTo(notch, r.top())
+        path.lineTo(r.right(), r.top())
+        path.lineTo(r.right(), r.bottom())
+        path.lineTo(notch, r.bottom())
+        path.closeSubpath()
+        p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        p.setBrush(self._bg)
+        p.drawPath(path)
+        p.setPen(self._fg)
+        p.setFont(self._font)
+        p.drawText(
+            r.adjusted(notch + 3, 0, -2, 0),
+            int(QtCore.Qt.AlignmentFlag.AlignVCenter | QtCore.Qt.AlignmentFlag.AlignLeft),
+            self._text,
+        )
+
+
+class ChartWidget(QtWidgets.QWidget):
+    """One symbol's chart: bars, L1, last price, crosshair, orders, fills.
+
+    Driven entirely by method calls:
+
+    * the app feeds :meth:`update_bars`, :meth:`set_l1`, :meth:`set_last`;
+    * the order mode manages lines (:meth:`add_order_line`,
+      :meth:`remove_order_line`, :meth:`add_staged_line`, ...), arrows and
+      :meth:`set_position`, and reads :meth:`cursor_price` /
+      :meth:`lines_under_cursor`.
+
+    The x axis follows the newest bars (keeping about ``follow_bars`` bars
+    in view) until the user pans the newest bar out of sight; it follows
+    again once the newest bar is panned back into view (or on double
+    click). Mouse pan/zoom act on x only: y is always auto-ranged to the
+    visible bars, the L1, the order lines and the position.
+
+    Qt signals for the order mode: :attr:`sigCursorMoved` ``(x, price)``
+    with the tick-snapped price, :attr:`sigClicked` ``(x, price, button)``
+    for clicks on the plot not consumed by an item, :attr:`sigKeyPressed` /
+    :attr:`sigKeyReleased` ``(QKeyEvent)`` for keys pressed over the chart.
+    """
+
+    sigCursorMoved = QtCore.Signal(float, float)
+    sigClicked = QtCore.Signal(float, float, object)
+    sigKeyPressed = QtCore.Signal(object)
+    sigKeyReleased = QtCore.Signal(object)
+
+    def __init__(
+        self,
+        fqsn: str = '',
+        tick_size: float = 0.01,
+        period_s: float = 5.0,
+        follow_bars: int = 150,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.fqsn = fqsn
+        self._tick = float(tick_size)
+        self._period = float(period_s)
+        self._follow = True
+        self._follow_span = float(follow_bars) * self._period / (1 - _RIGHT_MARGIN)
+        self._lines: dict[str, LevelLine] = {}
+        self._staged: LevelLine | None = None
+        self._arrows: list[pg.ArrowItem] = []
+        self._bid: float | None = None
+        self._ask: float | None = None
+        self._last: float | None = None
+        self._cursor: tuple[float, float] | None = None   # raw view (x, y)
+        self._in_y_update = False
+
+        self.setStyleSheet(
+            f'background-color: {BG_COLOR.name()}; color: {_AXIS_TEXT.name()};'
+        )
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+
+        header = QtWidgets.QWidget(self)
+        hl = QtWidgets.QHBoxLayout(header)
+        hl.setContentsMargins(10, 4, 10, 2)
+        hl.setSpacing(14)
+        #: fqsn + bar period, top left
+        self.title_label = QtWidgets.QLabel(header)
+        self.title_label.setFont(_font(10.5, bold=True))
+        self.title_label.setStyleSheet('color: #e6e9ef;')
+        #: OHLCV of the bar under the cursor (or the latest bar)
+        self.info_label = QtWidgets.QLabel(header)
+        self.info_label.setFont(_font(9))
+        self.info_label.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        hl.addWidget(self.title_label)
+        hl.addWidget(self.info_label)
+        hl.addStretch(1)
+        layout.addWidget(header)
+
+        self.plot = pg.PlotWidget(
+            parent=self,
+            background=BG_COLOR,
+            axisItems={'bottom': pg.DateAxisItem(orientation='bottom')},
+        )
+        layout.addWidget(self.plot, 1)
+        self.plot_item: pg.PlotItem = self.plot.getPlotItem()
+        self.vb: pg.ViewBox = self.plot_item.getViewBox()
+        self._setup_axes()
+
+        self.vb.disableAutoRange()
+        self.vb.setMouseEnabled(x=True, y=False)
+        self.plot_item.hideButtons()
+        self.plot_item.setMenuEnabled(False)
+        self.plot_item.showGrid(x=True, y=True, alpha=0.07)
+
+        #: the OHLC bars
+        self.bars = OHLCBarsItem(period_s=self._period)
+        self.plot_item.addItem(self.bars)
+
+        # L1: bid and ask lines with small labels
+        self._bid_line = self._make_l1_line(_BID_COLOR, anchor=(0, 0))
+        self._ask_line = self._make_l1_line(_ASK_COLOR, anchor=(0, 1))
+
+        #: position line (hidden when flat)
+        self.position_line = PositionLine(tick_size=self._tick)
+        self.plot_item.addItem(self.position_line, ignoreBounds=True)
+
+        # crosshair
+        ch_pen = pg.mkPen(_CROSSHAIR_COLOR, width=1, style=QtCore.Qt.PenStyle.DashLine)
+        ch_pen.setCosmetic(True)
+        self._vline = pg.InfiniteLine(angle=90, movable=False, pen=ch_pen)
+        self._hline = pg.InfiniteLine(angle=0, movable=False, pen=ch_pen)
+        for ln in (self._vline, self._hline):
+            ln.setZValue(30)
+            ln.setVisible(False)
+            ln.setAcceptHoverEvents(False)
+            self.plot_item.addItem(ln, ignoreBounds=True)
+
+        axis = self.plot_item.getAxis('right')
+        #: last price tag on the price axis
+        self.last_label = AxisLabel(axis, self.vb, bg=QtGui.QColor(200, 205, 215))
+        #: crosshair price tag on the price axis
+        self.cursor_label = AxisLabel(
+            axis, self.vb, bg=QtGui.QColor(58, 64, 78), fg=QtGui.QColor(235, 238, 244),
+        )
+        self.cursor_label.setZValue(101)
+
+        scene = self.plot.scene()
+        scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
+        scene.sigMouseClicked.connect(self._on_scene_clicked)
+        self.vb.sigRangeChangedManually.connect(self._on_manual_range)
+        self.vb.sigXRangeChanged.connect(self._on_x_range_changed)
+        self.vb.sigResized.connect(lambda *_: self._update_y_range())
+        self.plot.viewport().installEventFilter(self)
+        # keyboard focus always lands on this widget (clicking the plot
+        # focuses us via the proxy), so key events arrive exactly once in
+        # keyPressEvent/keyReleaseEvent below
+        self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+        self.plot.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+        self.plot.setFocusProxy(self)
+        self.setMouseTracking(True)
+
+        self.set_title(fqsn)
+        now = time.time()
+        self._set_x_window(now - self._follow_span * (1 - _RIGHT_MARGIN))
+        self._update_info(None)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_axes(self) -> None:
+        pi = self.plot_item
+        pi.showAxis('right')
+        pi.hideAxis('left')
+        tick_font = _font(8.5)
+        for name in ('right', 'bottom'):
+            ax = pi.getAxis(name)
+            ax.setPen(pg.mkPen(_AXIS_COLOR))
+            ax.setTextPen(pg.mkPen(_AXIS_TEXT))
+            ax.setTickFont(tick_font)
+            ax.setStyle(tickLength=-5, tickTextOffset=6)
+        pi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
+        pi.getAxis('bottom').setHeight(26)
+
+    def _make_l1_line(self, color: QtGui.QColor, anchor: tuple[float, float]) -> pg.InfiniteLine:
+        pen = pg.mkPen(color, width=1, style=QtCore.Qt.PenStyle.DotLine)
+        pen.setCosmetic(True)
+        line = pg.InfiniteLine(angle=0, movable=False, pen=pen)
+        line.setZValue(8)
+        line.setVisible(False)
+        line.label = pg.InfLineLabel(
+            line, text='', position=0.86, anchors=[anchor, anchor], color=color,
+        )
+        line.label.setFont(_font(7.5))
+        self.plot_item.addItem(line, ignoreBounds=True)
+        return line
+
+    # ------------------------------------------------------------- title/info
+    def set_title(self, fqsn: str) -> None:
+        """Show which symbol (fqsn) and bar period this chart is."""
+        self.fqsn = fqsn
+        self.title_label.setText(f'{fqsn}   <span style="color:#8a93a6; font-weight:normal;">'
+                                 f'{self._period:g}s</span>' if fqsn else '')
+
+    def _update_info(self, x: float | None) -> None:
+        a = self.bars.array
+        if len(a) == 0:
+            self.info_label.setText('')
+            return
+        i = len(a) - 1
+        if x is not None:
+            j = int(np.searchsorted(a['time'], x, side='right')) - 1
+            if 0 <= j < len(a):
+                i = j
+        b = a[i]
+        fp = lambda v: format_price(float(v), self._tick)  # noqa: E731
+        col = BUY_COLOR if b['close'] >= b['open'] else SELL_COLOR
+        c = col.name()
+        vol = float(b['volume']) if 'volume' in a.dtype.names else float('nan')
+        when = time.strftime('%H:%M:%S', time.localtime(float(b['time'])))
+        self.info_label.setText(
+            f'<span style="color:#8a93a6">{when}</span>&nbsp;&nbsp; '
+            f'<span style="color:#8a93a6">O</span> <span style="color:{c}">{fp(b["open"])}</span>&nbsp; '
+            f'<span style="color:#8a93a6">H</span> <span style="color:{c}">{fp(b["high"])}</span>&nbsp; '
+            f'<span style="color:#8a93a6">L</span> <span style="color:{c}">{fp(b["low"])}</span>&nbsp; '
+            f'<span style="color:#8a93a6">C</span> <span style="color:{c}">{fp(b["close"])}</span>&nbsp; '
+            f'<span style="color:#8a93a6">V</span> <span style="color:#c0c6d2">{format_size(vol)}</span>'
+        )
+
+    # ------------------------------------------------------------- tick size
+    @property
+    def tick_size(self) -> float:
+        """The symbol's price increment; crosshair and lines snap to it."""
+        return self._tick
+
+    def set_tick_size(self, tick_size: float) -> None:
+        """Change the tick grid (symbol info arrived / switched symbol)."""
+        self._tick = float(tick_size)
+        self.position_line.tick_size = self._tick
+        for line in self.lines():
+            line.tick_size = self._tick
+        if self._staged is not None:
+            self._staged.tick_size = self._tick
+        if self._cursor is not None:
+            self.set_cursor(*self._cursor)
+
+    def snap(self, price: float) -> float:
+        """Snap a price to the chart's tick grid."""
+        return snap_to_tick(price, self._tick)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def period(self) -> float:
+        """Bar period in seconds."""
+        return self._period
+
+    def update_bars(self, array: np.ndarray) -> None:
+        """Redraw the bars from the aggregator's array (call on every tick)."""
+        self.bars.set_data(array)
+        if self._follow and len(array):
+            self._apply_follow()
+        self._place_l1_labels()
+        self._update_y_range()
+        self._update_info(self.cursor_x())
+
+    def set_l1(
+        self,
+        bid: float | None,
+        ask: float | None,
+        bsize: float | None = None,
+        asize: float | None = None,
+    ) -> None:
+        """Show the best bid/ask (and sizes) as two thin labelled lines."""
+        self._bid, self._ask = bid, ask
+        for line, price, size, name in (
+            (self._bid_line, bid, bsize, 'bid'),
+            (self._ask_line, ask, asize, 'ask'),
+        ):
+            if price is None or not math.isfinite(price):
+                line.setVisible(False)
+                continue
+            line.setPos(price)
+            txt = f'{name} {format_price(price, self._tick)}'
+            if size is not None:
+                txt += f' ×{format_size(size)}'
+            line.label.setFormat(txt)
+            line.setVisible(True)
+            line.label.setVisible(True)
+        self._update_y_range()
+
+    def set_last(self, price: float | None) -> None:
+        """Show the last traded price as a tag on the price axis.
+
+        The tag is green after an uptick, red after a downtick.
+        """
+        if price is None:
+            self._last = None
+            self.last_label.set_value(None)
+            return
+        if self._last is not None and price != self._last:
+            self.last_label.set_colors(BUY_COLOR if price > self._last else SELL_COLOR)
+        self._last = float(price)
+        self.last_label.set_value(self._last, format_price(self._last, self._tick))
+
+    # ---------------------------------------------------------------- cursor
+    def cursor_price(self) -> float | None:
+        """The crosshair's price snapped to the tick size (None: off chart)."""
+        if self._cursor is None:
+            return None
+        return self.snap(self._cursor[1])
+
+    def cursor_x(self) -> float | None:
+        """The crosshair's x (epoch seconds), or None when off the chart."""
+        return None if self._cursor is None else self._cursor[0]
+
+    def set_cursor(self, x: float, price: float) -> None:
+        """Place the crosshair at view coordinates (what a mouse move does).
+
+        Public so tests and keyboard-driven code can position the cursor.
+        """
+        self._cursor = (float(x), float(price))
+        snapped = self.snap(price)
+        self._vline.setPos(x)
+        self._hline.setPos(snapped)
+        self._vline.setVisible(True)
+        self._hline.setVisible(True)
+        self.cursor_label.set_value(snapped, format_price(snapped, self._tick))
+        if self._staged is not None:
+            self._staged.setPos(snapped)
+        self._update_info(x)
+        self.sigCursorMoved.emit(float(x), snapped)
+
+    def clear_cursor(self) -> None:
+        """Hide the crosshair (mouse left the chart)."""
+        self._cursor = None
+        self._vline.setVisible(False)
+        self._hline.setVisible(False)
+        self.cursor_label.set_value(None)
+        self._update_info(None)
+
+    def _on_scene_mouse_moved(self, scene_pos: QtCore.QPointF) -> None:
+        if not self.vb.sceneBoundingRect().contains(scene_pos):
+            self.clear_cursor()
+            return
+        pt = self.vb.mapSceneToView(scene_pos)
+        self.set_cursor(pt.x(), pt.y())
+
+    def _on_scene_clicked(self, ev) -> None:
+        if not self.vb.sceneBoundingRect().contains(ev.scenePos()):
+            return
+        pt = self.vb.mapSceneToView(ev.scenePos())
+        if ev.double() and ev.button() == QtCore.Qt.MouseButton.LeftButton:
+            self.follow_latest(True)
+            return
+        if ev.isAccepted():
+            return
+        self.sigClicked.emit(float(pt.x()), self.snap(pt.y()), ev.button())
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802
+        """Hide the crosshair when the mouse leaves the plot."""
+        if ev.type() == QtCore.QEvent.Type.Leave and obj is self.plot.viewport():
+            self.clear_cursor()
+        return False
+
+    def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802
+        """Forward key presses on the chart to :attr:`sigKeyPressed`."""
+        self.sigKeyPressed.emit(ev)
+
+    def keyReleaseEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802
+        """Forward key releases on the chart to :attr:`sigKeyReleased`."""
+        self.sigKeyReleased.emit(ev)
+
+    # ----------------------------------------------------------------- lines
+    def add_order_line(
+        self,
+        oid: str,
+        price: float,
+        action: str,
+        exec_mode: str = 'dark',
+        size: float = 0.0,
+        owner: str | None = None,
+        foreign: bool = False,
+        confirmed: bool = False,
+        label_text: str | None = None,
+        movable: bool = True,
+        on_moved: Callable[[LevelLine, float], None] | None = None,
+    ) -> LevelLine:
+        """Draw an order/alert line keyed by ``oid`` (replacing any old one).
+
+        The label stays hidden until ``confirmed`` (or a later
+        :meth:`LevelLine.confirm`).
+        """
+        self.remove_order_line(oid)
+        line = LevelLine(
+            price, action=action, exec_mode=exec_mode, size=size, oid=oid,
+            owner=owner, foreign=foreign, tick_size=self._tick, movable=movable,
+            on_moved=on_moved, label_text=label_text,
+        )
+        line.sigPositionChangeFinished.connect(lambda *_: self._update_y_range())
+        self._lines[oid] = line
+        self.plot_item.addItem(line, ignoreBounds=True)
+        if confirmed:
+            line.confirm()
+        self._update_y_range()
+        return line
+
+    def get_line(self, oid: str) -> LevelLine | None:
+        """The line drawn for ``oid``, if any."""
+        return self._lines.get(oid)
+
+    def remove_order_line(self, oid: str) -> LevelLine | None:
+        """Remove the line for ``oid`` (cancelled/filled); returns it or None."""
+        line = self._lines.pop(oid, None)
+        if line is not None:
+            self.plot_item.removeItem(line)
+            self._update_y_range()
+        return line
+
+    def clear_order_lines(self) -> None:
+        """Remove every order line (e.g. on disconnect before a resync)."""
+        for oid in list(self._lines):
+            self.remove_order_line(oid)
+
+    def lines(self) -> list[LevelLine]:
+        """All order/alert lines (not the staged one), in insertion order."""
+        return list(self._lines.values())
+
+    def lines_under_cursor(self, pixels: float = 5.0) -> list[LevelLine]:
+        """Order lines hovered or within ``pixels`` of the crosshair's y.
+
+        What "cancel the orders under the cursor" acts on. Uses the raw
+        (unsnapped) cursor y so lines a few ticks apart can be told apart.
+        """
+        hits = [ln for ln in self._lines.values() if ln.hovered]
+        if self._cursor is not None:
+            y = self._cursor[1]
+            tol = pixels * self._y_units_per_pixel()
+            for ln in self._lines.values():
+                if ln not in hits and abs(ln.price - y) <= tol:
+                    hits.append(ln)
+        return hits
+
+    def _y_units_per_pixel(self) -> float:
+        (y0, y1) = self.vb.viewRange()[1]
+        h = self.vb.height()
+        if h and h > 1:
+            return abs(y1 - y0) / h
+        return self._tick  # not laid out yet: fall back to one tick
+
+    def add_staged_line(
+        self,
+        action: str,
+        exec_mode: str = 'dark',
+        price: float | None = None,
+        size: float = 0.0,
+    ) -> LevelLine:
+        """Show the preview line that follows the cursor while f/d/a is held.
+
+        Replaces any previous staged line. It sits at ``price`` (default: the
+        cursor price) and then tracks the crosshair until removed.
+        """
+        self.remove_staged_line()
+        if price is None:
+            price = self.cursor_price()
+        if price is None:
+            price = self._last if self._last is not None else 0.0
+        line = LevelLine(
+            price, action=action, exec_mode=exec_mode, size=size,
+            tick_size=self._tick, staged=True,
+        )
+        self._staged = line
+        self.plot_item.addItem(line, ignoreBounds=True)
+        return line
+
+    @property
+    def staged_line(self) -> LevelLine | None:
+        """The current staged (preview) line, if a stage key is held."""
+        return self._staged
+
+    def remove_staged_line(self) -> LevelLine | None:
+        """Remove the staged line (stage key released or order submitted)."""
+        line, self._staged = self._staged, None
+        if line is not None:
+            self.plot_item.removeItem(line)
+        return line
+
+    # ---------------------------------------------------------------- arrows
+    def _bar_center(self, t: float) -> float:
+        return math.floor(t / self._period) * self._period + self._period / 2
+
+    def add_fill_arrow(self, action: str, t: float, price: float) -> pg.ArrowItem:
+        """Mark a fill: up arrow (buy) / down arrow (sell) at the fill price.
+
+        ``t`` is the fill time (epoch s); the arrow is centred on its bar.
+        """
+        arrow = make_fill_arrow(action, self._bar_center(t), price)
+        self._arrows.append(arrow)
+        self.plot_item.addItem(arrow, ignoreBounds=True)
+        return arrow
+
+    def add_alert_arrow(self, t: float, price: float) -> pg.ArrowItem:
+        """Mark a triggered alert with a right-pointing arrow at its level."""
+        arrow = make_alert_arrow(self._bar_center(t), price)
+        self._arrows.append(arrow)
+        self.plot_item.addItem(arrow, ignoreBounds=True)
+        return arrow
+
+    def arrows(self) -> list[pg.ArrowItem]:
+        """All fill/alert arrows drawn so far."""
+        return list(self._arrows)
+
+    def clear_arrows(self) -> None:
+        """Remove all fill/alert arrows."""
+        for a in self._arrows:
+            self.plot_item.removeItem(a)
+        self._arrows.clear()
+
+    # -------------------------------------------------------------- position
+    def set_position(self, size: float, avg_price: float) -> None:
+        """Show the position (``pos 3 @ 101.25``); size 0 hides the line."""
+        self.position_line.set_position(size, avg_price)
+        self._update_y_range()
+
+    # ------------------------------------------------------------- x follow
+    @property
+    def following(self) -> bool:
+        """True while the x axis tracks the newest bar."""
+        return self._follow
+
+    def follow_latest(self, enable: bool = True) -> None:
+        """Turn following the newest bars on/off (on: jump to them now)."""
+        self._follow = bool(enable)
+        if self._follow and len(self.bars.array):
+            self._apply_follow()
+
+    def _set_x_window(self, last_bar_start: float) -> None:
+        right = last_bar_start + self._period + self._follow_span * _RIGHT_MARGIN
+        self.vb.setXRange(right - self._follow_span, right, padding=0)
+
+    def _apply_follow(self) -> None:
+        self._set_x_window(float(self.bars.array['time'][-1]))
+
+    def _on_x_range_changed(self, *_args) -> None:
+        self._place_l1_labels()
+        self._update_y_range()
+
+    def _place_l1_labels(self) -> None:
+        # L1 labels sit just right of the newest bar, left of the order tags
+        # (which are right-aligned at the view's right edge)
+        (x0, x1) = self.vb.viewRange()[0]
+        a = self.bars.array
+        if x1 <= x0:
+            return
+        if len(a):
+            x = float(a['time'][-1]) + 1.5 * self._period
+            rel = (x - x0) / (x1 - x0)
+        else:
+            rel = 1 - _RIGHT_MARGIN
+        rel = min(max(rel, 0.005), 1 - _RIGHT_MARGIN)
+        for line in (self._bid_line, self._ask_line):
+            if line.label.orthoPos != rel:
+                line.label.setPosition(rel)
+
+    def _on_manual_range(self, *_args) -> None:
+        a = self.bars.array
+        (x0, x1) = self.vb.viewRange()[0]
+        if len(a) == 0:
+            return
+        last_c = float(a['time'][-1]) + self._period / 2
+        self._follow = x0 <= last_c <= x1
+        if self._follow:
+            self._follow_span = x1 - x0
+
+    # ------------------------------------------------------------- y range
+    def _y_items(self) -> Iterable[float]:
+        for p in (self._bid, self._ask, self._last):
+            if p is not None:
+                yield p
+        for ln in self._lines.values():
+            yield ln.price
+        if self.position_line.isVisible():
+            yield self.position_line.avg_price
+
+    def _update_y_range(self) -> None:
+        """Fit y to the visible bars + L1 + order lines + position."""
+        if self._in_y_update:
+            return
+        if any(ln.moving for ln in self._lines.values()):
+            return  # don't rescale under a line being dragged
+        (x0, x1) = self.vb.viewRange()[0]
+        lo, hi = math.inf, -math.inf
+        r = self.bars.y_range(x0, x1)
+        if r is not None:
+            lo, hi = r
+        for p in self._y_items():
+            if math.isfinite(p):
+                lo, hi = min(lo, p), max(hi, p)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return
+        span = max(hi - lo, 10 * self._tick)
+        mid = (hi + lo) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+        pad = span * 0.07
+        self._in_y_update = True
+        try:
+            self.vb.setYRange(lo - pad, hi + pad, padding=0)
+        finally:
+            self._in_y_update = False
