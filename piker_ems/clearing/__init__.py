@@ -1,6 +1,12 @@
-# piker_ems: execution management system for traders
-# SPDX-License-Identifier: AGPL-3.0-or-later
-"""
-Clearing: the EMS daemon (emsd), its typed message protocol, the paper
-clearing engine and the client API.
-"""
+"""Clearing: the message protocol, emsd (the Router), the paper engine and the client API."""
+from ._client import EmsLost, OrderBook, TradesStream, open_ems
+from ._messages import (
+    BrokerdCancel, BrokerdError, BrokerdFill, BrokerdOrder, BrokerdOrderAck, BrokerdPosition,
+    BrokerdStatus, Cancel, MsgError, Order, Status,
+)
+
+__all__ = [
+    'BrokerdCancel', 'BrokerdError', 'BrokerdFill', 'BrokerdOrder', 'BrokerdOrderAck',
+    'BrokerdPosition', 'BrokerdStatus', 'Cancel', 'EmsLost', 'MsgError', 'Order', 'OrderBook',
+    'Status', 'TradesStream', 'open_ems',
+]

@@ -8,6 +8,7 @@ import click
 
 from ..log import LEVELS
 from ._common import CliState, run  # noqa: F401  (sets warning filters before tractor loads)
+from .orders import cancel, order, orders
 from .quotes import quote
 from .services import services
 
@@ -53,3 +54,6 @@ def cli(ctx: click.Context, host: str | None, port: int | None, loglevel: str, t
 
 cli.add_command(quote)
 cli.add_command(services)
+cli.add_command(order)
+cli.add_command(orders)
+cli.add_command(cancel)

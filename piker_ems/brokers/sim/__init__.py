@@ -14,6 +14,7 @@ and the simulated exchange (the live ``trades_dialogue``) see the same prices.
 """
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -64,14 +65,24 @@ async def open_quote_stream(symbol: str) -> AsyncIterator[tuple[dict, AsyncItera
     period = 1.0 / market.config.rate
 
     async def updates() -> AsyncIterator[dict]:
-        deadline = trio.current_time()
-        while True:
-            deadline += period
-            now = trio.current_time()
-            if deadline < now - 1.0:  # we fell far behind (suspended?): don't burst to catch up
-                deadline = now
-            await trio.sleep_until(deadline)
-            yield market.step()
+        tx, rx = trio.open_memory_channel[dict](math.inf)
+        market.injected.add(tx)
+        try:
+            deadline = trio.current_time()
+            while True:
+                injected = None
+                with trio.move_on_at(deadline + period):  # a set_price() quote goes out at once
+                    injected = await rx.receive()
+                if injected is not None:
+                    yield injected
+                    continue
+                deadline += period
+                now = trio.current_time()
+                if deadline < now - 1.0:  # fell far behind (suspended?): don't burst to catch up
+                    deadline = now
+                yield market.step()
+        finally:
+            market.injected.discard(tx)
 
     yield market.quote(), updates()
 

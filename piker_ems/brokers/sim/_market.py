@@ -73,6 +73,7 @@ class SimMarket:
         self.bsize = self.asize = 1.0
         self.volume = 0.0
         self.updates = 0
+        self.injected: set = set()  # memory channels of quote streams that publish set_price()
 
     def price(self, ticks: int) -> float:
         """Convert a tick count to a price on the grid."""
@@ -156,6 +157,11 @@ class SimMarket:
         quote['size'] = size
         for listener in list(self.listeners):
             listener(quote)
+        for tx in list(self.injected):
+            try:
+                tx.send_nowait(quote)
+            except Exception:  # a closed stream
+                self.injected.discard(tx)
         return quote
 
     def with_config(self, **changes: Any) -> SimConfig:

@@ -1,0 +1,193 @@
+# piker_ems: execution management system for traders
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""
+The paper clearing engine: ``paperboi.<broker>`` (SPEC §6).
+
+A child actor of emsd (or any actor: tests spawn it on its own) exposing the
+same :func:`trades_dialogue` contract as a live brokerd, so emsd cannot tell
+the difference. Matching and positions come from
+:mod:`piker_ems.clearing._matching`; this module adds the market data: the
+first new order for a symbol opens a feed for ``<symbol>.<broker>`` (one feed
+task per symbol), and new orders for a symbol whose first quote is not known
+yet are held, in arrival order, until it is. Every later quote is matched
+against the resting orders.
+
+The engine is per process (and broker), not per dialogue: resting orders and
+positions survive a dialogue closing, like at a real broker. Paper reqids are
+strings ``paper-<uuid4>``.
+
+RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import tractor
+import trio
+
+from ..brokers import get_brokermod
+from ..log import get_logger, setup_console
+from ._matching import Dialogue, DialogueEngine
+from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
+
+__all__ = ['PaperEngine', 'paper_stats', 'trades_dialogue']
+
+log = get_logger(__name__)
+
+#: Seconds between attempts to reopen a symbol's feed after it was lost.
+FEED_RETRY_S = 1.0
+
+
+def _paper_reqid() -> str:
+    return f'paper-{uuid.uuid4()}'
+
+
+class PaperEngine(DialogueEngine):
+    """The paper venue of one broker in this process."""
+
+    _engines: dict[str, 'PaperEngine'] = {}
+
+    def __init__(self, broker: str) -> None:
+        super().__init__(broker, _paper_reqid, name=f'paperboi.{broker}')
+        # symbol -> 'starting' | 'live' | 'reconnecting'
+        self.feeds: dict[str, str] = {}
+        # new orders waiting for their symbol's first quote, in arrival order
+        self.pending: dict[str, list[tuple[Dialogue, BrokerdOrder]]] = {}
+        self.loglevel: str | None = None
+        self.quotes = 0
+
+    @classmethod
+    def for_broker(cls, broker: str) -> 'PaperEngine':
+        """This process's engine for ``broker`` (created on first use)."""
+        engine = cls._engines.get(broker)
+        if engine is None:
+            engine = cls._engines[broker] = cls(broker)
+        return engine
+
+    def on_request(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
+        if isinstance(req, BrokerdOrder) and req.reqid is None:
+            symbol = req.symbol.lower()
+            if symbol in self.pending or not self.core.has_l1(symbol):
+                # keep arrival order: behind any order already waiting for this symbol
+                self.pending.setdefault(symbol, []).append((dialogue, req))
+                self._ensure_feed(symbol)
+                return
+            self._ensure_feed(symbol)
+        # cancels and modifies name a reqid: the order (and its quotes) already exist
+        self.process(dialogue, req)
+
+    def _ensure_feed(self, symbol: str) -> None:
+        if symbol not in self.feeds:
+            self.feeds[symbol] = 'starting'
+            self.spawn(self._run_feed, symbol)
+
+    def _release(self, symbol: str) -> None:
+        """The first quote is known: process the held orders in arrival order."""
+        for dialogue, req in self.pending.pop(symbol, []):
+            if not dialogue.open:
+                log.warning('%s: dropping held order %s: its dialogue closed', self.name, req.oid)
+                continue
+            try:
+                self.process(dialogue, req)
+            except Exception as err:  # never lose the other held orders
+                log.exception('%s: failed to process held order %s', self.name, req.oid)
+                self.emit(dialogue, [to_wire(BrokerdError(
+                    oid=req.oid, symbol=req.symbol, reason=f'internal error: {err!r}',
+                ))])
+
+    def _fail_pending(self, symbol: str, reason: str) -> None:
+        for dialogue, req in self.pending.pop(symbol, []):
+            self.emit(dialogue, [to_wire(BrokerdError(
+                oid=req.oid, symbol=req.symbol, reason=reason,
+                broker_details={'broker': self.broker},
+            ))])
+
+    async def _run_feed(self, symbol: str) -> None:
+        """Subscribe to ``<symbol>.<broker>`` and match every quote; reconnect if it is lost."""
+        from ..data.feed import open_feed  # not at import: data pulls in the service layer
+
+        fqsn = f'{symbol}.{self.broker}'
+        live = False
+        try:
+            while True:
+                try:
+                    async with open_feed([fqsn], loglevel=self.loglevel) as feed:
+                        first = feed.first_quotes.get(fqsn)
+                        if first is None:
+                            raise LookupError(f'the feed for {fqsn} has no first quote')
+                        self.on_quote(symbol, first)
+                        live = True
+                        self.feeds[symbol] = 'live'
+                        self._release(symbol)
+                        async for packet in feed.stream:
+                            quote = packet.get(fqsn)
+                            if quote is not None:
+                                self.quotes += 1
+                                self.on_quote(symbol, quote)
+                    log.warning('%s: feed for %s ended', self.name, fqsn)
+                except Exception as err:
+                    if not live:
+                        log.error('%s: cannot open the feed for %s: %r', self.name, fqsn, err)
+                        self._fail_pending(symbol, f'no quotes for {fqsn}: {err}')
+                        return
+                    log.warning('%s: feed for %s lost (%r): reconnecting', self.name, fqsn, err)
+                self.feeds[symbol] = 'reconnecting'
+                await trio.sleep(FEED_RETRY_S)
+        finally:
+            if not live:  # a later order for this symbol tries again
+                self.feeds.pop(symbol, None)
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        stats.update(
+            feeds=dict(self.feeds),
+            held_orders=sum(len(v) for v in self.pending.values()),
+            quotes=self.quotes,
+        )
+        return stats
+
+
+def _default_broker() -> str:
+    """``paperboi.<broker>`` -> ``<broker>``; ``sim`` for an actor named otherwise."""
+    actor = tractor.current_actor(err_on_no_runtime=False)
+    name = actor.name if actor is not None else ''
+    prefix, dot, broker = name.partition('.')
+    return broker if prefix == 'paperboi' and dot and broker else 'sim'
+
+
+@tractor.context
+async def trades_dialogue(
+    ctx: tractor.Context,
+    broker: str | None = None,
+    loglevel: str | None = None,
+    **kw: Any,
+) -> None:
+    """The paper venue's ``trades_dialogue`` (same contract as a live backend's).
+
+    ``started()`` carries the current positions (``BrokerdPosition`` dicts); the stream takes
+    ``BrokerdOrder`` / ``BrokerdCancel`` dicts and yields ``BrokerdOrderAck`` /
+    ``BrokerdStatus`` / ``BrokerdFill`` / ``BrokerdError`` / ``BrokerdPosition`` dicts.
+    """
+    broker = (broker or _default_broker()).lower()
+    get_brokermod(broker)  # an unknown broker fails the open with a readable error
+    setup_console(loglevel, process_name=f'paperboi.{broker}')
+    if kw:
+        log.debug('paperboi.%s: ignoring dialogue options %r', broker, kw)
+    engine = PaperEngine.for_broker(broker)
+    if loglevel is not None:
+        engine.loglevel = loglevel
+    await engine.serve(ctx)
+
+
+async def paper_stats(broker: str | None = None) -> dict[str, Any]:
+    """RPC: the paper engine's counters for ``broker`` (default: this actor's broker).
+
+    ``{'broker', 'dialogues_opened', 'dialogues_active', 'received', 'rejected',
+    'executions', 'resting_orders' (count), 'open_orders' (list of {reqid, oid, account,
+    action, symbol, price, size, filled}), 'positions' (list of {account, symbol, size,
+    avg_price}, flat ones included), 'requests' (valid requests received, as dicts, in order),
+    'journal' (in/out events: {dir, name, oid, reqid, time_ns}), 'feeds' ({symbol: state}),
+    'held_orders' (new orders waiting for a first quote), 'quotes' (quotes matched)}``
+    """
+    return PaperEngine.for_broker((broker or _default_broker()).lower()).stats()

@@ -1,0 +1,189 @@
+"""Headless trading: ``piker order``, ``piker orders`` and ``piker cancel``.
+
+Every command connects to emsd as client ``--name`` (default ``piker``): orders belong to that
+name, so ``piker cancel`` can cancel what ``piker order`` placed. ``--json`` prints each message
+as one JSON object per line (the whole ``Status`` as received), for scripts.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ._common import CliState, UserError, check_fqsn, run
+
+SUBMITTED = {'dark_submitted', 'alert_submitted', 'broker_submitted'}
+DONE_OK = {'broker_executed', 'alert_triggered', 'dark_cancelled', 'broker_cancelled'}
+DONE_FAILED = {'error', 'broker_errored', 'broker_rejected', 'broker_inactive'}
+EXIT_TIMEOUT = 3
+
+
+def format_msg(msg) -> str:
+    """One readable line for a Status or a position."""
+    from ..clearing import BrokerdPosition
+
+    ts = time.strftime('%H:%M:%S')
+    if isinstance(msg, BrokerdPosition):
+        return f'{ts} position       {msg.symbol}.{msg.broker} [{msg.account}] size {msg.size:g} @ {msg.avg_price:g}'
+    req = msg.req
+    what = f'{req.action} {req.size:g} {req.symbol} @ {req.price:g} ({req.exec_mode})' if req else ''
+    extra = []
+    if msg.trigger_price is not None and msg.resp.endswith('triggered'):
+        extra.append(f'triggered at {msg.trigger_price:g}')
+    bmsg = msg.brokerd_msg or {}
+    if msg.resp == 'broker_filled':
+        extra.append(f"filled {bmsg.get('size', 0):g} @ {bmsg.get('price', 0):g}")
+    if msg.reason:
+        extra.append(f'reason: {msg.reason}')
+    owner = f' by {msg.owner}' if msg.owner else ''
+    tail = ('  ' + '; '.join(extra)) if extra else ''
+    return f'{ts} {msg.resp:<16} {what} [{msg.oid[:8]}{owner}]{tail}'
+
+
+def emit(msg, as_json: bool) -> None:
+    """Print one message (JSON line or readable line) and flush for pipes."""
+    sys.stdout.write((json.dumps(msg.model_dump(mode='json')) if as_json else format_msg(msg)) + '\n')
+    sys.stdout.flush()
+
+
+async def _place(state: CliState, action: str, fqsn: str, price: float, size: float, mode: str,
+                 account: str, name: str, timeout: float | None, detach: bool, as_json: bool) -> int:
+    import trio
+
+    from ..clearing import Status, open_ems
+    from ..service import maybe_open_pikerd
+
+    async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.order',
+                                 tractor_loglevel=state.tractor_loglevel) as services:
+        if services is not None:
+            click.secho('note: no pikerd running; emsd lives in this process and stops with it '
+                        '(resting dark orders die with it: start pikerd to keep them)', fg='yellow', err=True)
+        async with open_ems(fqsn, mode='paper', account=account, name=name, loglevel=state.loglevel) as (book, trades, _):
+            oid = book.send(action, price, size, exec_mode=mode)
+            with trio.move_on_after(timeout if timeout else float('inf')):
+                async for msg in trades:
+                    if not isinstance(msg, Status) or msg.oid != oid:
+                        continue
+                    emit(msg, as_json)
+                    if msg.resp in DONE_FAILED:
+                        return 1
+                    if msg.resp in DONE_OK or (detach and msg.resp in SUBMITTED):
+                        return 0
+            click.secho(f'timed out after {timeout:g}s waiting on order {oid[:8]} (it stays active in emsd)',
+                        fg='yellow', err=True)
+            return EXIT_TIMEOUT
+    return 1
+
+
+@click.command()
+@click.argument('action', type=click.Choice(['buy', 'sell', 'alert']))
+@click.argument('fqsn')
+@click.option('--price', type=float, required=True, help='Limit / trigger / alert price.')
+@click.option('--size', type=float, default=None, help='Order size (required for buy/sell).')
+@click.option('--mode', type=click.Choice(['dark', 'live', 'paper']), default='dark', show_default=True,
+              help='dark: held in emsd until crossed; live: straight to the venue; paper: dark on the paper account.')
+@click.option('--account', default='paper', show_default=True, help="'paper' trades the paper engine; another account the broker's live endpoint.")
+@click.option('--name', default='piker', show_default=True, help='Client name that owns the order.')
+@click.option('--timeout', type=float, default=None, help='Give up waiting after this many seconds (exit 3).')
+@click.option('--detach', is_flag=True, help='Exit 0 as soon as the order is accepted (it stays active).')
+@click.option('--json', 'as_json', is_flag=True, help='One JSON object per status per line.')
+@click.pass_obj
+def order(state: CliState, action: str, fqsn: str, price: float, size: float | None, mode: str,
+          account: str, name: str, timeout: float | None, detach: bool, as_json: bool) -> None:
+    """Place an order and print its statuses until it is done (exit 0), refused (exit 1) or --timeout (exit 3)."""
+    check_fqsn(fqsn)
+    if action != 'alert' and not size:
+        raise click.UsageError('--size is required (and > 0) for buy/sell')
+    if price <= 0:
+        raise click.UsageError('--price must be > 0')
+    sys.exit(run(_place, state, action, fqsn, price, size or 0.0, mode, account, name, timeout, detach, as_json))
+
+
+async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_json: bool, count: int | None) -> None:
+    from ..clearing import open_ems
+    from ..service import maybe_open_pikerd
+
+    async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.orders',
+                                 tractor_loglevel=state.tractor_loglevel):
+        async with open_ems(fqsn, name=f'{name}.watcher', watch='all' if watch_all else 'symbol',
+                            loglevel=state.loglevel) as (_, trades, positions):
+            seen = 0
+            for pos in positions:
+                emit(pos, as_json)
+            async for msg in trades:
+                emit(msg, as_json)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+
+@click.command()
+@click.argument('fqsn')
+@click.option('--all', 'watch_all', is_flag=True, help="Every order on FQSN's broker, not just FQSN.")
+@click.option('--name', default='piker', show_default=True)
+@click.option('--count', '-n', type=click.IntRange(min=1), default=None, help='Stop after N messages.')
+@click.option('--json', 'as_json', is_flag=True, help='One JSON object per message per line.')
+@click.pass_obj
+def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | None, as_json: bool) -> None:
+    """Follow every order status on FQSN live (open orders first), whoever placed them."""
+    check_fqsn(fqsn)
+    run(_follow, state, fqsn, watch_all, name, as_json, count)
+
+
+async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> int:
+    import trio
+
+    from ..clearing import Status, open_ems
+    from ..service import registry_is_up
+
+    if not await registry_is_up(state.registry):
+        raise UserError(f'no pikerd running at {state.registry[0]}:{state.registry[1]}: nothing to cancel')
+    from ..service import maybe_open_pikerd
+
+    async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.cancel',
+                                 tractor_loglevel=state.tractor_loglevel):
+        symbol = fqsn or 'any.sim'
+        async with open_ems(symbol, name=name, watch='all' if oid else None,
+                            loglevel=state.loglevel) as (book, trades, _):
+            if oid:
+                matches = [o for o in book.orders if o.startswith(oid)]
+                if len(matches) > 1:
+                    raise UserError(f'oid prefix {oid} is ambiguous: {", ".join(m[:12] for m in matches)}')
+                targets = matches or [oid]
+            else:
+                targets = [o for o, req in book.orders.items() if req.owner == name]
+                if not targets:
+                    click.echo(f'no open orders of {name} on {fqsn}', err=True)
+                    return 0
+            pending = set(targets)
+            for t in targets:
+                book.cancel(t)
+            failed = False
+            with trio.move_on_after(timeout):
+                async for msg in trades:
+                    if isinstance(msg, Status) and msg.oid in pending and msg.resp in DONE_OK | DONE_FAILED:
+                        emit(msg, as_json)
+                        failed |= msg.resp in DONE_FAILED
+                        pending.discard(msg.oid)
+                        if not pending:
+                            return 1 if failed else 0
+            click.secho(f'{len(pending)} cancel(s) unconfirmed after {timeout:g}s', fg='yellow', err=True)
+            return EXIT_TIMEOUT
+
+
+@click.command()
+@click.argument('oid', required=False)
+@click.option('--all', 'fqsn', default=None, metavar='FQSN', help='Cancel all your open orders on FQSN.')
+@click.option('--name', default='piker', show_default=True, help='Client name that owns the orders.')
+@click.option('--timeout', type=float, default=10.0, show_default=True)
+@click.option('--json', 'as_json', is_flag=True)
+@click.pass_obj
+def cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> None:
+    """Cancel order OID (a unique prefix is enough), or --all FQSN."""
+    if bool(oid) == bool(fqsn):
+        raise click.UsageError('give an OID or --all FQSN (not both)')
+    if fqsn:
+        check_fqsn(fqsn)
+    sys.exit(run(_cancel, state, oid, fqsn, name, timeout, as_json))
