@@ -98,6 +98,7 @@ class OrderState:
     filled: float = 0.0
     last_resp: str | None = None
     trigger_price: float | None = None
+    unseen: bool = False  # closed while its owner was away: shown in the owner's next snapshot
 
     @property
     def oid(self) -> str:

@@ -113,6 +113,8 @@ class Router:
         owner = st.owner_conn
         if owner is not None:
             owner.push(msg)
+        else:
+            st.unseen = True
         for conn in self.clients:
             if conn is not owner and conn.watch and conn.watches(st):
                 conn.push(msg)
@@ -171,14 +173,24 @@ class Router:
         return out
 
     def open_orders(self, fqsn: str | None = None, owner: str | None = None, broker: str | None = None) -> list[dict]:
-        """Snapshots of the orders not yet done (optionally for one symbol / owner / broker)."""
-        return [
-            st.snapshot() for st in self.orders.values()
-            if st.phase != 'done'
-            and (fqsn is None or st.fqsn == fqsn)
-            and (broker is None or st.venue[0] == broker)
-            and (owner is None or st.owner == owner)
-        ]
+        """Snapshots of the orders not yet done (optionally for one symbol / owner / broker).
+
+        For an ``owner``, orders that closed while it was away (filled, triggered, cancelled by
+        a policy) are included once with their final state, so a reconnecting client learns
+        what happened; they are then marked seen.
+        """
+        out = []
+        for st in self.orders.values():
+            if (fqsn is not None and st.fqsn != fqsn) or (broker is not None and st.venue[0] != broker):
+                continue
+            if owner is not None and st.owner != owner:
+                continue
+            if st.phase != 'done':
+                out.append(st.snapshot())
+            elif owner is not None and st.unseen:
+                st.unseen = False
+                out.append(st.snapshot())
+        return out
 
     # --- client commands ------------------------------------------------------------------
 
