@@ -10,14 +10,20 @@ A seeded random walk with a whole-tick spread, bid/ask updates and trade prints 
     tick_size = 0.25
 
 The markets live in this module's :class:`SimVenue`, one per brokerd process, so the quote feed
-and the simulated exchange (the live ``trades_dialogue``) see the same prices.
+and the simulated exchange (the live ``trades_dialogue``, see :mod:`._exchange`) see the same
+prices. Exchange latency is set in the same section::
+
+    [sim]
+    ack_delay = 0.3    # seconds before a new order is acked (default 0)
+    fill_delay = 0.0   # seconds before an execution is reported (default 0)
 """
 from __future__ import annotations
 
 import math
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import tractor
 import trio
 
 from ...symbols import Symbol
@@ -25,7 +31,10 @@ from ._market import SimConfig, SimMarket, sim_config
 
 name = 'sim'
 
-__all__ = ['SimConfig', 'SimMarket', 'SimVenue', 'get_symbol_info', 'open_quote_stream', 'set_price']
+__all__ = [
+    'SimConfig', 'SimMarket', 'SimVenue', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
+    'set_price', 'trades_dialogue',
+]
 
 
 class SimVenue:
@@ -90,3 +99,21 @@ async def open_quote_stream(symbol: str) -> AsyncIterator[tuple[dict, AsyncItera
 async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
     """RPC (on ``brokerd.sim``): print a trade at ``price``; for tests and demos."""
     return SimVenue.current().market(symbol).set_price(price, spread_ticks)
+
+
+# The RPC endpoints are defined here (not in ._exchange) because tractor resolves an endpoint by
+# its function's module, and brokerd enables this module, not its submodules.
+
+@tractor.context
+async def trades_dialogue(ctx: tractor.Context, loglevel: str | None = None, **kw: Any) -> None:
+    """The simulated exchange's live order dialogue (SPEC §5 contract; see :mod:`._exchange`)."""
+    from ._exchange import serve_trades_dialogue
+
+    await serve_trades_dialogue(ctx, loglevel=loglevel, **kw)
+
+
+async def exchange_stats() -> dict:
+    """RPC (on ``brokerd.sim``): the exchange's counters, open orders and received requests."""
+    from ._exchange import exchange_stats as stats
+
+    return stats()
