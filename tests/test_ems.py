@@ -147,13 +147,14 @@ async def test_invalid_messages_get_errors_and_connection_keeps_trading(reg_addr
                 st = await next_status(trades)
                 assert st.resp == 'error', (msg, st)
                 assert needle in st.reason, (needle, st.reason)
+                assert 'emsd failed' not in st.reason  # user errors are not reported as crashes
                 if isinstance(msg, dict):
                     assert st.oid == msg['oid']
             last = await last_price()
             oid = book.send('alert', round(last + 0.3, 2))
             assert (await next_status(trades, oid)).resp == 'alert_submitted'
             stats = await ems_stats()
-            assert stats['rejected_client_msgs'] == 5
+            assert stats['rejected_client_msgs'] == 6
 
 
 async def test_cancel_all_500_from_sync_code(reg_addr, config_dir):
@@ -178,3 +179,11 @@ async def test_cancel_all_500_from_sync_code(reg_addr, config_dir):
                     cancelled.add(st.oid)
             assert cancelled == set(oids)
             assert (await ems_stats())['dark'] == 0
+
+
+async def test_open_ems_with_unknown_broker_is_a_clear_error(reg_addr):
+    from piker_ems.brokers import NoBrokerBackend
+
+    with pytest.raises(NoBrokerBackend, match='available: sim'):
+        async with open_ems('xbt.doggy', name='alice'):
+            pass

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Literal
 import tractor
 import trio
 
+from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
 from ..symbols import parse_fqsn
@@ -197,6 +198,7 @@ async def open_ems(
     if mode not in MODES:
         raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
     _, broker = parse_fqsn(fqsn)
+    get_brokermod(broker)  # an unknown broker is a clear local error, before any actor starts
     exec_mode, default_account = MODES[mode]
     account = account or default_account
     async with AsyncExitStack() as stack:

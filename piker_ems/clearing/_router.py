@@ -10,9 +10,9 @@ from collections import defaultdict
 
 import trio
 
-from ..brokers import get_brokermod
+from ..brokers import NoBrokerBackend, SymbolNotFound, get_brokermod
 from ..log import get_logger
-from ..symbols import parse_fqsn, round_to_tick
+from ..symbols import FqsnError, parse_fqsn, round_to_tick
 from ._darkbook import release_price
 from ._messages import (
     BrokerdCancel,
@@ -208,6 +208,9 @@ class Router:
                 await self.cancel(conn, msg)
             else:
                 await self.submit(conn, msg)
+        except (NoBrokerBackend, SymbolNotFound, FqsnError) as err:
+            self.rejected_client_msgs += 1
+            self.reply_error(conn, msg.oid, str(err))
         except Exception as err:  # a bug or a dead venue must not kill the client loop
             log.exception('failed to process %r from %r', msg, conn)
             self.reply_error(conn, msg.oid, f'emsd failed to process the request: {err}')
