@@ -742,7 +742,8 @@ class DialogueEngine:
 
     def emit(self, dialogue: Dialogue, msgs: Iterable[dict]) -> None:
         for msg in msgs:
-            self._journal('out', msg.get('name'), msg.get('oid'), msg.get('reqid'))
+            oid = msg.get('oid') or (msg.get('broker_details') or {}).get('oid')
+            self._journal('out', msg.get('name'), oid, msg.get('reqid'))
             dialogue.send(msg)
 
     def _journal(self, direction: str, name: Any, oid: Any, reqid: Any) -> None:
@@ -764,6 +765,10 @@ class DialogueEngine:
             'resting_orders': len(self.core.book),
             'open_orders': [o.summary() for o in self.core.book.orders()],
             'positions': [asdict(p) for p in self.core.positions.all(include_flat=True)],
+            'l1': {
+                sym: {'bid': self.core.bids.get(sym), 'ask': self.core.asks.get(sym)}
+                for sym in sorted(set(self.core.bids) | set(self.core.asks))
+            },
             'requests': list(self.requests),
             'journal': list(self.journal),
         }
