@@ -21,6 +21,7 @@ A backend is a module ``piker_ems.brokers.<name>`` providing:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from types import ModuleType
@@ -46,15 +47,20 @@ class SymbolNotFound(LookupError):
         return self.args[0] if self.args else 'unknown symbol'
 
 
+@functools.cache
 def available_backends() -> list[str]:
-    """Names of the installed backend modules."""
+    """Names of the installed backend modules (scanned once per process)."""
     return sorted(
         m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_')
     )
 
 
+@functools.cache
 def get_brokermod(name: str) -> ModuleType:
-    """Import and return the backend module for ``name``, or raise :class:`NoBrokerBackend`."""
+    """Import and return the backend module for ``name``, or raise :class:`NoBrokerBackend`.
+
+    Cached: emsd calls this on every order.
+    """
     if not name or not name.isidentifier() or name.startswith('_') or name not in available_backends():
         raise NoBrokerBackend(name)
     return importlib.import_module(f'{__name__}.{name}')

@@ -35,6 +35,7 @@ from ._venues import Venue, open_venue
 
 log = get_logger(__name__)
 
+MAX_DONE_ORDERS = 10_000  # finished orders remembered (for late events and snapshots)
 TERMINAL_STATUSES = {'cancelled', 'canceled', 'inactive', 'rejected', 'expired', 'closed'}
 
 
@@ -64,6 +65,7 @@ class Router:
         self._locks: defaultdict[object, trio.Lock] = defaultdict(trio.Lock)
         self.rejected_client_msgs = 0
         self.rejected_broker_msgs = 0
+        self._done: dict[str, None] = {}  # oids of finished orders, oldest first
 
     @classmethod
     def current(cls) -> 'Router':
@@ -109,6 +111,8 @@ class Router:
 
     def route(self, st: OrderState, status: Status) -> None:
         """Send a status to the order's owner and watchers, nobody else."""
+        if st.phase == 'done':
+            self._retire(st)
         msg = to_wire(status)
         owner = st.owner_conn
         if owner is not None:
@@ -129,6 +133,26 @@ class Router:
         for conn in list(self.clients):
             if conn.broker == pos.broker and conn.account == pos.account:
                 conn.push(msg)
+
+    def _retire(self, st: OrderState) -> None:
+        """Remember a finished order, forgetting the oldest ones beyond ``MAX_DONE_ORDERS``.
+
+        emsd runs for weeks: without a bound every order ever placed would stay in memory
+        (and slow snapshots and garbage collection). An oid whose owner has not yet seen its
+        end (``unseen``) is kept until it has.
+        """
+        self._done[st.oid] = None
+        while len(self._done) > MAX_DONE_ORDERS:
+            oid = next(iter(self._done))
+            old = self.orders.get(oid)
+            if old is not None and old.unseen:
+                break  # keep it (and what came after) until its owner reconnects
+            del self._done[oid]
+            if old is None or old.phase != 'done':
+                continue
+            del self.orders[oid]
+            if old.reqid is not None:
+                self.by_reqid.pop((old.venue, old.reqid), None)
 
     # --- clients --------------------------------------------------------------------------
 
