@@ -70,15 +70,25 @@ class Feed:
         return self.stream
 
 
+@dataclass
+class _Link:
+    """One broker connection of a feed; ``lost`` once the pump gave up on it."""
+
+    stream: tractor.MsgStream
+    firsts: dict
+    lost: bool = False
+
+
 async def _pump(
     broker: str,
-    stream: tractor.MsgStream,
+    link: _Link,
     tx: trio.MemorySendChannel,
     feed: Feed,
     heartbeat_timeout: float,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Drain one broker's stream forever into the local buffer (never blocks on the consumer)."""
+    stream = link.stream
     task_status.started()
     try:
         while True:
@@ -86,12 +96,14 @@ async def _pump(
                 with trio.fail_after(heartbeat_timeout):
                     msg = await stream.receive()
             except trio.TooSlowError:
+                link.lost = True
                 feed.stream.lost[broker] = (
                     f'brokerd.{broker} sent nothing for {heartbeat_timeout:g}s: feed lost'
                 )
                 log.error(feed.stream.lost[broker])
                 return
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
+                link.lost = True
                 feed.stream.lost[broker] = f'brokerd.{broker} closed the feed ({type(err).__name__})'
                 return
             quotes = msg.get('quotes')
@@ -109,6 +121,24 @@ async def _pump(
         tx.close()
 
 
+async def _abandon(ctx: tractor.Context) -> None:
+    """Give up on a context whose peer may be dead, without ever waiting on it for long.
+
+    Ask the far end to cancel (bounded; a dead peer's send errors are ignored), then close the
+    local feeder channel: tractor's own ``open_context`` exit waits for the callee's result
+    unless that channel is closed, which hangs forever when brokerd died (0.1.0a5 never tells a
+    context that its connection dropped).
+    """
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(1):
+            try:
+                await ctx.cancel()
+            except Exception as err:  # noqa: BLE001 - best effort towards a peer that may be gone
+                log.debug('cancel request to a lost brokerd failed: %r', err)
+        if ctx._recv_chan is not None:
+            await ctx._recv_chan.aclose()
+
+
 @asynccontextmanager
 async def _open_broker_feed(
     broker: str,
@@ -116,28 +146,29 @@ async def _open_broker_feed(
     subscriber: str,
     loglevel: str | None,
     heartbeat_timeout: float,
-) -> AsyncIterator[tuple[tractor.MsgStream, dict]]:
+) -> AsyncIterator[_Link]:
     async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
         async with portal.open_context(
             _brokerd.open_feed_stream, symbols=symbols, subscriber=subscriber,
         ) as (ctx, firsts):
-            lost = False
+            link: _Link | None = None
+            failed = False
             try:
                 async with ctx.open_stream() as stream:
-                    yield stream, firsts
+                    link = _Link(stream, firsts)
+                    yield link
             except BaseException:
-                lost = True
+                failed = True
                 raise
             finally:
-                # a dead brokerd never answers: don't wait for its result, cancel instead
-                with trio.CancelScope(shield=True), trio.move_on_after(1) as cs:
-                    if lost:
-                        await ctx.cancel()
-                    else:
-                        await ctx.result()
-                if cs.cancelled_caught:
+                finished = False
+                if not failed and not (link and link.lost):
+                    # a dead brokerd never answers: don't wait for its result for long
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await ctx.cancel()
+                        await ctx.result()
+                        finished = True
+                if not finished:
+                    await _abandon(ctx)
 
 
 @asynccontextmanager
@@ -164,20 +195,20 @@ async def open_feed(
     tx, rx = trio.open_memory_channel[dict](bufsize)
     feed = Feed(symbols={}, first_quotes={}, stream=QuoteStream(rx))
     async with AsyncExitStack() as stack:
-        streams = []
+        links = []
         for broker, syms in by_broker.items():
-            stream, firsts = await stack.enter_async_context(
+            link = await stack.enter_async_context(
                 _open_broker_feed(broker, syms, subscriber, loglevel, heartbeat_timeout)
             )
-            for sym, first in firsts.items():
+            for sym, first in link.firsts.items():
                 fqsn = f'{sym}.{broker}'
                 feed.symbols[fqsn] = Symbol.model_validate(first['info'])
                 feed.first_quotes[fqsn] = first['first_quote']
-            streams.append((broker, stream))
+            links.append((broker, link))
         n = await stack.enter_async_context(trio.open_nursery())
         async with tx:
-            for broker, stream in streams:
-                await n.start(_pump, broker, stream, tx.clone(), feed, heartbeat_timeout)
+            for broker, link in links:
+                await n.start(_pump, broker, link, tx.clone(), feed, heartbeat_timeout)
         try:
             yield feed
         finally:

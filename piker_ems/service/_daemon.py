@@ -151,7 +151,32 @@ class Services:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
                 raise
+            uid = portal.channel.uid
+            child = self.actor_n._children.get(uid)
+            if child is not None:
+                self.service_n.start_soon(self._watch_process, spec.name, uid, child[1])
             return True
+
+    async def _watch_process(self, name: str, uid: tuple[str, str], proc: trio.Process) -> None:
+        """Forget a service whose process died on its own (crash, OOM, SIGKILL).
+
+        tractor 0.1.0a5 never tells a parent that a child's connection dropped: the service
+        task would wait forever, the service would look alive and could never be respawned,
+        and its registry entry would point at a dead address.
+        """
+        await proc.wait()
+        running = self._running.get(name)
+        if running is None or running.portal.channel.uid != uid:
+            return  # stopped through cancel_service (or already replaced)
+        log.error('service %s died (exit code %s)', name, proc.returncode)
+        del self._running[name]
+        running.cancel_scope.cancel()
+        try:
+            with trio.move_on_after(1):
+                async with tractor.get_arbiter(*self.registry) as reg:
+                    await reg.run_from_ns('self', 'unregister_actor', uid=uid)
+        except Exception:  # already unregistered, or the registry is going away
+            log.debug('could not unregister %s', uid, exc_info=True)
 
     async def cancel_service(self, name: str) -> bool:
         """Stop one service cleanly: end its service task, then cancel its actor."""
@@ -349,13 +374,16 @@ async def maybe_open_pikerd(
         if _Local.services is not None:
             yield _Local.services
             return
-        async with find_service('pikerd') as portal:
-            found = portal is not None
-        if found:
-            yield None
-            return
         if _Embedded.cache is None or _Embedded.cache._nursery is not actor._service_n:
             _Embedded.cache = SharedCache(actor._service_n)
+        if 'pikerd' not in _Embedded.cache:
+            # (a pikerd we embedded ourselves is registered too: it is used through the
+            # cache below, so every user in this process holds a reference to it)
+            async with find_service('pikerd') as portal:
+                found = portal is not None
+            if found:
+                yield None
+                return
         async with _Embedded.cache.open('pikerd', lambda: _open_embedded_pikerd(loglevel, tl)):
             yield None
         return

@@ -74,13 +74,12 @@ async def maybe_spawn_daemon(name: str, loglevel: str | None = None) -> AsyncIte
     service_spec(name)  # validate the name (and the broker) before touching anything
     async with AsyncExitStack() as stack:
         async with _SpawnLocks.locks[name]:
+            if local_services() is None:
+                # join the remote pikerd, or hold a reference to the pikerd embedded in this
+                # tree (starting it if there is none): its services live while we use them
+                await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
             portal = await _connect_live(name, current_registry(), stack)
             if portal is None:
-                if local_services() is None:
-                    async with find_service('pikerd') as pikerd:
-                        no_pikerd = pikerd is None
-                    if no_pikerd:
-                        await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
                 await _request_spawn(name, loglevel)
                 portal = await stack.enter_async_context(wait_for_service(name, SPAWN_TIMEOUT))
         yield portal

@@ -1,0 +1,137 @@
+"""OS-level helpers for tests that run real daemons: the process table, ports, subprocesses.
+
+Waiting here is bounded polling of things that have no event to wait on (the process table, a
+port starting to accept connections).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import descendants
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    """Path of one of our console scripts (``pikerd``, ``piker``) in this venv."""
+    path = BIN / name
+    assert path.exists(), f'console script {name} not installed in {BIN}'
+    return str(path)
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (``None`` when it does not exist)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited: it counts as gone)."""
+    state = proc_state(pid)
+    return state is not None and state != 'Z'
+
+
+def parent_pid(pid: int) -> int:
+    with open(f'/proc/{pid}/stat') as f:
+        return int(f.read().rsplit(')', 1)[1].split()[1])
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace')
+    except (FileNotFoundError, ProcessLookupError):
+        return ''
+
+
+def actor_pids(name: str, root: int | None = None) -> list[int]:
+    """Live tractor sub-actor processes named ``name`` below ``root`` (default: this process)."""
+    return [
+        pid for pid in descendants(root or os.getpid())
+        if f"--uid ('{name}'," in cmdline(pid) and is_alive(pid)
+    ]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, msg: str = '') -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(msg or f'condition not met within {timeout}s')
+        time.sleep(interval)
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    """Wait until none of ``pids`` runs."""
+    wait_until(
+        lambda: not [p for p in pids if is_alive(p)], timeout,
+        msg=f'still alive after {timeout}s: {[p for p in pids if is_alive(p)]}',
+    )
+
+
+def port_open(port: int, host: str = '127.0.0.1') -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def default_sigint() -> None:  # runs in the child before exec
+    # a parent started in the background may ignore SIGINT; our daemon must see it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_pikerd(port: int, log_path: Path, timeout: float = 10.0) -> subprocess.Popen:
+    """Start the real ``pikerd`` console script on ``port``; return once it accepts TCP."""
+    log = open(log_path, 'wb')
+    proc = subprocess.Popen(
+        [script('pikerd'), '--port', str(port), '--loglevel', 'info'],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=default_sigint,
+    )
+    log.close()
+    try:
+        wait_until(
+            lambda: port_open(port) or proc.poll() is not None, timeout,
+            msg=f'pikerd did not listen on {port} within {timeout}s',
+        )
+        assert proc.poll() is None, f'pikerd exited early:\n{log_path.read_text()}'
+    except BaseException:
+        stop_hard(proc)
+        raise
+    return proc
+
+
+def stop_hard(proc: subprocess.Popen) -> None:
+    """Test-cleanup: kill a daemon and everything below it, whatever state it is in."""
+    pids = descendants(proc.pid)
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=5)
+    wait_gone(pids, timeout=5)
+
+
+def run_script(name: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Run one of our console scripts to completion and capture its output."""
+    return subprocess.run(
+        [script(name), *args],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Run the real ``piker`` console script and capture its output."""
+    return run_script('piker', *args, timeout=timeout)
