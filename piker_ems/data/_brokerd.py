@@ -114,6 +114,8 @@ class FeedBus:
         """Attach ``subscriber`` to ``symbol``'s upstream (starting it if needed)."""
         symbol = symbol.lower()
         async with self.upstreams.open(symbol, lambda: self._open_upstream(symbol)) as (_, upstream):
+            if upstream.failed is not None:  # dying: its users are leaving; don't join them
+                raise RuntimeError(f'quote stream for {symbol}.{self.broker} failed: {upstream.failed!r}')
             upstream.subscribers.add(subscriber)
             try:
                 yield upstream

@@ -106,6 +106,11 @@ async def _pump(
                 link.lost = True
                 feed.stream.lost[broker] = f'brokerd.{broker} closed the feed ({type(err).__name__})'
                 return
+            except tractor.RemoteActorError as err:  # the backend's quote stream failed in brokerd
+                link.lost = True
+                feed.stream.lost[broker] = f'brokerd.{broker} feed failed: {_remote_reason(err)}'
+                log.error(feed.stream.lost[broker])
+                return
             quotes = msg.get('quotes')
             if quotes is not None:
                 packet = {f'{sym}.{broker}': q for sym, q in quotes.items()}
@@ -119,6 +124,11 @@ async def _pump(
                 log.warning('brokerd.%s dropped %d quotes for this slow consumer', broker, n)
     finally:
         tx.close()
+
+
+def _remote_reason(err: tractor.RemoteActorError) -> str:
+    tb = ((getattr(err, 'msgdata', None) or {}).get('tb_str') or '').strip().splitlines()
+    return tb[-1] if tb else str(err)
 
 
 async def _abandon(ctx: tractor.Context) -> None:
@@ -148,27 +158,41 @@ async def _open_broker_feed(
     heartbeat_timeout: float,
 ) -> AsyncIterator[_Link]:
     async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
-        async with portal.open_context(
-            _brokerd.open_feed_stream, symbols=symbols, subscriber=subscriber,
-        ) as (ctx, firsts):
-            link: _Link | None = None
-            failed = False
-            try:
-                async with ctx.open_stream() as stream:
-                    link = _Link(stream, firsts)
-                    yield link
-            except BaseException:
-                failed = True
+        link: _Link | None = None
+        try:
+            async with portal.open_context(
+                _brokerd.open_feed_stream, symbols=symbols, subscriber=subscriber,
+            ) as (ctx, firsts):
+                failed = False
+                try:
+                    async with ctx.open_stream() as stream:
+                        link = _Link(stream, firsts)
+                        yield link
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    finished = False
+                    if not failed and not (link and link.lost):
+                        # a dead brokerd never answers: don't wait for its result for long
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await ctx.result()
+                            finished = True
+                    if not finished:
+                        await _abandon(ctx)
+        except BaseExceptionGroup as eg:
+            # once the feed is lost the consumer already got FeedLost; tractor re-raises the
+            # remote side's failure beside it at context exit: keep only the local story
+            if link is None or not link.lost:
                 raise
-            finally:
-                finished = False
-                if not failed and not (link and link.lost):
-                    # a dead brokerd never answers: don't wait for its result for long
-                    with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await ctx.result()
-                        finished = True
-                if not finished:
-                    await _abandon(ctx)
+            rest = eg.subgroup(lambda e: not isinstance(e, (tractor.RemoteActorError, BaseExceptionGroup)))
+            if rest is None:
+                raise
+            raise rest.exceptions[0] if len(rest.exceptions) == 1 else rest
+        except tractor.RemoteActorError:
+            if link is None or not link.lost:
+                raise
+            raise FeedLost(f'brokerd.{broker} feed failed') from None
 
 
 @asynccontextmanager
