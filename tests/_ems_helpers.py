@@ -4,6 +4,7 @@ from __future__ import annotations
 import trio
 
 from piker_ems.clearing import Status
+from piker_ems.data import open_feed
 from piker_ems.service import find_service
 
 SIM_CALM = """
@@ -13,6 +14,12 @@ rate = 20
 volatility = 0.3
 tick_size = 0.01
 """
+
+
+async def last_price(fqsn: str = 'btcusd.sim') -> float:
+    """The current last price of ``fqsn`` (from a short-lived feed)."""
+    async with open_feed(fqsn) as feed:
+        return feed.first_quotes[fqsn]['last']
 
 
 async def set_price(symbol: str, price: float) -> dict:

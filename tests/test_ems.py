@@ -10,10 +10,9 @@ import pytest
 import trio
 
 from piker_ems.clearing import BrokerdPosition, Status, open_ems
-from piker_ems.data import open_feed
 from piker_ems.service import open_pikerd
 
-from _ems_helpers import SIM_CALM, collect_until, ems_stats, next_status, set_price
+from _ems_helpers import last_price, SIM_CALM, collect_until, ems_stats, next_status, set_price
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
@@ -21,10 +20,6 @@ pytestmark = pytest.mark.trio
 FQSN = 'btcusd.sim'
 TERMINAL = {'broker_executed', 'alert_triggered', 'dark_cancelled', 'broker_cancelled', 'error'}
 
-
-async def last_price(fqsn: str = FQSN) -> float:
-    async with open_feed(fqsn) as feed:
-        return feed.first_quotes[fqsn]['last']
 
 
 async def test_dark_buy_above_last_triggers_fills_and_positions(reg_addr, config_dir):

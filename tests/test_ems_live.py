@@ -10,17 +10,13 @@ from piker_ems.clearing import BrokerdPosition, Status, open_ems
 from piker_ems.data import open_feed
 from piker_ems.service import open_pikerd
 
-from _ems_helpers import SIM_CALM, collect_until, next_status, rpc, set_price
+from _ems_helpers import last_price, SIM_CALM, collect_until, next_status, rpc, set_price
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
 
 FQSN = 'btcusd.sim'
 
-
-async def last_price(fqsn: str = FQSN) -> float:
-    async with open_feed(fqsn) as feed:
-        return feed.first_quotes[fqsn]['last']
 
 
 async def exchange() -> dict:
