@@ -109,6 +109,8 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
                                  tractor_loglevel=state.tractor_loglevel):
         async with open_ems(fqsn, name=f'{name}.watcher', watch='all' if watch_all else 'symbol',
                             loglevel=state.loglevel) as (_, trades, positions):
+            scope = f"every order on {fqsn.rpartition('.')[2]}" if watch_all else f'orders on {fqsn}'
+            click.echo(f'following {scope} (Ctrl-C to stop)', err=True)
             seen = 0
             for pos in positions:
                 emit(pos, as_json)

@@ -1,0 +1,123 @@
+"""The headless order commands as a user runs them: `piker order/orders/cancel` against a real
+`pikerd` process."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+import trio
+
+from _ems_helpers import SIM_CALM
+from _proc import run_cli, script, start_pikerd, stop_hard, wait_gone
+from conftest import descendants, write_config
+
+
+@pytest.fixture
+def pikerd(reg_addr, tmp_path, config_dir):
+    write_config(config_dir, SIM_CALM)
+    proc = start_pikerd(reg_addr[1], tmp_path / 'pikerd.log')
+    try:
+        yield reg_addr[1]
+        kids = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        wait_gone(kids)
+    finally:
+        if proc.poll() is None:
+            stop_hard(proc)
+
+
+def cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return run_cli('--port', str(port), *args, timeout=timeout)
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def sim_set_price(port: int, symbol: str, price: float) -> None:
+    """Move brokerd.sim's market from a short-lived client of the test's pikerd."""
+    from piker_ems.service import find_service, maybe_open_pikerd
+
+    async def main():
+        async with maybe_open_pikerd(('127.0.0.1', port), name='test.mover'):
+            async with find_service('brokerd.sim') as portal:
+                await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+
+    trio.run(main)
+
+
+def test_dark_buy_prints_submitted_triggered_filled_executed(pikerd):
+    last = json_lines(cli(pikerd, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
+    proc = subprocess.Popen(
+        [script('piker'), '--port', str(pikerd), 'order', 'buy', 'btcusd.sim',
+         '--price', f'{last + 0.5:.2f}', '--size', '1', '--mode', 'dark', '--json', '--timeout', '30'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first['resp'] == 'dark_submitted' and first['owner'] == 'piker'
+        sim_set_price(pikerd, 'btcusd', round(last + 1, 2))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    resps = [first['resp']] + [m['resp'] for m in json_lines(out)]
+    assert resps == ['dark_submitted', 'dark_triggered', 'broker_submitted', 'broker_filled', 'broker_executed']
+    assert all(m['oid'] == first['oid'] for m in json_lines(out))
+
+
+def test_detach_then_cancel_all_and_unknown_oid(pikerd):
+    placed = cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', '9999', '--size', '2',
+                 '--mode', 'live', '--detach', '--json')
+    assert placed.returncode == 0, placed.stderr
+    st = json_lines(placed.stdout)[-1]
+    assert st['resp'] == 'broker_submitted' and st['req']['size'] == 2
+    alert = cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--detach')
+    assert alert.returncode == 0 and 'alert_submitted' in alert.stdout
+
+    done = cli(pikerd, 'cancel', '--all', 'btcusd.sim', '--json')
+    assert done.returncode == 0, done.stderr
+    assert sorted(m['resp'] for m in json_lines(done.stdout)) == ['broker_cancelled', 'dark_cancelled']
+
+    again = cli(pikerd, 'cancel', '--all', 'btcusd.sim')
+    assert again.returncode == 0 and 'no open orders' in again.stderr
+
+    unknown = cli(pikerd, 'cancel', 'deadbeef')
+    assert unknown.returncode == 1
+    assert 'unknown order deadbeef' in unknown.stdout
+
+
+def test_order_usage_errors_and_timeout(pikerd):
+    no_size = cli(pikerd, 'order', 'buy', 'btcusd.sim', '--price', '1')
+    assert no_size.returncode == 2 and '--size' in no_size.stderr
+    bad = cli(pikerd, 'order', 'buy', 'x.doggy', '--price', '1', '--size', '1')
+    assert bad.returncode == 2 and "no broker backend named 'doggy'" in bad.stderr
+    assert 'Traceback' not in bad.stderr
+    waited = cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--timeout', '1')
+    assert waited.returncode == 3 and 'timed out' in waited.stderr
+
+
+def test_orders_follows_other_clients_flows(pikerd):
+    watcher = subprocess.Popen(
+        [script('piker'), '--port', str(pikerd), 'orders', 'btcusd.sim', '--json', '--count', '2'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert watcher.stderr.readline().startswith('following orders on btcusd.sim')
+        placed = cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--detach', '--name', 'bob')
+        assert placed.returncode == 0
+        cancelled = cli(pikerd, 'cancel', '--all', 'btcusd.sim', '--name', 'bob')
+        assert cancelled.returncode == 0
+        out, _ = watcher.communicate(timeout=15)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    msgs = [m for m in json_lines(out) if m.get('name') == 'status']
+    assert [m['resp'] for m in msgs] == ['alert_submitted', 'dark_cancelled']
+    assert all(m['owner'] == 'bob' for m in msgs)
