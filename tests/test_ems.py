@@ -182,3 +182,15 @@ async def test_open_ems_with_unknown_broker_is_a_clear_error(reg_addr):
     with pytest.raises(NoBrokerBackend, match='available: sim'):
         async with open_ems('xbt.doggy', name='alice'):
             pass
+
+
+async def test_commands_queued_before_leaving_still_reach_emsd(reg_addr, config_dir):
+    write_config(config_dir, SIM_CALM)
+    async with open_pikerd(reg_addr):
+        last = await last_price()
+        async with open_ems(FQSN, mode='dark', name='alice') as (book, trades, _):
+            oids = [book.send('buy', round(last - 3 - i * 0.01, 2), 1) for i in range(50)]
+            for oid in oids:
+                book.cancel(oid)  # queued; we leave at once without waiting for answers
+        stats = await ems_stats()
+        assert stats['dark'] == 0 and stats['phases'] == {'done': 50}

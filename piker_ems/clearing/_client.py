@@ -134,9 +134,13 @@ class TradesStream:
             raise StopAsyncIteration from None
 
 
-async def _write(rx: trio.MemoryReceiveChannel, stream: tractor.MsgStream) -> None:
-    async for msg in rx:
-        await stream.send(msg)
+async def _write(rx: trio.MemoryReceiveChannel, stream: tractor.MsgStream, drained: trio.Event) -> None:
+    """Send queued commands in order; ``drained`` is set once the closed queue is empty."""
+    try:
+        async for msg in rx:
+            await stream.send(msg)
+    finally:
+        drained.set()
 
 
 async def _read(
@@ -226,14 +230,14 @@ async def open_ems(
         ok = False
         try:
             async with ctx.open_stream() as stream, trio.open_nursery() as n:
-                n.start_soon(_write, cmd_rx, stream)
+                drained = trio.Event()
+                n.start_soon(_write, cmd_rx, stream, drained)
                 n.start_soon(_read, stream, status_tx, book, trades, heartbeat_timeout)
                 yield book, trades, positions
                 # let queued commands (e.g. a final cancel-all) reach emsd before closing
                 cmd_tx.close()
                 with trio.move_on_after(2):
-                    while cmd_rx.statistics().current_buffer_used:
-                        await trio.sleep(0.005)
+                    await drained.wait()
                 n.cancel_scope.cancel()
             ok = trades.lost is None
         finally:
