@@ -12,6 +12,9 @@ A backend is a module ``piker_ems.brokers.<name>`` providing:
     with ``symbol``, ``last``, ``bid``, ``ask``, ``bsize``, ``asize``, ``size``, ``volume``,
     ``time`` and ``ticks``: a list of ``{'type': 'bid'|'ask'|'trade'|'last', 'price', 'size'}``
     in arrival order. brokerd runs one such stream per symbol and fans it out.
+``async def backfill(symbol, period_s, count, end=None) -> list[tuple]`` (optional)
+    Up to ``count`` past bars ``(time, open, high, low, close, volume)`` of ``period_s``
+    seconds ending before ``end`` (default: now), oldest first, so a chart opens with history.
 ``trades_dialogue`` (optional)
     A ``@tractor.context`` endpoint for live order control (SPEC §5). Without it the backend is
     always traded through the paper engine.

@@ -123,6 +123,20 @@ class BarAggregator:
             self._extend(bar, price)
         return False
 
+    def load(self, bars: np.ndarray) -> None:
+        """Replace the bars with ``bars`` (history, oldest first, BAR_DTYPE fields).
+
+        Lets the chart open with a backfill instead of an empty plot; live ticks then extend
+        the last loaded bar if they fall in its period.
+        """
+        n = len(bars)
+        if n > len(self._buf):
+            self._buf = np.zeros(max(n * 2, len(self._buf)), dtype=BAR_DTYPE)
+        for name in BAR_DTYPE.names:
+            self._buf[name][:n] = bars[name]
+        self._n = n
+        self._cur_has_trade = n > 0
+
     def clear(self) -> None:
         """Forget all bars (e.g. when the chart switches symbol)."""
         self._n = 0

@@ -144,6 +144,14 @@ async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel:
             FeedBus._current = None
 
 
+async def history(symbol: str, period_s: float, count: int) -> list[list[float]]:
+    """RPC: past bars from the backend's optional ``backfill`` (empty if it has none)."""
+    backfill = getattr(FeedBus.current().brokermod, 'backfill', None)
+    if backfill is None:
+        return []
+    return [list(row) for row in await backfill(symbol.lower(), period_s, count)]
+
+
 async def feed_stats() -> dict:
     """RPC: the bus's upstream counts."""
     return FeedBus.current().stats()

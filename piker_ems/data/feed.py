@@ -237,3 +237,20 @@ async def open_feed(
             yield feed
         finally:
             n.cancel_scope.cancel()
+
+
+async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | None = None):
+    """Past OHLCV bars of ``fqsn`` as a ``BAR_DTYPE`` array (empty if the backend has none).
+
+    Asks ``brokerd.<broker>`` (spawning it if needed) for its backend's ``backfill``.
+    """
+    import numpy as np
+
+    from ._bars import BAR_DTYPE
+
+    sym, broker = parse_fqsn(fqsn)
+    async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
+        rows = await portal.run_from_ns(
+            'piker_ems.data._brokerd', 'history', symbol=sym, period_s=period_s, count=count,
+        )
+    return np.array([tuple(r) for r in rows], dtype=BAR_DTYPE)

@@ -32,7 +32,7 @@ from ._market import SimConfig, SimMarket, sim_config
 name = 'sim'
 
 __all__ = [
-    'SimConfig', 'SimMarket', 'SimVenue', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
+    'SimConfig', 'SimMarket', 'SimVenue', 'backfill', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
     'set_price', 'trades_dialogue',
 ]
 
@@ -94,6 +94,13 @@ async def open_quote_stream(symbol: str) -> AsyncIterator[tuple[dict, AsyncItera
             market.injected.discard(tx)
 
     yield market.quote(), updates()
+
+
+async def backfill(symbol: str, period_s: float, count: int, end: float | None = None) -> list[tuple]:
+    """Past bars for the chart: a deterministic walk ending at the market's current price."""
+    import time
+
+    return SimVenue.current().market(symbol).history(period_s, count, end or time.time())
 
 
 async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:

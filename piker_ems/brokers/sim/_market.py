@@ -164,6 +164,42 @@ class SimMarket:
                 self.injected.discard(tx)
         return quote
 
+    def history(self, period_s: float, count: int, end: float) -> list[tuple]:
+        """Synthetic past bars ``(time, open, high, low, close, volume)`` ending at ``end``.
+
+        A deterministic walk *backwards* from the current last price (seeded by the config seed,
+        the symbol and the period), with the same volatility per update as the live market, so
+        the history joins the live bars without a gap.
+        """
+        import numpy as np
+
+        cfg = self.config
+        count = max(0, int(count))
+        if count == 0:
+            return []
+        rng = np.random.default_rng(_stable_seed(cfg.seed, f'{self.symbol}:history:{period_s}'))
+        steps = max(1.0, cfg.rate * period_s)
+        sigma = cfg.volatility * steps ** 0.5
+        closes = np.empty(count, dtype=np.int64)
+        closes[-1] = self.last_t
+        moves = np.rint(rng.normal(0.0, sigma, count)).astype(np.int64)
+        for i in range(count - 1, 0, -1):
+            closes[i - 1] = max(1, closes[i] - moves[i])
+        opens = np.empty_like(closes)
+        opens[1:] = closes[:-1]
+        opens[0] = max(1, closes[0] - moves[0])
+        wick_hi = np.abs(np.rint(rng.normal(0.0, sigma / 2, count))).astype(np.int64)
+        wick_lo = np.abs(np.rint(rng.normal(0.0, sigma / 2, count))).astype(np.int64)
+        highs = np.maximum(opens, closes) + wick_hi
+        lows = np.maximum(1, np.minimum(opens, closes) - wick_lo)
+        vols = rng.poisson(steps * cfg.trade_prob * 10.5 * cfg.lot_size, count)
+        start = (end // period_s) * period_s - count * period_s
+        return [
+            (start + i * period_s, self.price(int(opens[i])), self.price(int(highs[i])),
+             self.price(int(lows[i])), self.price(int(closes[i])), float(vols[i]))
+            for i in range(count)
+        ]
+
     def with_config(self, **changes: Any) -> SimConfig:
         """A copy of this market's config with ``changes`` (for tests)."""
         return replace(self.config, **changes)
