@@ -8,6 +8,7 @@ import click
 
 from ..log import LEVELS
 from ._common import CliState, run  # noqa: F401  (sets warning filters before tractor loads)
+from .chart import chart
 from .orders import cancel, order, orders
 from .quotes import quote
 from .services import services
@@ -57,3 +58,4 @@ cli.add_command(services)
 cli.add_command(order)
 cli.add_command(orders)
 cli.add_command(cancel)
+cli.add_command(chart)

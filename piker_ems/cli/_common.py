@@ -44,7 +44,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from ..service import PikerdError
     from ..symbols import FqsnError
 
-    return (NoBrokerBackend, SymbolNotFound, FqsnError, PikerdError, FeedLost, UserError)
+    from ..ui._exec import NoDisplay, ScreenshotError
+
+    return (NoBrokerBackend, SymbolNotFound, FqsnError, PikerdError, FeedLost, UserError, NoDisplay,
+            ScreenshotError)
 
 
 class UserError(Exception):
@@ -81,12 +84,15 @@ def _remote_reason(exc: BaseException) -> str | None:
     return f'{msgdata.get("type_str", "remote error")} in a service: {last}'
 
 
-def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Run ``fn(*args)`` under trio and turn failures into one readable line + exit code."""
+def run(fn: Callable[..., Awaitable[Any]], *args: Any, runner: Callable[..., Any] | None = None) -> Any:
+    """Run ``fn(*args)`` under trio and turn failures into one readable line + exit code.
+
+    ``runner`` replaces ``trio.run`` (e.g. the Qt guest-mode runner of the chart).
+    """
     import trio
 
     try:
-        return trio.run(fn, *args)
+        return (runner or trio.run)(fn, *args)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except BaseException as exc:  # noqa: BLE001 - this is the CLI's last line of defence

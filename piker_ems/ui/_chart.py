@@ -21,8 +21,10 @@ from ._bars import OHLCBarsItem
 from ._lines import (
     BUY_COLOR,
     SELL_COLOR,
+    TAG_TEXT_COLOR,
     LevelLine,
     PositionLine,
+    action_color,
     format_price,
     format_size,
     make_alert_arrow,
@@ -38,9 +40,13 @@ _AXIS_TEXT = QtGui.QColor(160, 166, 178)
 _CROSSHAIR_COLOR = QtGui.QColor(150, 156, 170, 130)
 _BID_COLOR = QtGui.QColor(88, 150, 220)
 _ASK_COLOR = QtGui.QColor(220, 120, 150)
+_CURSOR_TAG_BG = QtGui.QColor(58, 64, 78)
+_CURSOR_TAG_FG = QtGui.QColor(235, 238, 244)
 _PRICE_AXIS_WIDTH = 78
 #: fraction of the x span kept empty right of the last bar (room for tags)
 _RIGHT_MARGIN = 0.18
+#: a young chart shows at least this many bar widths
+_MIN_FOLLOW_BARS = 40
 
 
 def _font(point_size: float, bold: bool = False) -> QtGui.QFont:
@@ -185,6 +191,8 @@ class ChartWidget(QtWidgets.QWidget):
         self._period = float(period_s)
         self._follow = True
         self._follow_span = float(follow_bars) * self._period / (1 - _RIGHT_MARGIN)
+        self._follow_bars = int(follow_bars)
+        self._user_span = False   # the user zoomed: keep their span
         self._lines: dict[str, LevelLine] = {}
         self._staged: LevelLine | None = None
         self._arrows: list[pg.ArrowItem] = []
@@ -261,9 +269,7 @@ class ChartWidget(QtWidgets.QWidget):
         #: last price tag on the price axis
         self.last_label = AxisLabel(axis, self.vb, bg=QtGui.QColor(200, 205, 215))
         #: crosshair price tag on the price axis
-        self.cursor_label = AxisLabel(
-            axis, self.vb, bg=QtGui.QColor(58, 64, 78), fg=QtGui.QColor(235, 238, 244),
-        )
+        self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
 
         scene = self.plot.scene()
@@ -442,7 +448,8 @@ class ChartWidget(QtWidgets.QWidget):
         self._vline.setPos(x)
         self._hline.setPos(snapped)
         self._vline.setVisible(True)
-        self._hline.setVisible(True)
+        # while staging, the staged line *is* the horizontal crosshair
+        self._hline.setVisible(self._staged is None)
         self.cursor_label.set_value(snapped, format_price(snapped, self._tick))
         if self._staged is not None:
             self._staged.setPos(snapped)
@@ -469,6 +476,9 @@ class ChartWidget(QtWidgets.QWidget):
             return
         pt = self.vb.mapSceneToView(ev.scenePos())
         if ev.double() and ev.button() == QtCore.Qt.MouseButton.LeftButton:
+            # back to the default view: newest bars, default zoom
+            self._user_span = False
+            self._follow_span = self._follow_bars * self._period / (1 - _RIGHT_MARGIN)
             self.follow_latest(True)
             return
         if ev.isAccepted():
@@ -589,6 +599,9 @@ class ChartWidget(QtWidgets.QWidget):
         )
         self._staged = line
         self.plot_item.addItem(line, ignoreBounds=True)
+        # the cursor's price tag takes the order's colour: "a click buys here"
+        self._hline.setVisible(False)
+        self.cursor_label.set_colors(action_color(action), TAG_TEXT_COLOR)
         return line
 
     @property
@@ -601,6 +614,8 @@ class ChartWidget(QtWidgets.QWidget):
         line, self._staged = self._staged, None
         if line is not None:
             self.plot_item.removeItem(line)
+            self.cursor_label.set_colors(_CURSOR_TAG_BG, _CURSOR_TAG_FG)
+            self._hline.setVisible(self._cursor is not None)
         return line
 
     # ---------------------------------------------------------------- arrows
@@ -653,8 +668,19 @@ class ChartWidget(QtWidgets.QWidget):
             self._apply_follow()
 
     def _set_x_window(self, last_bar_start: float) -> None:
-        right = last_bar_start + self._period + self._follow_span * _RIGHT_MARGIN
-        self.vb.setXRange(right - self._follow_span, right, padding=0)
+        span = self._span()
+        right = last_bar_start + self._period + span * _RIGHT_MARGIN
+        self.vb.setXRange(right - span, right, padding=0)
+
+    def _span(self) -> float:
+        """The followed x span: ``follow_bars`` bars, or (a young chart, built from live
+        ticks) just the bars there are, at least :data:`_MIN_FOLLOW_BARS`, so the first
+        minutes fill the view instead of a sliver at its right edge."""
+        n = len(self.bars.array)
+        if self._user_span or n >= self._follow_bars:
+            return self._follow_span
+        bars = max(n, min(_MIN_FOLLOW_BARS, self._follow_bars))
+        return bars * self._period / (1 - _RIGHT_MARGIN)
 
     def _apply_follow(self) -> None:
         self._set_x_window(float(self.bars.array['time'][-1]))
@@ -689,6 +715,7 @@ class ChartWidget(QtWidgets.QWidget):
         self._follow = x0 <= last_c <= x1
         if self._follow:
             self._follow_span = x1 - x0
+            self._user_span = True
 
     # ------------------------------------------------------------- y range
     def _y_items(self) -> Iterable[float]:

@@ -344,8 +344,8 @@ class LevelLine(pg.InfiniteLine):
         color = self.color()
         style = self.pen_style()
         if self._staged:
-            width = 1.0
-            color = _with_alpha(color, 150)
+            width = 1.2
+            color = _with_alpha(color, 215)
         elif self.foreign:
             width = 1.0
         else:

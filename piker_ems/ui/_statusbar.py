@@ -519,6 +519,14 @@ class StatusBar(QtWidgets.QStatusBar):
         self._timer.setTimerType(QtCore.Qt.PreciseTimer)
         self._timer.timeout.connect(self._on_deadline)
 
+        # wide enough for the widest mode from the start, so switching modes never shifts
+        # the layout (or clips the label before a relayout)
+        bold = QtGui.QFont(font)
+        bold.setBold(True)
+        widest = max(QtGui.QFontMetrics(bold).horizontalAdvance(t)
+                     for t in ('mode: live-sell', 'mode: dark-sell', 'mode: alert', 'mode: view'))
+        self._mode_label.setMinimumWidth(widest + 24)
+
         self.model.subscribe(self._refresh)
         # a model may outlive its view: stop rendering into deleted labels
         self.destroyed.connect(functools.partial(self.model.unsubscribe, self._refresh))

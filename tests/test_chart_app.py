@@ -1,0 +1,280 @@
+"""The chart app end to end: trio in Qt guest mode against a real emsd + paper engine on sim.
+
+Each test runs the real :class:`ChartApp` (it becomes pikerd in this process, or joins a pikerd
+subprocess) as a trio guest of pytest-qt's QApplication; the test drives keys and clicks on the
+chart and waits on conditions with ``qtbot.waitUntil``.
+"""
+import os
+
+os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+from pyqtgraph.Qt import QtCore  # noqa: E402
+
+from _ems_helpers import SIM_CALM, ems_stats  # noqa: E402
+from _proc import script, start_pikerd, stop_hard, wait_gone  # noqa: E402
+from conftest import descendants, write_config  # noqa: E402
+from piker_ems.clearing import Status, open_ems  # noqa: E402
+from piker_ems.ui._exec import start_guest  # noqa: E402
+from piker_ems.ui.app import ChartApp, ChartOptions  # noqa: E402
+
+Qt = QtCore.Qt
+FQSN = 'btcusd.sim'
+BOOT_MS = 20_000
+
+
+class Running:
+    """A ChartApp running as a trio guest, plus helpers to drive it."""
+
+    def __init__(self, qtbot, reg_addr, name: str = 'chart') -> None:
+        self.qtbot = qtbot
+        self.app = ChartApp(ChartOptions(FQSN, period=1.0, registry=reg_addr, loglevel='error',
+                                         name=name))
+        qtbot.addWidget(self.app.window)
+        self.guest = start_guest(self.app.run)
+        self.seen: list = []
+        self.wait(lambda: self.app.mode is not None and self.last() is not None, BOOT_MS,
+                  'order mode did not start')
+        mode = self.app.mode
+        on_msg = mode.on_msg
+        mode.on_msg = lambda msg: (self.seen.append(msg), on_msg(msg))  # record what arrives
+
+    @property
+    def chart(self):
+        return self.app.chart
+
+    def last(self) -> float | None:
+        return self.app.last_price
+
+    def wait(self, cond, timeout_ms: int = 10_000, msg: str = '') -> None:
+        def check() -> bool:
+            if self.guest.done:
+                self.guest.result()      # raise the app's error instead of timing out
+                raise AssertionError('the chart app ended')
+            return bool(cond())
+        try:
+            self.qtbot.waitUntil(check, timeout=timeout_ms)
+        except AssertionError as err:
+            raise AssertionError(f'{msg or "condition not met"}; status bar: '
+                                 f'{self.app.status.text()!r}') from err
+
+    def call(self, async_fn, *args, timeout_ms: int = 10_000):
+        """Run ``async_fn(*args)`` inside the app's trio run and return its result."""
+        box: dict = {}
+
+        async def task():
+            try:
+                box['value'] = await async_fn(*args)
+            except BaseException as err:  # noqa: BLE001 - handed to the test
+                box['error'] = err
+
+        self.app.spawn(task)
+        self.qtbot.waitUntil(lambda: bool(box), timeout=timeout_ms)
+        if 'error' in box:
+            raise box['error']
+        return box['value']
+
+    def place(self, key, price: float, live: bool = False) -> str:
+        """Hold the order key (and s), click at ``price``, release; returns the new line's oid."""
+        chart, qtbot = self.chart, self.qtbot
+        before = {ln.oid for ln in chart.lines()}
+        x = time.time()
+        chart.set_cursor(x, price)
+        if live:
+            qtbot.keyPress(chart, Qt.Key_S)
+        qtbot.keyPress(chart, key)
+        chart.sigClicked.emit(x, chart.cursor_price(), Qt.LeftButton)
+        qtbot.keyRelease(chart, key)
+        if live:
+            qtbot.keyRelease(chart, Qt.Key_S)
+        [oid] = {ln.oid for ln in chart.lines()} - before
+        return oid
+
+    def close(self) -> None:
+        self.app.window.close()                      # the real path: closeEvent -> cancel
+        self.qtbot.waitUntil(lambda: self.guest.done, timeout=15_000)
+        self.guest.result()
+
+
+@pytest.fixture
+def sim_calm(config_dir):
+    write_config(config_dir, SIM_CALM)
+
+
+@pytest.fixture
+def running(qtbot, reg_addr, sim_calm):
+    r = Running(qtbot, reg_addr)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_cc_cancels_three_dark_orders(running, qtbot):
+    r = running
+    chart, status = r.chart, r.app.status
+    last = r.last()
+    oids = []
+    for i, off in enumerate((1.0, 1.5, 2.0)):
+        oids.append(r.place(Qt.Key_F, round(last - off, 2)))
+        if i == 0:
+            assert status.text() == 'submitting dark-buy'
+            assert not chart.get_line(oids[0]).label.isVisible()
+            r.wait(lambda: 'submitted dark-buy' in status.text())
+    r.wait(lambda: all(chart.get_line(o).confirmed for o in oids), msg='orders not confirmed')
+    assert r.call(ems_stats)['dark'] == 3
+
+    chart.set_cursor(time.time(), last + 3)          # nothing under the cursor
+    qtbot.keyPress(chart, Qt.Key_C)
+    qtbot.keyPress(chart, Qt.Key_C)                  # cc
+    text = status.text()
+    assert text.startswith('cancelling 3 orders'), text
+    assert 'cancelling order ' in text
+    r.wait(lambda: status.text() == 'cancelled 3 orders', msg='cancel group did not resolve')
+    assert chart.lines() == []
+    cancelled = [m.oid for m in r.seen if isinstance(m, Status) and m.resp == 'dark_cancelled']
+    assert sorted(cancelled) == sorted(oids)
+    assert r.call(ems_stats)['dark'] == 0
+
+
+def test_live_buy_fills_with_up_arrow(running):
+    r = running
+    chart, status = r.chart, r.app.status
+    ask = chart._ask if chart._ask is not None else r.last()
+    oid = r.place(Qt.Key_F, round(ask + 0.5, 2), live=True)   # marketable
+    assert status.text() == 'submitting live-buy'
+    assert chart.get_line(oid).exec_mode == 'live'
+    r.wait(lambda: 'submitted live-buy' in status.text(), msg='no broker_submitted')
+    r.wait(lambda: chart.arrows() and chart.get_line(oid) is None, msg='no fill')
+    [fill] = [m for m in r.seen if isinstance(m, Status) and m.resp == 'broker_filled']
+    [arrow] = chart.arrows()
+    assert arrow.action == 'buy'
+    assert arrow.price == fill.brokerd_msg['price']
+    r.wait(lambda: chart.position_line.isVisible(), msg='no position')
+    assert chart.position_line.size == 1
+    assert chart.position_line.avg_price == fill.brokerd_msg['price']
+
+
+def test_other_clients_order_drawn_foreign(running, qtbot):
+    r = running
+    chart, status = r.chart, r.app.status
+    price = round(r.last() + 2, 2)
+
+    async def other_places_dark_sell():
+        async with open_ems(FQSN, mode='dark', name='other') as (book, trades, _):
+            oid = book.send('sell', price, 3)
+            async for msg in trades:
+                if isinstance(msg, Status) and msg.oid == oid and msg.resp == 'dark_submitted':
+                    return oid
+
+    oid = r.call(other_places_dark_sell)
+    r.wait(lambda: chart.get_line(oid) is not None, msg='foreign order not drawn')
+    line = chart.get_line(oid)
+    assert line.foreign and line.owner == 'other' and not line.movable
+    assert line.price == price and line.confirmed
+    assert line.label.toPlainText() == f'other: 3 @ {price:.2f}'
+    mine = r.place(Qt.Key_F, round(r.last() - 2, 2))
+    r.wait(lambda: chart.get_line(mine).confirmed)
+    chart.set_cursor(time.time(), r.last() + 5)
+    qtbot.keyPress(chart, Qt.Key_C)
+    qtbot.keyPress(chart, Qt.Key_C)
+    assert status.text().startswith('cancelling 1 orders')
+    r.wait(lambda: status.text() == 'cancelled 1 orders')
+    assert chart.get_line(oid) is not None           # cc left the other client's order alone
+    assert r.call(ems_stats)['dark'] == 1
+
+
+def test_restarted_chart_redraws_its_orders(qtbot, reg_addr, sim_calm, tmp_path):
+    """With a separate pikerd, orders outlive the chart; a new chart of the same name draws
+    them as its own and can cancel them."""
+    pikerd = start_pikerd(reg_addr[1], tmp_path / 'pikerd.log')
+    try:
+        first = Running(qtbot, reg_addr)
+        try:
+            oids = [first.place(Qt.Key_F, round(first.last() - d, 2)) for d in (1.0, 1.25)]
+            aid = first.place(Qt.Key_A, round(first.last() + 1.5, 2))
+            first.wait(lambda: all(first.chart.get_line(o).confirmed for o in [*oids, aid]))
+        finally:
+            first.close()
+
+        second = Running(qtbot, reg_addr)
+        try:
+            chart = second.chart
+            second.wait(lambda: len(chart.lines()) == 3, msg='orders not redrawn')
+            for o in oids:
+                line = chart.get_line(o)
+                assert line.action == 'buy' and not line.foreign and line.confirmed
+            assert chart.get_line(aid).action == 'alert'
+            chart.set_cursor(time.time(), second.last() + 5)
+            qtbot.keyPress(chart, Qt.Key_C)
+            qtbot.keyPress(chart, Qt.Key_C)
+            assert second.app.status.text().startswith('cancelling 3 orders')
+            second.wait(lambda: second.app.status.text() == 'cancelled 3 orders')
+            assert second.call(ems_stats)['dark'] == 0
+        finally:
+            second.close()
+    finally:
+        pids = descendants(pikerd.pid)
+        pikerd.send_signal(signal.SIGTERM)
+        try:
+            pikerd.wait(timeout=10)
+            wait_gone(pids)
+        except (subprocess.TimeoutExpired, AssertionError):
+            stop_hard(pikerd)
+            raise
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('DISPLAY', 'WAYLAND_DISPLAY', 'QT_QPA_PLATFORM')}
+    env.update(extra)
+    return env
+
+
+def test_cli_screenshot(tmp_path, reg_addr, sim_calm):
+    out = tmp_path / 'out.png'
+    proc = subprocess.Popen(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN,
+         '--screenshot', str(out), '--exit-after', '5'],
+        env=_env(QT_QPA_PLATFORM='offscreen'), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=25)
+    except subprocess.TimeoutExpired:
+        stop_hard(proc)
+        raise
+    assert proc.returncode == 0, err
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert 'abandoned' not in err and 'Traceback' not in err, err
+    assert not descendants(proc.pid)
+
+
+def test_cli_no_display_one_line(reg_addr):
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN],
+        env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+    )
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert '--screenshot' in lines[0] and 'QT_QPA_PLATFORM=offscreen' in lines[0]
+
+
+@pytest.mark.parametrize('fqsn,needle', [('btcusd', 'broker suffix'), ('btcusd.nope', 'nope')])
+def test_cli_bad_fqsn_one_line(fqsn, needle, reg_addr):
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', fqsn],
+        env=_env(QT_QPA_PLATFORM='offscreen'), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=20,
+    )
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
