@@ -278,3 +278,12 @@ def test_cli_bad_fqsn_one_line(fqsn, needle, reg_addr):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
 
+
+
+def test_chart_opens_with_backfilled_history(running):
+    from piker_ems.ui.app import HISTORY_BARS
+
+    bars = running.app.aggregator.array
+    assert len(bars) >= HISTORY_BARS            # history loaded, then live bars appended
+    assert abs(bars['close'][-1] - running.last()) < 1.0  # history joins the live market
+    assert (bars['time'][1:] > bars['time'][:-1]).all()

@@ -22,6 +22,8 @@ from ._exec import ScreenshotError
 from ._statusbar import StatusBar
 from .order_mode import Notifier, OrderMode
 
+HISTORY_BARS = 600  # backfilled bars a chart opens with (when the backend has history)
+
 log = get_logger(__name__)
 
 __all__ = ['ChartApp', 'ChartOptions', 'ChartWindow', 'main']
@@ -224,6 +226,7 @@ class ChartApp:
                 symbol = feed.symbols.get(fqsn)
                 if symbol is not None:
                     self.chart.set_tick_size(symbol.tick_size)
+                await self._load_history()
                 first = feed.first_quotes.get(fqsn)
                 if first:
                     self.on_quote(first)
@@ -233,6 +236,21 @@ class ChartApp:
                 await trio.sleep_forever()
         finally:
             loading()
+
+    async def _load_history(self) -> None:
+        """Open with the backend's backfill (if it has one) instead of an empty plot."""
+        import trio
+
+        from ..data.feed import fetch_history
+
+        try:
+            with trio.move_on_after(5):
+                hist = await fetch_history(
+                    self.opts.fqsn, self.opts.period, HISTORY_BARS, loglevel=self.opts.loglevel)
+                if len(hist):
+                    self.aggregator.load(hist)
+        except Exception as err:  # history is a nicety: the live chart works without it
+            log.warning('no history for %s: %r', self.opts.fqsn, err)
 
     async def _feed_loop(self, feed) -> None:
         import trio
