@@ -530,3 +530,26 @@ def test_notifier_never_fatal(monkeypatch):
     n.binary = '/nonexistent/notify-send'
     n('title', 'body')                               # OSError: logged, then disabled
     assert not n.enabled
+
+
+def test_shift_cc_cancels_everyone_only_with_control_others(env, qtbot):
+    e = env
+    mine = Order(action='buy', oid='m' * 32, symbol=FQSN, price=99.0, size=1, owner='chart')
+    theirs = Order(action='sell', oid='t' * 32, symbol=FQSN, price=101.0, size=4, owner='bob')
+    e.book.orders.update({o.oid: o for o in (mine, theirs)})
+    e.mode.load([Status(oid=o.oid, resp='dark_submitted', req=o, owner=o.owner).model_dump(mode='json')
+                  for o in (mine, theirs)], [])
+    cursor(e, 50.0)  # nothing under the cursor
+    for _ in range(2):
+        qtbot.keyPress(e.chart, Qt.Key_C, Qt.ShiftModifier)
+        e.clock.t += CC_WINDOW / 3
+    assert e.book.cancels == [mine.oid]          # refused for bob's order ...
+    assert '--control-others' in e.status.text()  # ... visibly
+
+    e.mode.control_others = True
+    e.clock.t += 1.0
+    for _ in range(2):
+        qtbot.keyPress(e.chart, Qt.Key_C, Qt.ShiftModifier)
+        e.clock.t += CC_WINDOW / 3
+    assert e.book.cancels[1:] == [theirs.oid]  # ours is already being cancelled
+    assert e.status.text().startswith('cancelling 1 orders')

@@ -25,9 +25,11 @@ from ._common import CliState, check_fqsn, run
               help='Headless run: save a PNG of the window after --exit-after seconds, then exit.')
 @click.option('--exit-after', type=float, default=None, help='Exit after this many seconds (default 5 with --screenshot).')
 @click.option('--notify', is_flag=True, help='Desktop notifications on fills and alerts (needs notify-send).')
+@click.option('--control-others', is_flag=True,
+              help="Let this chart cancel/drag other clients' orders (c under the cursor, Shift+cc for all).")
 @click.pass_obj
 def chart(state: CliState, fqsn: str, period: float, size: float, account: str, name: str,
-          screenshot: str | None, exit_after: float | None, notify: bool) -> None:
+          screenshot: str | None, exit_after: float | None, notify: bool, control_others: bool) -> None:
     """Chart FQSN live and trade it from the keyboard.
 
     \b
@@ -35,6 +37,7 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
       + hold s or ctrl: live (to the broker) instead of dark (held by the EMS)
       left click: submit; release the key: unstage
     drag a line: modify      c / Delete: cancel under cursor      cc: cancel all yours
+    Shift+cc (with --control-others): cancel every order on the symbol, others' too
     """
     check_fqsn(fqsn)
     if period <= 0:
@@ -58,7 +61,7 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
     opts = ChartOptions(
         fqsn=fqsn, period=period, size=size, account=account, name=name,
         registry=state.registry, loglevel=state.loglevel, tractor_loglevel=state.tractor_loglevel,
-        screenshot=screenshot, exit_after=exit_after, notify=notify,
+        screenshot=screenshot, exit_after=exit_after, notify=notify, control_others=control_others,
     )
 
     async def main() -> int:

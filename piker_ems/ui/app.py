@@ -47,6 +47,7 @@ class ChartOptions:
     screenshot: str | None = None
     exit_after: float | None = None
     notify: bool = False
+    control_others: bool = False  # this session may cancel/drag other clients' orders
     width: int = 1280
     height: int = 760
 
@@ -319,11 +320,13 @@ class ChartApp:
             async with open_ems(
                 opts.fqsn, mode='paper' if opts.account == 'paper' else 'live',
                 account=opts.account, name=opts.name, loglevel=opts.loglevel, watch='symbol',
+                control_others=opts.control_others,
             ) as (book, trades, positions):
                 self.book = book
                 mode = OrderMode(
                     self.chart, self.status, book, size=opts.size,
                     notify=Notifier(opts.notify), fqsn=opts.fqsn,
+                    control_others=opts.control_others,
                 )
                 mode.load(getattr(book, 'open_orders', ()), positions)
                 mode.connect()

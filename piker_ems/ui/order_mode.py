@@ -297,7 +297,7 @@ class OrderMode:
         elif key in LIVE_KEYS:
             self._live_keys.add(key)
         elif key == CANCEL_KEY:
-            self._on_c()
+            self._on_c(everyone=bool(int(modifiers) & int(Qt.ShiftModifier)))
             return
         elif key in DELETE_KEYS:
             self.cancel_under_cursor()
@@ -401,12 +401,12 @@ class OrderMode:
 
     # -- cancel ---------------------------------------------------------------------------
 
-    def _on_c(self) -> None:
+    def _on_c(self, everyone: bool = False) -> None:
         now = self.clock()
         last = self._last_c
         if last is not None and now - last.t <= CC_WINDOW:
             self._last_c = None
-            self.cancel_all(absorb=last)
+            self.cancel_all(absorb=last, everyone=everyone)
             return
         batch = self.cancel_under_cursor()
         self._last_c = batch or _CancelBatch(None, [], now)
@@ -423,14 +423,21 @@ class OrderMode:
             return None
         return self.cancel_oids([ln.oid for ln in lines])
 
-    def cancel_all(self, absorb: _CancelBatch | None = None) -> _CancelBatch | None:
+    def cancel_all(self, absorb: _CancelBatch | None = None, everyone: bool = False) -> _CancelBatch | None:
         """Cancel every order of ours on this chart (``cc``); foreign orders are left alone.
 
+        ``everyone`` (Shift+``cc``) also cancels other clients' orders on the symbol, when this
+        session was opened with ``control_others``; without it the request is refused visibly.
         ``absorb``: the batch of the first ``c`` of a ``cc`` (orders it already cancelled
         count in this batch's ``N`` instead of showing a second group).
         """
-        oids = [ln.oid for ln in self.chart.lines() if ln.oid and not ln.foreign]
-        return self.cancel_oids(oids, absorb=absorb)
+        refused = everyone and not self.control_others
+        everyone = everyone and not refused
+        oids = [ln.oid for ln in self.chart.lines() if ln.oid and (everyone or not ln.foreign)]
+        batch = self.cancel_oids(oids, absorb=absorb)
+        if refused:  # after the group opened, so the refusal stays visible beside it
+            self.status.show_error("cancelling other clients' orders needs piker chart --control-others")
+        return batch
 
     def cancel_oids(self, oids: Iterable[str], absorb: _CancelBatch | None = None) -> _CancelBatch | None:
         """Cancel ``oids`` under one status group ``cancelling N orders``.
