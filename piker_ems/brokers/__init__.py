@@ -17,7 +17,9 @@ A backend is a module ``piker_ems.brokers.<name>`` providing:
     seconds ending before ``end`` (default: now), oldest first, so a chart opens with history.
 ``trades_dialogue`` (optional)
     A ``@tractor.context`` endpoint for live order control (SPEC §5). Without it the backend is
-    always traded through the paper engine.
+    always traded through the paper engine. It must send ``{'name': 'heartbeat'}`` whenever it
+    has been idle for 1 s (``piker_ems.service._ipc.send_with_heartbeats`` does it): emsd
+    declares a dialogue silent for 3 s lost and reports its working orders to their owners.
 
 :func:`get_brokermod` loads a backend by name and fails with a readable
 :class:`NoBrokerBackend` error listing what exists.

@@ -18,6 +18,7 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
+from ..service._ipc import HEARTBEAT_TIMEOUT_S, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
 from ._messages import BrokerdPosition, Cancel, MsgError, Order, Status, parse_ems_msg, to_wire
@@ -25,7 +26,6 @@ from ._messages import BrokerdPosition, Cancel, MsgError, Order, Status, parse_e
 log = get_logger(__name__)
 
 Mode = Literal['paper', 'live', 'dark']
-HEARTBEAT_TIMEOUT_S = 3 * _ems.HEARTBEAT_S
 
 # mode -> (default exec_mode, default account)
 MODES: dict[str, tuple[str, str]] = {
@@ -162,7 +162,7 @@ async def _read(
                 return
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
                 return
-            if isinstance(raw, dict) and raw.get('name') == 'heartbeat':
+            if is_heartbeat(raw):
                 continue
             try:
                 msg = parse_ems_msg(raw)

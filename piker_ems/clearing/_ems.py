@@ -1,19 +1,17 @@
 """emsd: its service task (which creates the Router) and the client endpoint ``_emsd_main``."""
 from __future__ import annotations
 
-import time
-
 import tractor
 import trio
 
 from ..log import get_logger, setup_console
+from ..service._ipc import send_with_heartbeats
 from ..symbols import parse_fqsn
 from ._orders import ClientConn
 from ._router import Router
 
 log = get_logger(__name__)
 
-HEARTBEAT_S = 1.0
 
 
 @tractor.context
@@ -36,19 +34,12 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
-    """Drain the client's outbound queue to its stream; heartbeat when idle.
+    """Drain the client's outbound queue to its stream, heartbeating when idle.
 
     A send failure means the client is gone (crashed, killed): end the whole connection.
     """
     try:
-        while True:
-            msg = None
-            with trio.move_on_after(HEARTBEAT_S):  # only the wait is timed, never a send
-                try:
-                    msg = await conn.rx.receive()
-                except trio.EndOfChannel:
-                    return
-            await stream.send(msg if msg is not None else {'name': 'heartbeat', 'time': time.time()})
+        await send_with_heartbeats(conn.rx, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
         log.warning('%r is gone (%s)', conn, type(err).__name__)
     finally:

@@ -635,6 +635,8 @@ class DialogueEngine:
         import tractor
         import trio
 
+        from ..service._ipc import send_with_heartbeats
+
         if self.nursery is None:
             self.bind(tractor.current_actor()._service_n)
         dialogue = Dialogue(str(getattr(ctx.chan, 'uid', '') or ''))
@@ -647,8 +649,8 @@ class DialogueEngine:
 
                 async def sender() -> None:
                     try:
-                        async for msg in dialogue.outbox:
-                            await stream.send(msg)
+                        # heartbeats let emsd tell a dead venue from a quiet one
+                        await send_with_heartbeats(dialogue.outbox, stream)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
                         log.warning('%s: %r: peer gone while sending', self.name, dialogue)
                     n.cancel_scope.cancel()

@@ -31,7 +31,7 @@ from ._messages import (
 )
 from ._orders import ClientConn, OrderState, VenueKey
 from ._scan import DarkScan
-from ._venues import Venue, open_venue
+from ._venues import Venue, VenueLost, open_venue
 
 log = get_logger(__name__)
 
@@ -106,6 +106,20 @@ class Router:
         """Called by a venue's relay when its dialogue ended, so the next need reopens it."""
         if self.venues.get(venue.key) is venue:
             del self.venues[venue.key]
+
+    async def on_venue_lost(self, venue: Venue) -> None:
+        """A venue died: its working orders' fate is unknown, so tell their owners and close them.
+
+        Dark orders and alerts are untouched (they live here); when one fires, the venue is
+        reopened (its broker respawned). Never raises.
+        """
+        for st in list(self.orders.values()):
+            if st.venue == venue.key and st.phase in ('pending', 'live'):
+                st.phase = 'done'
+                self.route(st, st.status(
+                    'broker_errored',
+                    reason=f'trades dialogue {venue.name} lost ({venue.lost}); order state unknown',
+                ))
 
     # --- routing --------------------------------------------------------------------------
 
@@ -235,6 +249,8 @@ class Router:
         except (NoBrokerBackend, SymbolNotFound, FqsnError) as err:
             self.rejected_client_msgs += 1
             self.reply_error(conn, msg.oid, str(err))
+        except VenueLost as err:
+            self.reply_error(conn, msg.oid, f'{err}; retry to reopen it')
         except Exception as err:  # a bug or a dead venue must not kill the client loop
             log.exception('failed to process %r from %r', msg, conn)
             self.reply_error(conn, msg.oid, f'emsd failed to process the request: {err}')

@@ -10,7 +10,6 @@ subscriber leaves.
 """
 from __future__ import annotations
 
-import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,10 +21,10 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
 from ..service._cache import SharedCache
+from ..service._ipc import HEARTBEAT_S, heartbeat as heartbeat_msg
 
 log = get_logger(__name__)
 
-HEARTBEAT_S = 1.0
 DEFAULT_BUFSIZE = 2048
 
 
@@ -196,7 +195,7 @@ async def open_feed_stream(
                     except trio.EndOfChannel:
                         raise RuntimeError(f'quote stream for {symbols} ended in brokerd.{bus.broker}') from None
                 if item is None:
-                    await stream.send({'heartbeat': time.time()})
+                    await stream.send(heartbeat_msg())
                     continue
                 if sub.dropped != sub.reported:
                     await stream.send({'overrun': {'dropped': sub.dropped - sub.reported}})

@@ -18,12 +18,12 @@ import trio
 
 from ..log import get_logger
 from ..service import maybe_spawn_brokerd
+from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context
 from ..symbols import Symbol, parse_fqsn
 from . import _brokerd
 
 log = get_logger(__name__)
 
-HEARTBEAT_TIMEOUT_S = 3 * _brokerd.HEARTBEAT_S
 
 
 class FeedLost(RuntimeError):
@@ -131,24 +131,6 @@ def _remote_reason(err: tractor.RemoteActorError) -> str:
     return tb[-1] if tb else str(err)
 
 
-async def _abandon(ctx: tractor.Context) -> None:
-    """Give up on a context whose peer may be dead, without ever waiting on it for long.
-
-    Ask the far end to cancel (bounded; a dead peer's send errors are ignored), then close the
-    local feeder channel: tractor's own ``open_context`` exit waits for the callee's result
-    unless that channel is closed, which hangs forever when brokerd died (0.1.0a5 never tells a
-    context that its connection dropped).
-    """
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(1):
-            try:
-                await ctx.cancel()
-            except Exception as err:  # noqa: BLE001 - best effort towards a peer that may be gone
-                log.debug('cancel request to a lost brokerd failed: %r', err)
-        if ctx._recv_chan is not None:
-            await ctx._recv_chan.aclose()
-
-
 @asynccontextmanager
 async def _open_broker_feed(
     broker: str,
@@ -179,7 +161,7 @@ async def _open_broker_feed(
                             await ctx.result()
                             finished = True
                     if not finished:
-                        await _abandon(ctx)
+                        await abandon_context(ctx)
         except BaseExceptionGroup as eg:
             # once the feed is lost the consumer already got FeedLost; tractor re-raises the
             # remote side's failure beside it at context exit: keep only the local story

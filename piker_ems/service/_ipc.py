@@ -1,0 +1,72 @@
+"""Stream idioms every long-lived tractor dialogue here needs (tractor 0.1.0a5 lacks them).
+
+- Liveness: 0.1.0a5 never tells a context that its connection dropped, so a receiver waiting on
+  a dead peer hangs forever. Senders send a heartbeat when idle (:func:`send_with_heartbeats`)
+  and receivers time out on silence.
+- Leaving: tractor's ``open_context`` exit waits for the callee's result, forever if the callee
+  died; :func:`abandon_context` makes that exit return at once.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import tractor
+import trio
+
+from ..log import get_logger
+
+log = get_logger(__name__)
+
+HEARTBEAT_S = 1.0
+"""Idle interval after which a dialogue sends a heartbeat."""
+HEARTBEAT_TIMEOUT_S = 3 * HEARTBEAT_S
+"""Silence after which a receiver declares its peer lost."""
+
+
+def heartbeat() -> dict:
+    """The heartbeat message of every dialogue (``name`` tag, so it never parses as a model)."""
+    return {'name': 'heartbeat', 'time': time.time()}
+
+
+def is_heartbeat(msg: Any) -> bool:
+    """Whether a received message is a heartbeat (to be skipped before validation)."""
+    return isinstance(msg, dict) and msg.get('name') == 'heartbeat'
+
+
+async def send_with_heartbeats(
+    outbox: trio.MemoryReceiveChannel,
+    stream: tractor.MsgStream,
+    interval: float = HEARTBEAT_S,
+) -> None:
+    """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
+
+    Returns when the outbox is closed and drained. Only the *wait* is timed, never a send
+    (cancelling a send mid-write could corrupt the stream's framing). Send errors propagate:
+    they mean the peer is gone.
+    """
+    while True:
+        msg = None
+        with trio.move_on_after(interval):
+            try:
+                msg = await outbox.receive()
+            except trio.EndOfChannel:
+                return
+        await stream.send(msg if msg is not None else heartbeat())
+
+
+async def abandon_context(ctx: tractor.Context) -> None:
+    """Give up on a context whose peer may be dead, without ever waiting on it for long.
+
+    Ask the far end to cancel (bounded; a dead peer's send errors are ignored), then close the
+    local feeder channel so tractor's own ``open_context`` exit returns instead of waiting
+    forever for a result that will never come.
+    """
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(1):
+            try:
+                await ctx.cancel()
+            except Exception as err:  # noqa: BLE001 - best effort towards a peer that may be gone
+                log.debug('cancel request to a lost peer failed: %r', err)
+        if ctx._recv_chan is not None:
+            await ctx._recv_chan.aclose()
