@@ -7,7 +7,6 @@ position is exact. Messages are awaited with ``trio.fail_after``, never slept on
 """
 from __future__ import annotations
 
-import uuid
 from contextlib import asynccontextmanager
 
 import pytest
@@ -15,10 +14,10 @@ import tractor
 import trio
 
 from piker_ems.clearing import _paper
-from piker_ems.clearing._messages import parse_brokerd_msg
 from piker_ems.service import find_service, maybe_open_pikerd
 from piker_ems.service._daemon import DEATHSIG_MODULE
 
+from _dialogue_helpers import cancel, dialogue, kinds, order, recv
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
@@ -47,43 +46,20 @@ async def paperboi(reg_addr):
         async with tractor.open_nursery() as an:
             portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
             try:
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
                     yield portal, stream, positions
             finally:
                 await portal.cancel_actor()
 
 
-@asynccontextmanager
-async def dialogue(portal):
-    async with portal.open_context(_paper.trades_dialogue, broker='sim') as (ctx, positions):
-        async with ctx.open_stream() as stream:
-            yield stream, positions
 
 
-async def recv(stream, n: int, timeout: float = 10.0) -> list[dict]:
-    """The next ``n`` messages, each validated as something emsd would accept."""
-    out = []
-    with trio.fail_after(timeout):
-        for _ in range(n):
-            msg = await stream.receive()
-            parse_brokerd_msg(msg)
-            out.append(msg)
-    return out
 
 
-def order(action: str, price: float, size: float = 1.0, reqid=None, symbol: str = 'btcusd', oid=None) -> dict:
-    return {
-        'name': 'order', 'action': action, 'oid': oid or str(uuid.uuid4()), 'account': 'paper',
-        'reqid': reqid, 'symbol': symbol, 'price': price, 'size': size,
-    }
 
 
-def cancel(oid: str, reqid) -> dict:
-    return {'name': 'cancel', 'oid': oid, 'reqid': reqid, 'account': 'paper'}
 
 
-def kinds(msgs: list[dict]) -> list[str]:
-    return [m['name'] if m['name'] != 'status' else f"status:{m['status']}" for m in msgs]
 
 
 async def set_price(symbol: str, price: float) -> dict:
@@ -274,7 +250,7 @@ async def test_positions_buy_sell_cross_zero_and_started_value(reg_addr, config_
         async with tractor.open_nursery() as an:
             portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
             try:
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
                     assert positions == []
 
                     async def trade(action, size, price=None):
@@ -293,7 +269,7 @@ async def test_positions_buy_sell_cross_zero_and_started_value(reg_addr, config_
                     assert await trade('sell', 1) == (99.0, (-3, pytest.approx(301 / 3)))
 
                 # a new dialogue starts with the engine's positions
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
                     assert [(p['symbol'], p['size'], round(p['avg_price'], 6)) for p in positions] == [
                         ('btcusd', -3, round(301 / 3, 6))]
                     assert await trade('buy', 3) == (99.01, (0, 0))

@@ -7,17 +7,16 @@ through ``set_price``, so prices are exact.
 """
 from __future__ import annotations
 
-import uuid
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from piker_ems.brokers import sim
-from piker_ems.clearing._messages import parse_brokerd_msg
 from piker_ems.data import open_feed
 from piker_ems.service import maybe_open_pikerd, maybe_spawn_brokerd
 
+from _dialogue_helpers import cancel, dialogue, kinds, order, recv
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
@@ -39,40 +38,18 @@ async def exchange(reg_addr, symbol: str = 'btcusd'):
     async with maybe_open_pikerd(reg_addr):
         async with maybe_spawn_brokerd('sim') as portal:
             async with open_feed(f'{symbol}.sim'):
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
                     yield portal, stream, positions
 
 
-@asynccontextmanager
-async def dialogue(portal):
-    async with portal.open_context(sim.trades_dialogue) as (ctx, positions):
-        async with ctx.open_stream() as stream:
-            yield stream, positions
 
 
-async def recv(stream, n: int, timeout: float = 10.0) -> list[dict]:
-    out = []
-    with trio.fail_after(timeout):
-        for _ in range(n):
-            msg = await stream.receive()
-            parse_brokerd_msg(msg)
-            out.append(msg)
-    return out
 
 
-def order(action: str, price: float, size: float = 1.0, reqid=None, symbol: str = 'btcusd', oid=None) -> dict:
-    return {
-        'name': 'order', 'action': action, 'oid': oid or str(uuid.uuid4()), 'account': 'paper',
-        'reqid': reqid, 'symbol': symbol, 'price': price, 'size': size,
-    }
 
 
-def cancel(oid: str, reqid) -> dict:
-    return {'name': 'cancel', 'oid': oid, 'reqid': reqid, 'account': 'paper'}
 
 
-def kinds(msgs: list[dict]) -> list[str]:
-    return [m['name'] if m['name'] != 'status' else f"status:{m['status']}" for m in msgs]
 
 
 async def stats(portal) -> dict:
@@ -208,7 +185,7 @@ async def test_dialogues_counted_positions_kept_and_bad_messages(reg_addr, confi
     async with maybe_open_pikerd(reg_addr):
         async with maybe_spawn_brokerd('sim') as portal:
             async with open_feed('btcusd.sim'):
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
                     assert positions == []
                     for bad in ['junk', {'name': 'order', 'oid': 'b1'}, {'name': 'cancel', 'oid': 'b2', 'reqid': 1.5}]:
                         await stream.send(bad)
@@ -217,7 +194,7 @@ async def test_dialogues_counted_positions_kept_and_bad_messages(reg_addr, confi
                     await stream.send(order('sell', 1.0, size=2))
                     *_, pos = await recv(stream, 5)
                     assert (pos['size'], pos['avg_price']) == (-2, 100.0)
-                async with dialogue(portal) as (stream, positions):
+                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
                     assert [(p['symbol'], p['size'], p['avg_price']) for p in positions] == [('btcusd', -2, 100.0)]
                     await stream.send(order('buy', 200.0))
                     ack, *_ = await recv(stream, 5)

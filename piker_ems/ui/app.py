@@ -301,6 +301,8 @@ class ChartApp:
 
     def redraw(self) -> None:
         """Push the latest bars, L1 and last price to the chart."""
+        if self._close_requested:
+            return  # Qt may already be tearing the widgets down; trio is being cancelled
         self.chart.update_bars(self.aggregator.array)
         if self._l1 is not None:
             bid, ask, bsize, asize = self._l1
@@ -334,6 +336,8 @@ class ChartApp:
                 starting()
                 try:
                     async for msg in trades:
+                        if self._close_requested:
+                            break  # don't draw into a window that is closing
                         mode.on_msg(msg)
                     self.status.show_error('emsd closed the connection: order mode off')
                 except EmsLost as err:
