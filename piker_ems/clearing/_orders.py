@@ -99,6 +99,7 @@ class OrderState:
     last_resp: str | None = None
     trigger_price: float | None = None
     unseen: bool = False  # closed while its owner was away: shown in the owner's next snapshot
+    last_msg: dict | None = None  # wire form of the last status routed (the order's snapshot)
 
     @property
     def oid(self) -> str:
@@ -117,7 +118,13 @@ class OrderState:
         )
 
     def snapshot(self) -> dict:
-        """Wire form of the order's current state, for a (re)connecting client."""
+        """Wire form of the order's current state, for a (re)connecting client.
+
+        That is its last routed status (already serialized: connecting with 1000 open orders
+        costs no model work), or one built from the current state if none was routed yet.
+        """
+        if self.last_msg is not None:
+            return self.last_msg
         return to_wire(Status(
             oid=self.oid, resp=self.last_resp or 'broker_pending', req=self.req,
             owner=self.owner, broker_reqid=self.reqid, trigger_price=self.trigger_price,

@@ -127,7 +127,7 @@ class Router:
         """Send a status to the order's owner and watchers, nobody else."""
         if st.phase == 'done':
             self._retire(st)
-        msg = to_wire(status)
+        msg = st.last_msg = to_wire(status)
         owner = st.owner_conn
         if owner is not None:
             owner.push(msg)
