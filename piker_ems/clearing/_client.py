@@ -50,6 +50,8 @@ class OrderBook:
     _tx: trio.MemorySendChannel = field(repr=False)
     orders: dict[str, Order] = field(default_factory=dict)
     """The latest request per oid: ours as sent, and others' as learned from statuses."""
+    open_orders: list[dict] = field(default_factory=list)
+    """The start-up snapshot: the last status (wire dict) of each order in this client's scope."""
 
     def _push(self, msg: dict) -> None:
         self._tx.send_nowait(msg)  # unbounded: never WouldBlock
@@ -218,15 +220,17 @@ async def open_ems(
         )
         positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
         cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
-        book = OrderBook(fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx)
+        book = OrderBook(
+            fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
+            open_orders=list(first.get('orders', ())),
+        )
         status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
         trades = TradesStream(status_rx)
-        for snap in first.get('orders', ()):
+        for snap in book.open_orders:
             status = Status.model_validate(snap)
             if status.req is not None:
                 book.orders[status.oid] = status.req
             status_tx.send_nowait(status)
-        book.open_orders = list(first.get('orders', ()))  # type: ignore[attr-defined]
         ok = False
         try:
             async with ctx.open_stream() as stream, trio.open_nursery() as n:

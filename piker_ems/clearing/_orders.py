@@ -49,7 +49,6 @@ class ClientConn:
         self.on_disconnect = on_disconnect
         self.tx, self.rx = trio.open_memory_channel[dict](CLIENT_QUEUE)
         self.closed = False
-        self.overflowed = False
         self.sent = 0
 
     def __repr__(self) -> str:
@@ -64,7 +63,6 @@ class ClientConn:
             self.sent += 1
         except trio.WouldBlock:
             log.error('%r is not reading: dropping the connection', self)
-            self.overflowed = True
             self.close()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True

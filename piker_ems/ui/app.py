@@ -330,7 +330,7 @@ class ChartApp:
                     notify=Notifier(opts.notify), fqsn=opts.fqsn,
                     control_others=opts.control_others,
                 )
-                mode.load(getattr(book, 'open_orders', ()), positions)
+                mode.load(book.open_orders, positions)
                 mode.connect()
                 self.mode = mode
                 starting()
