@@ -5,7 +5,7 @@ import tractor
 import trio
 
 from ..log import get_logger, setup_console
-from ..service._ipc import send_with_heartbeats
+from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ._orders import ClientConn
 from ._router import Router
@@ -18,19 +18,13 @@ log = get_logger(__name__)
 async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = None) -> None:
     """emsd's service task: own the Router (and its paper engines) until pikerd cancels us."""
     setup_console(loglevel, process_name='emsd')
-    async with tractor.open_nursery() as actor_n:
+    async with open_supervisor() as (actor_n, n):
+        Router._current = Router(n, actor_n, loglevel)
         try:
-            async with trio.open_nursery() as n:
-                Router._current = Router(n, actor_n, loglevel)
-                try:
-                    await ctx.started('emsd')
-                    await trio.sleep_forever()
-                finally:
-                    Router._current = None
-                    n.cancel_scope.cancel()
+            await ctx.started('emsd')
+            await trio.sleep_forever()
         finally:
-            with trio.CancelScope(shield=True):
-                await actor_n.cancel()
+            Router._current = None
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:

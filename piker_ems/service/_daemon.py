@@ -19,6 +19,7 @@ import trio
 
 from .. import config
 from ..log import get_logger, setup_console
+from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
 
 log = get_logger(__name__)
@@ -259,22 +260,16 @@ async def _hosting_services(
     """Open an actor nursery and a service nursery in the current actor and publish Services."""
     if _Local.services is not None:
         raise PikerdError('this process already hosts pikerd')
-    async with tractor.open_nursery() as actor_n:
+    async with open_supervisor() as (actor_n, service_n):
+        services = Services(
+            actor_n, service_n, registry=registry, loglevel=loglevel,
+            tractor_loglevel=tractor_loglevel, debug_mode=debug_mode,
+        )
+        _Local.services = services
         try:
-            async with trio.open_nursery() as service_n:
-                services = Services(
-                    actor_n, service_n, registry=registry, loglevel=loglevel,
-                    tractor_loglevel=tractor_loglevel, debug_mode=debug_mode,
-                )
-                _Local.services = services
-                try:
-                    yield services
-                finally:
-                    _Local.services = None
-                    service_n.cancel_scope.cancel()
+            yield services
         finally:
-            with trio.CancelScope(shield=True):
-                await actor_n.cancel()
+            _Local.services = None
 
 
 @asynccontextmanager

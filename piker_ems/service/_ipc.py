@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 import tractor
 import trio
@@ -70,3 +71,23 @@ async def abandon_context(ctx: tractor.Context) -> None:
                 log.debug('cancel request to a lost peer failed: %r', err)
         if ctx._recv_chan is not None:
             await ctx._recv_chan.aclose()
+
+
+@asynccontextmanager
+async def open_supervisor() -> AsyncIterator[tuple[Any, trio.Nursery]]:
+    """Yield ``(actor_nursery, task_nursery)`` for an actor that owns children and tasks.
+
+    Teardown order matters with tractor 0.1.0a5: the tasks (which hold contexts on the
+    children) are cancelled first, then the children are cancelled from *inside* the actor
+    nursery (fast and graceful; cancelling around it takes the 3 s hard-kill path).
+    """
+    async with tractor.open_nursery() as actor_n:
+        try:
+            async with trio.open_nursery() as task_n:
+                try:
+                    yield actor_n, task_n
+                finally:
+                    task_n.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await actor_n.cancel()
