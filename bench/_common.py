@@ -1,18 +1,18 @@
 """Shared plumbing for the actor benchmarks: isolated environment, percentiles, leak check.
 
-Import-safe: nothing here imports tractor or piker_ems at module level, so entry scripts can
-call :func:`isolate` before the runtime (or any child actor) exists.
+Import-safe: nothing here imports tractor at module level (``piker_ems.testing`` is stdlib
+only), so entry scripts can call :func:`isolate` before the runtime (or any child actor) exists.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+from piker_ems.testing import reap_descendants
 
 SYMBOL = 'btcusd'
 FQSN = f'{SYMBOL}.sim'
@@ -88,42 +88,9 @@ def wire_size(msg: dict) -> int:
     return len(msgspec.msgpack.encode(msg))
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir('/proc'):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f'/proc/{d}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != 'Z':
-            out.append(int(d))
-    return out
-
-
-def descendants(pid: int | None = None) -> list[int]:
-    out, todo = [], [pid or os.getpid()]
-    while todo:
-        kids = _children(todo.pop())
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
 def reap_check(cfg: Path | None = None, grace: float = 3.0) -> list[int]:
     """Wait for child actors to exit; SIGKILL (and report) any that outlive ``grace``."""
-    deadline = time.monotonic() + grace
-    left = descendants()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = descendants()
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    left = reap_descendants(grace)
     if cfg is not None:
         shutil.rmtree(cfg, ignore_errors=True)
     return left

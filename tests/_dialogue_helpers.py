@@ -10,6 +10,18 @@ from piker_ems.clearing._messages import parse_brokerd_msg
 from piker_ems.service._ipc import is_heartbeat
 
 
+SIM_FROZEN = """
+[sim]
+seed = 1
+rate = 20
+volatility = 0.0
+max_spread = 1
+tick_size = 0.01
+start_price = 100.0
+"""
+"""A sim market that never moves on its own: bid 100.00 / ask 100.01, so fill prices are exact."""
+
+
 @asynccontextmanager
 async def dialogue(portal, endpoint, **kwargs):
     """Open ``endpoint`` on ``portal`` and yield ``(stream, started positions)``."""

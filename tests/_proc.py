@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import descendants
+from piker_ems.testing import descendants
 
 BIN = Path(sys.executable).parent
 

@@ -3,12 +3,12 @@ and a hard check that no actor process outlives its test."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
+
+from piker_ems.testing import reap_descendants
 
 os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
 # spawned actors inherit this: silence trio's MultiError deprecation noise in children
@@ -44,33 +44,6 @@ def write_config(config_dir: Path, text: str) -> None:
     (config_dir / 'piker_ems.toml').write_text(text)
 
 
-def child_pids(pid: int | None = None) -> list[int]:
-    """Live (non-zombie) direct children of ``pid`` (default: this process)."""
-    pid = pid or os.getpid()
-    out = []
-    for d in os.listdir('/proc'):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f'/proc/{d}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != 'Z':
-            out.append(int(d))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``."""
-    out, todo = [], [pid]
-    while todo:
-        kids = child_pids(todo.pop())
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
 def _reset_process_state() -> None:
     """Forget per-process singletons a test's in-process pikerd/brokerd may have left."""
     from piker_ems.service import _daemon
@@ -84,14 +57,6 @@ def no_leaked_subactors():
     """Fail (and clean up) if a test leaves any child process running."""
     yield
     _reset_process_state()
-    deadline = time.monotonic() + 3
-    leaked = descendants(os.getpid())
-    while leaked and time.monotonic() < deadline:
-        time.sleep(0.05)
-        leaked = descendants(os.getpid())
-    for pid in leaked:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    leaked = reap_descendants(grace=3)
     assert not leaked, f'leaked sub-processes: {leaked}'
+

@@ -17,7 +17,8 @@ from pyqtgraph.Qt import QtCore  # noqa: E402
 
 from _ems_helpers import SIM_CALM, ems_stats  # noqa: E402
 from _proc import script, start_pikerd, stop_hard, wait_gone  # noqa: E402
-from conftest import descendants, write_config  # noqa: E402
+from conftest import write_config  # noqa: E402
+from piker_ems.testing import descendants  # noqa: E402
 from piker_ems.clearing import Status, open_ems  # noqa: E402
 from piker_ems.ui._exec import start_guest  # noqa: E402
 from piker_ems.ui.app import ChartApp, ChartOptions  # noqa: E402

@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from pyqtgraph.Qt import QtCore, QtGui, QtTest, QtWidgets  # noqa: E402
 
+from _chart_helpers import T0, make_bars  # noqa: E402
 from piker_ems.data._bars import BarAggregator  # noqa: E402
 from piker_ems.ui._bars import OHLCBarsItem  # noqa: E402
 from piker_ems.ui._chart import ChartWidget  # noqa: E402
@@ -24,17 +25,7 @@ from piker_ems.ui._lines import (  # noqa: E402
 )
 
 Qt = QtCore.Qt
-T0 = 1_700_000_000.0
 
-
-def make_bars(n: int = 200, period: float = 5.0, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    agg = BarAggregator(period)
-    price = 100.0
-    for i in range(n * 4):
-        price += rng.normal(0, 0.03)
-        agg.update(T0 + i * period / 4, round(price, 2), size=1)
-    return agg.array.copy()
 
 
 @pytest.fixture

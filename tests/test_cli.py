@@ -12,7 +12,8 @@ from _proc import (
     actor_pids, default_sigint, port_open, run_cli, run_script, script, start_pikerd, stop_hard,
     wait_gone,
 )
-from conftest import descendants, free_port
+from conftest import free_port
+from piker_ems.testing import descendants
 
 
 def assert_one_line_error(proc, *fragments: str) -> str:

@@ -11,7 +11,8 @@ import trio
 
 from _ems_helpers import SIM_CALM
 from _proc import run_cli, script, start_pikerd, stop_hard, wait_gone
-from conftest import descendants, write_config
+from conftest import write_config
+from piker_ems.testing import descendants
 
 
 @pytest.fixture

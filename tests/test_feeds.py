@@ -12,7 +12,8 @@ import trio
 
 import feed_consumers
 from _proc import actor_pids, wait_gone
-from conftest import descendants, write_config
+from conftest import write_config
+from piker_ems.testing import descendants
 from piker_ems.brokers import NoBrokerBackend, available_backends, get_brokermod
 from piker_ems.brokers.sim import SimConfig, SimMarket
 from piker_ems.brokers.sim._market import sim_config

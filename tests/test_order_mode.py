@@ -10,13 +10,12 @@ import pytest  # noqa: E402
 from pyqtgraph.Qt import QtCore, QtGui, QtTest, QtWidgets  # noqa: E402
 
 from piker_ems.clearing._messages import BrokerdPosition, Order, Status  # noqa: E402
-from piker_ems.data._bars import BarAggregator  # noqa: E402
 from piker_ems.ui._chart import ChartWidget  # noqa: E402
 from piker_ems.ui._statusbar import StatusBar, StatusModel  # noqa: E402
 from piker_ems.ui.order_mode import CC_WINDOW, Notifier, OrderMode, mode_name  # noqa: E402
+from _chart_helpers import make_bars
 
 Qt = QtCore.Qt
-T0 = 1_700_000_000.0
 FQSN = 'btcusd.sim'
 
 
@@ -62,15 +61,6 @@ def st(book: FakeBook, oid: str, resp: str, **kw) -> Status:
     return Status(oid=oid, resp=resp, req=req, owner=owner, **kw)
 
 
-def make_bars(n: int = 120, period: float = 5.0) -> np.ndarray:
-    rng = np.random.default_rng(2)
-    agg = BarAggregator(period)
-    price = 100.0
-    for i in range(n * 4):
-        price += rng.normal(0, 0.03)
-        agg.update(T0 + i * period / 4, round(price, 2), size=1)
-    return agg.array.copy()
-
 
 @pytest.fixture
 def env(qtbot):
@@ -84,7 +74,7 @@ def env(qtbot):
     window.resize(1000, 600)
     window.show()
     qtbot.waitExposed(window)
-    chart.update_bars(make_bars())
+    chart.update_bars(make_bars(120, seed=2))
     QtWidgets.QApplication.processEvents()
     book = FakeBook()
     notes = []

@@ -17,21 +17,13 @@ from piker_ems.clearing import _paper
 from piker_ems.service import find_service, maybe_open_pikerd
 from piker_ems.service._daemon import DEATHSIG_MODULE
 
-from _dialogue_helpers import cancel, dialogue, kinds, order, recv
+from _dialogue_helpers import SIM_FROZEN as SIM_FROZEN_BASE, cancel, dialogue, kinds, order, recv
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
 
 # bid 100.00 / ask 100.01 for every symbol, ethusd at 50.00 / 50.01; nothing moves on its own
-SIM_FROZEN = """
-[sim]
-seed = 1
-rate = 20
-volatility = 0.0
-max_spread = 1
-tick_size = 0.01
-start_price = 100.0
-
+SIM_FROZEN = SIM_FROZEN_BASE + """
 [sim.symbols.ethusd]
 start_price = 50.0
 """

@@ -13,7 +13,7 @@ import trio
 from _proc import (
     actor_pids, is_alive, parent_pid, port_open, start_pikerd, stop_hard, wait_gone, wait_until,
 )
-from conftest import descendants
+from piker_ems.testing import descendants
 from piker_ems.data import open_feed
 from piker_ems.service import (
     Services,

@@ -16,20 +16,10 @@ from piker_ems.brokers import sim
 from piker_ems.data import open_feed
 from piker_ems.service import maybe_open_pikerd, maybe_spawn_brokerd
 
-from _dialogue_helpers import cancel, dialogue, kinds, order, recv
+from _dialogue_helpers import SIM_FROZEN, cancel, dialogue, kinds, order, recv
 from conftest import write_config
 
 pytestmark = pytest.mark.trio
-
-SIM_FROZEN = """
-[sim]
-seed = 1
-rate = 20
-volatility = 0.0
-max_spread = 1
-tick_size = 0.01
-start_price = 100.0
-"""
 
 
 @asynccontextmanager
