@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..symbols import FqsnError, parse_fqsn
+from . import _statuses
 
 __all__ = [
     'BROKER_RESP_PREFIX',
@@ -73,8 +74,15 @@ Oid = Annotated[str, Field(min_length=1)]
 #: The broker's order id: whatever type the backend uses.
 ReqId = Union[int, str]
 
+#: Hard caps on any request's price and size, whatever the symbol: finite, and small enough
+#: that price * size keeps cent precision in a float (2**53 ~ 9e15). emsd checks the tighter,
+#: per-symbol bounds (size in lots, notional) once it knows the symbol; see ``_router``.
+MAX_PRICE = 1e12
+MAX_SIZE = 1e12
+
 #: A finite, strictly positive float (prices and sizes of requests).
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False)]
+SizeFloat = Annotated[float, Field(gt=0, le=MAX_SIZE, allow_inf_nan=False)]
 
 #: Any finite float (broker reported prices/sizes: may be 0 or negative).
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -109,7 +117,7 @@ class Order(BaseModel):
     oid: Oid
     symbol: str
     price: PosFloat
-    size: float = Field(0.0, allow_inf_nan=False, validate_default=True)
+    size: float = Field(0.0, le=MAX_SIZE, allow_inf_nan=False, validate_default=True)
     brokers: list[str] = Field(default_factory=list)
     exec_mode: Literal['dark', 'live', 'paper'] = 'dark'
     account: str = 'paper'
@@ -172,7 +180,7 @@ class BrokerdOrder(BaseModel):
     # the broker-local symbol key (``btcusd``), not an fqsn
     symbol: str = Field(min_length=1)
     price: PosFloat
-    size: PosFloat
+    size: SizeFloat
 
 
 class BrokerdCancel(BaseModel):
@@ -270,22 +278,10 @@ class BrokerdPosition(BaseModel):
 # ---------------------------------------------------------------------------
 # emsd -> client
 
-#: ``Status.resp`` values emsd makes itself; anything ``broker_<status>`` is
-#: also valid (an open set coming from the backend).
-EMS_RESPS: frozenset[str] = frozenset({
-    'dark_submitted',
-    'alert_submitted',
-    'dark_cancelled',
-    'dark_triggered',
-    'alert_triggered',
-    'broker_submitted',
-    'broker_cancelled',
-    'broker_filled',
-    'broker_executed',
-    'broker_errored',
-    'error',
-})
-BROKER_RESP_PREFIX = 'broker_'
+#: ``Status.resp`` values with a meaning of their own (see :mod:`._statuses`); any
+#: well-formed ``broker_<status>`` is also valid (an open set coming from the backend).
+EMS_RESPS: frozenset[str] = _statuses.KNOWN_RESPS
+BROKER_RESP_PREFIX = _statuses.BROKER_PREFIX
 
 
 class Status(BaseModel):
@@ -312,9 +308,7 @@ class Status(BaseModel):
     @field_validator('resp')
     @classmethod
     def _check_resp(cls, v: str) -> str:
-        if v in EMS_RESPS or (
-            v.startswith(BROKER_RESP_PREFIX) and len(v) > len(BROKER_RESP_PREFIX)
-        ):
+        if _statuses.is_valid_resp(v):
             return v
         raise PydanticCustomError(
             'resp',
