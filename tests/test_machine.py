@@ -138,6 +138,9 @@ PATHS: dict[str, tuple[str, list[Event], str]] = {
     'pending_replace_queued': (
         'buy', WORKING_PATH + [ModifyRequest(101.0, SIZE, 'bob'), ModifyRequest(102.0, SIZE, 'bob')],
         PENDING_REPLACE),
+    'pending_replace_shrunk_filled': (
+        'buy', PARTIAL_PATH + [ModifyRequest(101.0, 5.0, 'bob'), VenueFill(3.0, PRICE, 'f2')],
+        PENDING_REPLACE),
     'pending_replace_preack': ('buy', SUBMIT + [ModifyRequest(101.0, SIZE, 'bob')], PENDING_REPLACE),
     'pending_replace_preack_acked': (
         'buy', SUBMIT + [ModifyRequest(101.0, SIZE, 'bob'), Ack(REQID)], PENDING_REPLACE),
@@ -357,8 +360,8 @@ ROWS: list[Row] = [
     row(PENDING_NEW, 'confirmed', 'pending_new_acked', VenueStatus('Open'), WORKING,
         [('all', S.BROKER_SUBMITTED)], label='synonym'),
     row(PENDING_NEW, 'progress', 'pending_new_acked', VenueStatus('filled', 4.0, 6.0),
-        PARTIALLY_FILLED, [('all', S.BROKER_PARTIALLY_FILLED)], check=_attrs(confirmed=True),
-        label='filled with remaining'),
+        WORKING, [('all', S.BROKER_PARTIALLY_FILLED)], check=_attrs(confirmed=True, filled=0.0),
+        label='filled with remaining: the state follows fills, not reports'),
     row(PENDING_NEW, 'progress', 'pending_new_acked', VenueStatus('partially_filled', 0.0, SIZE),
         WORKING, [('all', S.BROKER_PARTIALLY_FILLED)], label='nothing filled yet'),
     row(PENDING_NEW, 'fill', 'pending_new_acked', VenueFill(4, PRICE, 'f1'), PARTIALLY_FILLED,
@@ -450,6 +453,9 @@ ROWS: list[Row] = [
     row(PENDING_REPLACE, 'ack', 'pending_replace_preack', Ack(REQID), PENDING_REPLACE,
         commands=[('order', REQID, 101.0, SIZE)], label='releases the modify'),
     row(PENDING_REPLACE, 'ack', 'pending_replace', Ack(REQID), PENDING_REPLACE, label='duplicate'),
+    row(PENDING_REPLACE, 'confirmed', 'pending_replace_shrunk_filled', CONFIRMED, FILLED,
+        [('all', S.BROKER_EXECUTED)], check=_attrs(filled=7.0),
+        label='the new size is below what filled meanwhile'),
     row(PENDING_REPLACE, 'confirmed', 'pending_replace', CONFIRMED, WORKING,
         [('all', S.BROKER_SUBMITTED)], check=_req(101.0, confirmed_price=101.0),
         label='modify accepted'),
@@ -513,11 +519,7 @@ ROWS: list[Row] = [
 ]
 
 #: (state, event kind, next state) listed in TRANSITIONS that no scenario reaches, and why.
-UNREACHED: dict[tuple[str, str, str], str] = {
-    # _on_progress only moves PENDING_NEW; a progress report in WORKING leaves it WORKING
-    # (see test_progress_report_state_does_not_depend_on_order_of_arrival)
-    (WORKING, 'progress', PARTIALLY_FILLED): 'the handler never takes it',
-}
+UNREACHED: dict[tuple[str, str, str], str] = {}
 
 
 def _table_pairs() -> set[tuple[str, str]]:
@@ -938,11 +940,8 @@ def test_status_race_cannot_reach_the_machine_before_the_ack_of_a_dark_order():
     assert m.state == ARMED
 
 
-# --- bugs found (xfail strict: they pass once _machine.py is fixed) ---------------------------
+# --- regressions: bugs these tests found ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: a fill crossing a size-reducing modify is refused as an overfill: the overfill bound '
-    'is the pending (unconfirmed) size, not the size the venue still works'))
 def test_fill_crossing_a_size_reducing_modify_is_applied():
     run = drive('partial')                         # size 10, filled 4, working at the venue
     run.apply(ModifyRequest(101.0, 5.0, 'bob'))    # asks for size 5: sent, not confirmed
@@ -952,12 +951,12 @@ def test_fill_crossing_a_size_reducing_modify_is_applied():
     assert run.m.filled == 7.0
     assert [st.resp for _, st, _ in fx.statuses] == [S.BROKER_FILLED]
     assert run.m.state == PENDING_REPLACE
+    # the venue then confirms size 5, below what is filled: the order is done, once
+    fx = run.apply(CONFIRMED)
+    assert run.m.state == FILLED
+    assert [st.resp for _, st, _ in fx.statuses] == [S.BROKER_EXECUTED]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: a venue progress report with filled > 0 gives partially_filled when it arrives '
-    'before the venue confirmation and working (= nothing filled) after it; the table lists '
-    'working --progress--> partially_filled but the handler never takes it'))
 def test_progress_report_state_does_not_depend_on_order_of_arrival():
     report = VenueStatus('filled', 4.0, 6.0)
     early = drive('pending_new_acked')

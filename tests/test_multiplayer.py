@@ -83,7 +83,7 @@ async def test_watcher_control_is_refused_unless_session_allows(reg_addr, config
 
             w_book.cancel(oid)
             refused = await next_status(w_trades, oid)
-            assert refused.resp == 'error' and 'belongs to A' in refused.reason
+            assert refused.resp == 'error' and 'not yours' in refused.reason and refused.req is None
             assert (await ems_stats())['dark'] == 1
 
             m_book.update(oid, price=round(last + 4, 2))  # the moderator may modify ...

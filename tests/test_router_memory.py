@@ -1,38 +1,62 @@
 """emsd must not remember every finished order forever (it runs for weeks)."""
+from _router_fakes import Rig
+
 from piker_ems.clearing import _router
-from piker_ems.clearing._messages import Order
-from piker_ems.clearing._orders import ClientConn, OrderState
-from piker_ems.clearing._router import Router
+from piker_ems.clearing._messages import Cancel, Order
 
 
-def _finish(router: Router, oid: str, owner_conn) -> OrderState:
-    st = OrderState(
-        req=Order(action='alert', oid=oid, symbol='x.sim', price=1.0), owner='a',
-        venue=('sim', 'paper'), owner_conn=owner_conn, phase='done', reqid=f'r-{oid}',
-    )
-    router.orders[oid] = st
-    router.by_reqid[(st.venue, st.reqid)] = oid
-    router.route(st, st.status('alert_triggered'))
-    return st
+def _alert(rig, conn, oid):
+    rig.send(conn, Order(action='alert', oid=oid, symbol='btcusd.sim', price=150.0))
 
 
 def test_finished_orders_are_bounded(monkeypatch):
     monkeypatch.setattr(_router, 'MAX_DONE_ORDERS', 3)
-    router = Router(None, None)
-    conn = ClientConn('a', 'x.sim', 'sim', 'paper')
+    rig = Rig()
+    conn = rig.client('a')
     for i in range(6):
-        _finish(router, f'o{i}', conn)
-    assert sorted(router.orders) == ['o3', 'o4', 'o5']
-    assert len(router.by_reqid) == 3
-    assert conn.sent == 6  # every status was still delivered
+        _alert(rig, conn, f'o{i}')
+        rig.send(conn, Cancel(oid=f'o{i}', symbol='btcusd.sim'))
+    assert sorted(rig.router.orders) == ['o3', 'o4', 'o5']
+    assert conn.resps().count('dark_cancelled') == 6  # every status was still delivered
 
 
-def test_finished_orders_unseen_by_their_owner_are_kept(monkeypatch):
+def test_finished_orders_unseen_by_their_owner_are_kept_and_reported_once(monkeypatch):
     monkeypatch.setattr(_router, 'MAX_DONE_ORDERS', 3)
-    router = Router(None, None)
+    rig = Rig()
+    conn = rig.client('a')
     for i in range(6):
-        _finish(router, f'o{i}', None)  # owner away: it must learn of these on reconnect
-    assert sorted(router.orders) == [f'o{i}' for i in range(6)]
-    snap = router.open_orders(owner='a')
+        _alert(rig, conn, f'o{i}')
+    rig.router.drop_client(conn)
+    rig.scans.get('btcusd.sim').tick('trade', 150.0)  # all six fire while the owner is away
+    assert sorted(rig.router.orders) == [f'o{i}' for i in range(6)]
+    snap = rig.router.open_orders(owner='a')
     assert {s['oid'] for s in snap} == {f'o{i}' for i in range(6)}
-    assert router.open_orders(owner='a') == []  # reported once
+    assert {s['resp'] for s in snap} == {'alert_triggered'}
+    assert rig.router.open_orders(owner='a') == []  # reported once
+    assert len(rig.router.orders) == 3  # and once seen, they fall under the normal bound
+
+
+def test_one_unseen_order_does_not_disable_the_bound(monkeypatch):
+    """Regression: the oldest finished order being unseen used to stop all forgetting."""
+    monkeypatch.setattr(_router, 'MAX_DONE_ORDERS', 3)
+    rig = Rig()
+    ghost = rig.client('ghost')
+    _alert(rig, ghost, 'lost-owner')
+    rig.router.drop_client(ghost)  # never comes back
+    rig.scans.get('btcusd.sim').tick('trade', 150.0)
+    conn = rig.client('a')
+    for i in range(50):
+        _alert(rig, conn, f'o{i}')
+        rig.send(conn, Cancel(oid=f'o{i}', symbol='btcusd.sim'))
+    assert sorted(rig.router.orders) == ['lost-owner', 'o47', 'o48', 'o49']
+
+
+def test_unseen_orders_have_their_own_bound(monkeypatch):
+    monkeypatch.setattr(_router, 'MAX_UNSEEN_ORDERS', 2)
+    rig = Rig()
+    conn = rig.client('a')
+    for i in range(5):
+        _alert(rig, conn, f'o{i}')
+    rig.router.drop_client(conn)
+    rig.scans.get('btcusd.sim').tick('trade', 150.0)
+    assert sorted(rig.router.orders) == ['o3', 'o4']

@@ -81,9 +81,6 @@ def test_invalid_resps(resp):
     assert not S.is_known(resp)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: VENUE_STATUS_RE ends in '$', which also matches before a trailing newline, so "
-    "is_valid_resp('broker_held\\n') is True and Status accepts it (use \\Z or fullmatch)"))
 @pytest.mark.parametrize('resp', ['broker_held\n', 'broker_submitted_\n'])
 def test_trailing_newline_is_not_a_valid_resp(resp):
     assert not S.is_valid_resp(resp)

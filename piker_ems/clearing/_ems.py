@@ -1,30 +1,48 @@
-"""emsd: its service task (which creates the Router) and the client endpoint ``_emsd_main``."""
+"""emsd: its service task (which owns the Router) and the client endpoint ``_emsd_main``."""
 from __future__ import annotations
+
+import time
 
 import tractor
 import trio
 
 from ..log import get_logger, setup_console
+from ..service._actor_state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ._orders import ClientConn
 from ._router import Router
+from ._scan import ScanDirectory
+from ._venues import VenueDirectory
 
 log = get_logger(__name__)
 
+#: How long a connecting client waits for its symbol's first quote and its venue to open.
+CONNECT_WAIT_S = 15.0
+
+
+def current_router() -> Router:
+    """The Router of this emsd process (owned by emsd's service task)."""
+    router = actor_state().get('router')
+    if router is None:
+        raise RuntimeError('this actor is not emsd (no Router)')
+    return router
 
 
 @tractor.context
 async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = None) -> None:
     """emsd's service task: own the Router (and its paper engines) until pikerd cancels us."""
     setup_console(loglevel, process_name='emsd')
+    state = actor_state()
     async with open_supervisor() as (actor_n, n):
-        Router._current = Router(n, actor_n, loglevel)
+        venues = VenueDirectory(n.start_soon, actor_n, loglevel)
+        scans = ScanDirectory(n.start_soon, loglevel)
+        state['router'] = Router(venues, scans, clock=time.time_ns, spawn=n.start_soon)
         try:
             await ctx.started('emsd')
             await trio.sleep_forever()
         finally:
-            Router._current = None
+            state.pop('router', None)
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
@@ -55,20 +73,23 @@ async def _emsd_main(
     ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
     positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
     """
-    router = Router.current()
+    router = current_router()
     _, broker = parse_fqsn(fqsn)
+    fqsn = fqsn.strip().lower()
     if watch not in (None, 'symbol', 'all'):
         raise ValueError(f"watch must be None, 'symbol' or 'all', not {watch!r}")
     if on_disconnect not in ('keep', 'cancel', 'cancel-dark'):
         raise ValueError(f"on_disconnect must be keep, cancel or cancel-dark, not {on_disconnect!r}")
     conn = ClientConn(
-        client, fqsn.lower(), broker, account, watch=watch,
+        client, fqsn, broker, account, watch=watch,
         control_others=control_others, on_disconnect=on_disconnect,
     )
-    await router.ensure_scan(fqsn)
-    from ._router import venue_for
-
-    await router.ensure_venue(venue_for(broker, account))
+    scan = router.scans.get(fqsn)
+    await scan.wait_ready(CONNECT_WAIT_S)
+    if scan.failed:
+        raise ValueError(scan.failed)
+    # the venue opens meanwhile; its positions are in the start state if it opens in time
+    await router.venues.wait_open(router.venues.key_for(broker, account), CONNECT_WAIT_S)
     router.add_client(conn)
     try:
         await ctx.started({
@@ -83,27 +104,13 @@ async def _emsd_main(
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
             n.start_soon(_write, conn, stream, n.cancel_scope)
             async for raw in stream:
-                await router.handle_client_msg(conn, raw)
+                router.handle_client_msg(conn, raw)
             n.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await router.drop_client(conn)
+        router.drop_client(conn)
         log.info('%r left', conn)
 
 
 async def ems_stats() -> dict:
     """RPC: counts for tests and the CLI."""
-    router = Router.current()
-    phases: dict[str, int] = {}
-    for st in router.orders.values():
-        phases[st.phase] = phases.get(st.phase, 0) + 1
-    return {
-        'clients': len(router.clients),
-        'venues': [list(k) for k in router.venues],
-        'venue_requests': {'.'.join(k): v.sent for k, v in router.venues.items()},
-        'scans': [f'{s}.{b}' for b, s in router.scans],
-        'dark': sum(len(s.book) for s in router.scans.values()),
-        'phases': phases,
-        'rejected_client_msgs': router.rejected_client_msgs,
-        'rejected_broker_msgs': router.rejected_broker_msgs,
-    }
+    return current_router().stats()

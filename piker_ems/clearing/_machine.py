@@ -233,7 +233,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'cancel': (PENDING_CANCEL,),
         'ack': (PENDING_NEW,),
         'confirmed': (WORKING,),
-        'progress': (PARTIALLY_FILLED, WORKING),
+        'progress': (WORKING,),
         'fill': (PARTIALLY_FILLED, FILLED),
         'executed': (FILLED,),
         'venue_cancelled': (CANCELLED,),
@@ -247,7 +247,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'cancel': (PENDING_CANCEL,),
         'ack': (WORKING,),
         'confirmed': (WORKING,),
-        'progress': (PARTIALLY_FILLED, WORKING),
+        'progress': (WORKING,),
         'fill': (PARTIALLY_FILLED, FILLED),
         'executed': (FILLED,),
         'venue_cancelled': (CANCELLED,),
@@ -286,7 +286,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'modify': (PENDING_REPLACE,),
         'cancel': (PENDING_CANCEL,),
         'ack': (PENDING_REPLACE,),
-        'confirmed': (PENDING_REPLACE, WORKING, PARTIALLY_FILLED),
+        'confirmed': (PENDING_REPLACE, WORKING, PARTIALLY_FILLED, FILLED),
         'progress': (PENDING_REPLACE,),
         'fill': (PENDING_REPLACE, FILLED),
         'executed': (FILLED,),
@@ -297,6 +297,8 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'send_failed': (WORKING, PARTIALLY_FILLED, REJECTED),
     },
     **{final: {'modify': (final,), 'cancel': (final,)} for final in FINAL_STATES},
+    # the venue's own "filled" after the fill that completed the order: confirms, says nothing
+    FILLED: {'modify': (FILLED,), 'cancel': (FILLED,), 'executed': (FILLED,)},
 }
 
 #: What each state means, for the docs and the CLI.
@@ -444,8 +446,12 @@ class OrderMachine:
     def _working_state(self) -> str:
         return PARTIALLY_FILLED if self.filled > 0 else WORKING
 
-    def _size_left(self) -> float:
-        return self.req.size - self.filled
+    def _fill_cap(self) -> float:
+        """The most the venue may fill: while a modify is pending the venue still works the
+        confirmed size, so a fill crossing a size-shrinking modify is real, not an overfill."""
+        if self.state == PENDING_REPLACE and self.confirmed_req is not None:
+            return max(self.req.size, self.confirmed_req.size)
+        return self.req.size
 
     # -- client side -------------------------------------------------------------------------
 
@@ -544,6 +550,13 @@ class OrderMachine:
         if st == PENDING_REPLACE:
             self.confirmed_req = self.req
             self.state = self._working_state()
+            if self.filled >= self.req.size * (1 - _SIZE_EPS):
+                # the venue took a size the fills meanwhile reached: the order is done
+                self.state = FILLED
+                self.queued_modify = None
+                self._status(fx, S.BROKER_EXECUTED, now,
+                             brokerd_msg={**details, 'filled': self.filled, 'remaining': 0.0})
+                return
             if self.queued_modify is not None:
                 self.req, self.queued_modify = self.queued_modify, None
                 self.state = PENDING_REPLACE
@@ -555,9 +568,10 @@ class OrderMachine:
         self._status(fx, S.BROKER_SUBMITTED, now, brokerd_msg=details)
 
     def _on_progress(self, ev: VenueStatus, fx: Effects, now: int) -> None:
-        if self.state == PENDING_NEW:
+        # progress reports are information; the fill state follows the fills themselves
+        if self.state == PENDING_NEW:  # (a fill would have moved it on already)
             self.confirmed = True
-            self.state = PARTIALLY_FILLED if (self.filled > 0 or ev.filled > 0) else WORKING
+            self.state = WORKING
         self._status(fx, S.BROKER_PARTIALLY_FILLED, now, brokerd_msg=ev.details or {})
 
     def _on_fill(self, ev: VenueFill, fx: Effects, now: int) -> None:
@@ -566,10 +580,10 @@ class OrderMachine:
         if ev.fill_id is not None and ev.fill_id in self.fill_ids:
             raise IllegalEvent(self.oid, self.state, 'fill', f'duplicate fill id {ev.fill_id}')
         total = self.filled + ev.size
-        if total > self.req.size * (1 + _SIZE_EPS):
+        cap = self._fill_cap()
+        if total > cap * (1 + _SIZE_EPS):
             raise IllegalEvent(
-                self.oid, self.state, 'fill',
-                f'overfill: {self.filled:g} + {ev.size:g} > size {self.req.size:g}')
+                self.oid, self.state, 'fill', f'overfill: {self.filled:g} + {ev.size:g} > size {cap:g}')
         if ev.fill_id is not None:
             self.fill_ids.add(ev.fill_id)
         self.filled = total
@@ -577,13 +591,17 @@ class OrderMachine:
             self.confirmed = True
         details = ev.details or {}
         self._status(fx, S.BROKER_FILLED, now, brokerd_msg=details)
-        if total >= self.req.size * (1 - _SIZE_EPS):
+        if total >= cap * (1 - _SIZE_EPS):
             self.state = FILLED
-            self._status(fx, S.BROKER_EXECUTED, now, brokerd_msg=details)
+            # the final status carries what a venue's "filled" status would: the totals
+            self._status(fx, S.BROKER_EXECUTED, now,
+                         brokerd_msg={**details, 'filled': total, 'remaining': 0.0})
         elif self.state in (PENDING_NEW, WORKING):
             self.state = PARTIALLY_FILLED
 
     def _on_executed(self, ev: VenueStatus, fx: Effects, now: int) -> None:
+        if self.state == FILLED:
+            return  # our fills already completed it; one final status only
         self.state = FILLED
         self._status(fx, S.BROKER_EXECUTED, now, brokerd_msg=ev.details or {})
 

@@ -1,4 +1,4 @@
-"""emsd's record of one order (dark, pending at a venue, live, or done) and of one client."""
+"""emsd's record of one client connection and of one order (its state machine plus routing)."""
 from __future__ import annotations
 
 import itertools
@@ -8,16 +8,21 @@ from typing import Literal
 import trio
 
 from ..log import get_logger
+from ._machine import OrderMachine
 from ._messages import Order, Status, to_wire
 
 log = get_logger(__name__)
 
-OrderPhase = Literal['dark', 'pending', 'live', 'done']
 Watch = Literal['symbol', 'all', None]  # which other clients' flows a connection receives
 DisconnectPolicy = Literal['keep', 'cancel', 'cancel-dark']
 VenueKey = tuple[str, str]  # (broker, 'paper' | 'live')
 
 CLIENT_QUEUE = 50_000
+
+
+class VenueUnavailable(RuntimeError):
+    """A venue link cannot take a command (its queue is full, or it is closed for good)."""
+
 _client_ids = itertools.count(1)
 
 
@@ -38,6 +43,7 @@ class ClientConn:
         watch: 'Watch' = None,
         control_others: bool = False,
         on_disconnect: 'DisconnectPolicy' = 'keep',
+        queue_size: int = CLIENT_QUEUE,
     ) -> None:
         self.uid = next(_client_ids)
         self.name = name
@@ -47,7 +53,7 @@ class ClientConn:
         self.watch = watch
         self.control_others = control_others
         self.on_disconnect = on_disconnect
-        self.tx, self.rx = trio.open_memory_channel[dict](CLIENT_QUEUE)
+        self.tx, self.rx = trio.open_memory_channel[dict](queue_size)
         self.closed = False
         self.sent = 0
 
@@ -81,39 +87,39 @@ class ClientConn:
         self.tx.close()
 
 
-@dataclass
+@dataclass(eq=False)
 class OrderState:
-    """Everything emsd knows about one oid."""
+    """Everything emsd knows about one oid: its state machine and who hears about it."""
 
-    req: Order
-    owner: str
-    venue: VenueKey
-    phase: OrderPhase = 'dark'
-    owner_conn: ClientConn | None = None
-    reqid: int | str | None = None
-    cancel_stashed: bool = False     # cancel requested before the venue's ack
-    modify_stashed: Order | None = None  # modify requested before the venue's ack
-    filled: float = 0.0
-    last_resp: str | None = None
-    trigger_price: float | None = None
-    unseen: bool = False  # closed while its owner was away: shown in the owner's next snapshot
-    last_msg: dict | None = None  # wire form of the last status routed (the order's snapshot)
+    machine: OrderMachine
+    holder: int | None = None     # uid of the connection whose disconnect policy covers it
+    unseen: bool = False          # finished while its owner was away: in the owner's next snapshot
+    retired: bool = False         # its end was accounted (memory bound, symbol users)
+    last_msg: dict | None = None  # wire form of the last status routed to all (its snapshot)
 
     @property
     def oid(self) -> str:
-        return self.req.oid
+        return self.machine.oid
+
+    @property
+    def req(self) -> Order:
+        return self.machine.req
+
+    @property
+    def owner(self) -> str:
+        return self.machine.owner
+
+    @property
+    def venue(self) -> VenueKey:
+        return self.machine.venue
 
     @property
     def fqsn(self) -> str:
-        return self.req.symbol.lower()
+        return self.machine.req.symbol.lower()
 
-    def status(self, resp: str, **fields) -> Status:
-        """Build a Status for this order (with its originating request and owner)."""
-        self.last_resp = resp
-        return Status(
-            oid=self.oid, resp=resp, req=self.req, owner=self.owner,
-            broker_reqid=self.reqid, **fields,
-        )
+    @property
+    def state(self) -> str:
+        return self.machine.state
 
     def snapshot(self) -> dict:
         """Wire form of the order's current state, for a (re)connecting client.
@@ -123,8 +129,9 @@ class OrderState:
         """
         if self.last_msg is not None:
             return self.last_msg
+        m = self.machine
         return to_wire(Status(
-            oid=self.oid, resp=self.last_resp or 'broker_pending', req=self.req,
-            owner=self.owner, broker_reqid=self.reqid, trigger_price=self.trigger_price,
-            brokerd_msg={'phase': self.phase, 'filled': self.filled},
+            oid=m.oid, resp=m.last_resp or 'broker_pending', req=m.req, owner=m.owner,
+            broker_reqid=m.reqid, trigger_price=m.trigger_price,
+            brokerd_msg=m.snapshot_fields(),
         ))

@@ -1,42 +1,111 @@
-"""The Router: emsd's single owner of order state, venues, dark scans and client routing.
+"""The Router: emsd's single owner of orders, and who hears about them.
 
-One Router per emsd process (created by emsd's service task). Every status for an order goes
-to its owner connection (and watchers) only; positions go to the clients of that broker.
-Nothing in here may raise out of a relay, a scan or a client loop because of one bad message.
+It turns client requests, dark triggers and venue events into events of each order's state
+machine (:mod:`._machine`) and carries out what the machine returns: statuses routed to the
+order's owner and watchers only, commands queued to the venue, dark-book arm/disarm.
+
+The Router depends on narrow interfaces, not on actors, so tests build one with fake venues,
+fake scans and a fake clock and drive it in-process:
+
+- ``venues``: :class:`Venues` hands out the one :class:`VenueLink` per venue; a link takes
+  commands without waiting (queued while its dialogue opens) and reports back through
+  :meth:`Router.on_venue_msg`, :meth:`Router.on_venue_lost` and :meth:`Router.on_send_failed`;
+- ``scans``: :class:`Scans` hands out the one dark :class:`Scan` per symbol (its feed, last
+  price, symbol info and trigger book); a scan reports fires through :meth:`Router.on_trigger`;
+- ``clock``: a callable returning nanoseconds.
+
+Handling a client or venue message never waits: a client's dark orders, alerts and cancels are
+answered at once even while a venue is opening or respawning. The only wait is for a symbol's
+first quote (its tick size and last price), done in a task for that one order, never in the
+client's loop.
+
+Nothing here may raise out of a relay, a scan or a client loop because of one bad message.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
-import trio
+import math
+from collections import OrderedDict
+from typing import Any, Callable, Protocol
 
 from ..brokers import NoBrokerBackend, SymbolNotFound, get_brokermod
 from ..log import get_logger
-from ..symbols import FqsnError, parse_fqsn, round_to_tick
+from ..symbols import FqsnError, Symbol, parse_fqsn, round_to_tick
+from . import _machine as M
 from ._darkbook import release_price
 from ._messages import (
     BrokerdCancel,
-    BrokerdError,
-    BrokerdFill,
     BrokerdOrder,
     BrokerdOrderAck,
     BrokerdPosition,
-    BrokerdStatus,
     Cancel,
     MsgError,
     Order,
     Status,
+    parse_brokerd_msg,
     parse_client_msg,
     to_wire,
 )
-from ._orders import ClientConn, OrderState, VenueKey
-from ._scan import DarkScan
-from ._venues import Venue, VenueLost, open_venue
+from ._orders import ClientConn, OrderState, VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
 
-MAX_DONE_ORDERS = 10_000  # finished orders remembered (for late events and snapshots)
-TERMINAL_STATUSES = {'cancelled', 'canceled', 'inactive', 'rejected', 'expired', 'closed'}
+#: Finished orders remembered (for late events, snapshots and "already closed" answers).
+MAX_DONE_ORDERS = 10_000
+#: Finished orders kept for an owner who has not seen their end yet (beyond: oldest dropped).
+MAX_UNSEEN_ORDERS = 10_000
+#: Size bound, in lots of the symbol; and notional bound (price * size): within it a float
+#: keeps a cent of precision (2**53 ~ 9e15).
+MAX_LOTS = 1e9
+MAX_NOTIONAL = 1e15
+#: Venue events that arrive before the ack binding their reqid are held this long (and at
+#: most this many reqids) and replayed once the ack arrives.
+EARLY_TTL_NS = 30_000_000_000
+EARLY_MAX = 1_000
+#: How long a request may wait for its symbol's first quote before it is refused.
+SYMBOL_WAIT_S = 15.0
+
+
+class VenueLink(Protocol):
+    """One trades dialogue as the Router sees it."""
+
+    key: VenueKey
+    positions: dict[tuple[str, str], BrokerdPosition]
+
+    def send_nowait(self, cmd: BrokerdOrder | BrokerdCancel) -> None:
+        """Queue a command (sent in order once the dialogue is open); may raise VenueUnavailable."""
+
+
+class Venues(Protocol):
+    """Hands out the one link per venue, opening its dialogue in the background on first need."""
+
+    def bind(self, router: 'Router') -> None: ...
+    def key_for(self, broker: str, account: str) -> VenueKey: ...
+    def link(self, key: VenueKey) -> VenueLink: ...
+    def open_links(self) -> list[VenueLink]: ...
+
+
+class Scan(Protocol):
+    """One symbol's dark-trigger scan: symbol info, last price and a trigger book."""
+
+    fqsn: str
+    symbol: Symbol | None
+    last: float | None
+    failed: str | None
+
+    def arm(self, st: OrderState) -> None: ...
+    def disarm(self, oid: str) -> None: ...
+    def __len__(self) -> int: ...
+    async def wait_ready(self, timeout: float) -> None: ...
+
+
+class Scans(Protocol):
+    """Hands out the one scan per symbol (starting it on first need) and closes idle ones."""
+
+    def bind(self, router: 'Router') -> None: ...
+    def get(self, fqsn: str) -> Scan: ...
+    def peek(self, fqsn: str) -> Scan | None: ...
+    def close(self, fqsn: str) -> None: ...
+    def all(self) -> list[Scan]: ...
 
 
 def venue_for(broker: str, account: str) -> VenueKey:
@@ -49,97 +118,100 @@ def venue_for(broker: str, account: str) -> VenueKey:
 
 
 class Router:
-    """emsd state and behaviour (SPEC §5)."""
+    """emsd state and behaviour (SPEC §5, §11)."""
 
-    _current: 'Router | None' = None
-
-    def __init__(self, nursery: trio.Nursery, actor_n, loglevel: str | None = None) -> None:
-        self.nursery = nursery
-        self.actor_n = actor_n
-        self.loglevel = loglevel
+    def __init__(
+        self,
+        venues: Venues,
+        scans: Scans,
+        clock: Callable[[], int],
+        spawn: Callable[..., Any] | None = None,
+    ) -> None:
+        self.venues = venues
+        self.scans = scans
+        self.clock = clock
+        self.spawn = spawn  # start_soon of the service nursery (for waits on a symbol)
         self.orders: dict[str, OrderState] = {}
         self.by_reqid: dict[tuple[VenueKey, int | str], str] = {}
-        self.venues: dict[VenueKey, Venue] = {}
-        self.scans: dict[tuple[str, str], DarkScan] = {}
         self.clients: set[ClientConn] = set()
-        self._locks: defaultdict[object, trio.Lock] = defaultdict(trio.Lock)
+        self.by_name: dict[str, set[ClientConn]] = {}
+        self.watch_symbol: dict[str, set[ClientConn]] = {}
+        self.watch_all: dict[str, set[ClientConn]] = {}
+        self.waiting: dict[str, list[tuple[ClientConn, Order | Cancel]]] = {}  # oid -> requests
+        self.early: OrderedDict[tuple[VenueKey, int | str], list[tuple[int, Any]]] = OrderedDict()
+        self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
+        self._unseen: OrderedDict[str, None] = OrderedDict()  # finished while the owner was away
+        self.live_per_symbol: dict[str, int] = {}  # fqsn -> orders not yet final
         self.rejected_client_msgs = 0
         self.rejected_broker_msgs = 0
-        self._done: dict[str, None] = {}  # oids of finished orders, oldest first
+        self.illegal_events = 0
+        self.unknown_events = 0
+        venues.bind(self)
+        scans.bind(self)
 
-    @classmethod
-    def current(cls) -> 'Router':
-        """The Router of this emsd process."""
-        if cls._current is None:
-            raise RuntimeError('this actor is not emsd (no Router)')
-        return cls._current
+    # --- applying machine effects -------------------------------------------------------------
 
-    # --- resources ------------------------------------------------------------------------
+    def _apply(self, st: OrderState, event: M.Event, requester: ClientConn | None = None) -> bool:
+        """Apply one event to ``st``'s machine and carry out its effects. Never raises.
 
-    async def ensure_venue(self, key: VenueKey) -> Venue:
-        """The one trades dialogue for ``key``, opened on first need (guarded by a lock)."""
-        venue = self.venues.get(key)
-        if venue is not None and not venue.closed:
-            return venue
-        async with self._locks[('venue', key)]:
-            venue = self.venues.get(key)
-            if venue is None or venue.closed:
-                venue = await self.nursery.start(open_venue, self, key)
-                self.venues[key] = venue
-        return venue
-
-    async def ensure_scan(self, fqsn: str) -> DarkScan:
-        """The one dark-trigger scan (and feed) for ``fqsn``, started on first need."""
-        sym, broker = parse_fqsn(fqsn)
-        key = (broker, sym)
-        scan = self.scans.get(key)
-        if scan is not None:
-            return scan
-        async with self._locks[('scan', key)]:
-            scan = self.scans.get(key)
-            if scan is None:
-                scan = await self.nursery.start(DarkScan.run, self, broker, sym)
-                self.scans[key] = scan
-        return scan
-
-    def forget_venue(self, venue: Venue) -> None:
-        """Called by a venue's relay when its dialogue ended, so the next need reopens it."""
-        if self.venues.get(venue.key) is venue:
-            del self.venues[venue.key]
-
-    async def on_venue_lost(self, venue: Venue) -> None:
-        """A venue died: its working orders' fate is unknown, so tell their owners and close them.
-
-        Dark orders and alerts are untouched (they live here); when one fires, the venue is
-        reopened (its broker respawned). Never raises.
+        An event the machine does not accept is logged and counted, and nothing is relayed.
         """
-        for st in list(self.orders.values()):
-            if st.venue == venue.key and st.phase in ('pending', 'live'):
-                st.phase = 'done'
-                self.route(st, st.status(
-                    'broker_errored',
-                    reason=f'trades dialogue {venue.name} lost ({venue.lost}); order state unknown',
-                ))
+        try:
+            fx = st.machine.apply(event, self.clock())
+        except M.IllegalEvent as err:
+            self.illegal_events += 1
+            log.warning('illegal event dropped: %s', err)
+            return False
+        if fx.book == 'arm':
+            self.scans.get(st.fqsn).arm(st)
+        elif fx.book == 'disarm':
+            scan = self.scans.peek(st.fqsn)
+            if scan is not None:
+                scan.disarm(st.oid)
+        for audience, status, who in fx.statuses:
+            if audience == 'all':
+                self.route(st, status)
+            else:
+                self._reply(who or requester, st, status)
+        for cmd in fx.commands:
+            self._send(st, cmd)
+        if st.machine.final:
+            self._retire(st)
+        return True
 
-    # --- routing --------------------------------------------------------------------------
+    def _send(self, st: OrderState, cmd: BrokerdOrder | BrokerdCancel) -> None:
+        try:
+            self.venues.link(st.venue).send_nowait(cmd)
+        except VenueUnavailable as err:
+            self._apply(st, M.SendFailed(str(err)))
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def _audience(self, st: OrderState) -> set[ClientConn]:
+        out = set(self.by_name.get(st.owner, ()))
+        out.update(self.watch_symbol.get(st.fqsn, ()))
+        out.update(self.watch_all.get(st.venue[0], ()))
+        return out
 
     def route(self, st: OrderState, status: Status) -> None:
-        """Send a status to the order's owner and watchers, nobody else."""
-        if st.phase == 'done':
-            self._retire(st)
+        """Send a status to the order's owner (every connection of that name) and watchers."""
         msg = st.last_msg = to_wire(status)
-        owner = st.owner_conn
-        if owner is not None:
-            owner.push(msg)
-        else:
-            st.unseen = True
-        for conn in self.clients:
-            if conn is not owner and conn.watch and conn.watches(st):
-                conn.push(msg)
+        owners = self.by_name.get(st.owner)
+        if not owners and st.machine.final:
+            self._mark_unseen(st)
+        for conn in self._audience(st):
+            conn.push(msg)
+
+    def _reply(self, conn: ClientConn | None, st: OrderState, status: Status) -> None:
+        """An answer to one client's request: to that client only (or the owner, if it left)."""
+        msg = to_wire(status)
+        targets = [conn] if conn is not None and not conn.closed else list(self.by_name.get(st.owner, ()))
+        for c in targets:
+            c.push(msg)
 
     def reply_error(self, conn: ClientConn, oid: str | None, reason: str, req: Order | None = None) -> None:
         """Refuse a request: an ``error`` status to the sender only."""
-        conn.push(to_wire(Status(oid=oid or '?', resp='error', reason=reason, req=req)))
+        conn.push(to_wire(Status(oid=oid or '?', time_ns=self.clock(), resp='error', reason=reason, req=req)))
 
     def broadcast_position(self, pos: BrokerdPosition) -> None:
         """Positions go to every client connected for that broker and account."""
@@ -148,66 +220,101 @@ class Router:
             if conn.broker == pos.broker and conn.account == pos.account:
                 conn.push(msg)
 
+    # --- memory bound ---------------------------------------------------------------------------
+
+    def _mark_unseen(self, st: OrderState) -> None:
+        if not st.unseen:
+            st.unseen = True
+            self._done.pop(st.oid, None)
+            self._unseen[st.oid] = None
+            self._trim(self._unseen, MAX_UNSEEN_ORDERS)
+
     def _retire(self, st: OrderState) -> None:
-        """Remember a finished order, forgetting the oldest ones beyond ``MAX_DONE_ORDERS``.
+        """Remember a finished order, forgetting the oldest beyond the bounds.
 
-        emsd runs for weeks: without a bound every order ever placed would stay in memory
-        (and slow snapshots and garbage collection). An oid whose owner has not yet seen its
-        end (``unseen``) is kept until it has.
+        emsd runs for weeks: without a bound every order ever placed would stay in memory.
+        Orders whose owner has not seen their end are kept in their own bounded list, so they
+        can never disable the bound of the others.
         """
-        self._done[st.oid] = None
-        while len(self._done) > MAX_DONE_ORDERS:
-            oid = next(iter(self._done))
-            old = self.orders.get(oid)
-            if old is not None and old.unseen:
-                break  # keep it (and what came after) until its owner reconnects
-            del self._done[oid]
-            if old is None or old.phase != 'done':
-                continue
-            del self.orders[oid]
-            if old.reqid is not None:
-                self.by_reqid.pop((old.venue, old.reqid), None)
+        if st.retired:
+            return
+        st.retired = True
+        left = self.live_per_symbol.get(st.fqsn, 1) - 1
+        if left > 0:
+            self.live_per_symbol[st.fqsn] = left
+        else:
+            self.live_per_symbol.pop(st.fqsn, None)
+        if not st.unseen:
+            self._done[st.oid] = None
+            self._trim(self._done, MAX_DONE_ORDERS)
+        self._release_scan(st.fqsn)
 
-    # --- clients --------------------------------------------------------------------------
+    def _trim(self, done: OrderedDict, bound: int) -> None:
+        while len(done) > bound:
+            oid, _ = done.popitem(last=False)
+            old = self.orders.pop(oid, None)
+            if old is not None and old.machine.reqid is not None:
+                self.by_reqid.pop((old.venue, old.machine.reqid), None)
+
+    def _seen(self, st: OrderState) -> None:
+        if st.unseen:
+            st.unseen = False
+            self._unseen.pop(st.oid, None)
+            self._done[st.oid] = None
+            self._trim(self._done, MAX_DONE_ORDERS)
+
+    # --- clients ------------------------------------------------------------------------------
 
     def add_client(self, conn: ClientConn) -> None:
-        """Register a connection and let it adopt its name's orphaned orders."""
+        """Register a connection; it holds its name's orders whose holder left."""
         self.clients.add(conn)
+        self.by_name.setdefault(conn.name, set()).add(conn)
+        if conn.watch == 'symbol':
+            self.watch_symbol.setdefault(conn.fqsn, set()).add(conn)
+        elif conn.watch == 'all':
+            self.watch_all.setdefault(conn.broker, set()).add(conn)
+        held = {c.uid for c in self.by_name[conn.name]}
         for st in self.orders.values():
-            if st.owner == conn.name and st.owner_conn is None and st.phase != 'done':
-                st.owner_conn = conn
+            if st.owner == conn.name and not st.machine.final and st.holder not in held:
+                st.holder = conn.uid
 
-    async def drop_client(self, conn: ClientConn) -> None:
-        """Forget a connection's routing entries and apply its disconnect policy.
+    def drop_client(self, conn: ClientConn) -> None:
+        """Forget a connection and apply its disconnect policy to the orders it holds.
 
-        ``keep`` (default): its orders live on and the next client of the same name adopts
-        them. ``cancel``: all its open orders are cancelled. ``cancel-dark``: only its dark
-        orders and alerts are removed. Never raises.
+        ``keep`` (default): its orders live on; they go to the other connections of the same
+        name, and the next one to connect holds them. ``cancel``: every open order it holds is
+        cancelled. ``cancel-dark``: only its dark orders and alerts are. Never raises.
         """
         self.clients.discard(conn)
+        for index, key in ((self.by_name, conn.name), (self.watch_symbol, conn.fqsn),
+                           (self.watch_all, conn.broker)):
+            conns = index.get(key)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del index[key]
         conn.close()
-        owned = [st for st in self.orders.values() if st.owner_conn is conn]
-        for st in owned:
-            st.owner_conn = None
-        if conn.on_disconnect == 'keep':
-            return
-        if any(c.name == conn.name for c in self.clients):
-            return  # another connection of the same client still holds these orders
-        for st in owned:
-            if st.phase == 'done' or (conn.on_disconnect == 'cancel-dark' and st.phase != 'dark'):
-                continue
-            try:
+        held = [st for st in self.orders.values() if st.holder == conn.uid and not st.machine.final]
+        others = self.by_name.get(conn.name, set())
+        for st in held:
+            st.holder = next(iter(others)).uid if others else None
+        if conn.on_disconnect != 'keep':
+            for st in held:
+                if conn.on_disconnect == 'cancel-dark' and not st.machine.dark:
+                    continue
                 log.info('%r left with policy %s: cancelling %s', conn, conn.on_disconnect, st.oid)
-                await self.cancel_order(st)
-            except Exception:
-                log.exception('disconnect policy could not cancel %s', st.oid)
+                try:
+                    self._apply(st, M.CancelRequest(requester=None))
+                except Exception:
+                    log.exception('disconnect policy could not cancel %s', st.oid)
+        self._release_scan(conn.fqsn)
 
     def positions_for(self, broker: str, account: str) -> list[dict]:
         """Known positions of ``broker``/``account`` (from every open venue)."""
         out = []
-        for key, venue in self.venues.items():
-            if key[0] == broker:
-                out.extend(to_wire(p) for p in venue.positions.values() if p.account == account)
+        for link in self.venues.open_links():
+            if link.key[0] == broker:
+                out.extend(to_wire(p) for p in link.positions.values() if p.account == account)
         return out
 
     def open_orders(self, fqsn: str | None = None, owner: str | None = None, broker: str | None = None) -> list[dict]:
@@ -218,22 +325,27 @@ class Router:
         what happened; they are then marked seen.
         """
         out = []
-        for st in self.orders.values():
+        for st in list(self.orders.values()):
             if (fqsn is not None and st.fqsn != fqsn) or (broker is not None and st.venue[0] != broker):
                 continue
             if owner is not None and st.owner != owner:
                 continue
-            if st.phase != 'done':
+            if not st.machine.final:
                 out.append(st.snapshot())
             elif owner is not None and st.unseen:
-                st.unseen = False
                 out.append(st.snapshot())
+                self._seen(st)
         return out
 
-    # --- client commands ------------------------------------------------------------------
+    def may_control(self, conn: ClientConn, st: OrderState) -> bool:
+        """The owner (by name) may modify or cancel an order; a watcher only if its session
+        was opened with ``control_others``."""
+        return st.owner == conn.name or (conn.control_others and conn.watches(st))
 
-    async def handle_client_msg(self, conn: ClientConn, raw: object) -> None:
-        """Process one client message; every failure becomes an ``error`` status, never a raise."""
+    # --- client requests ----------------------------------------------------------------------
+
+    def handle_client_msg(self, conn: ClientConn, raw: object) -> None:
+        """Process one client message at once; every failure becomes an ``error`` status."""
         try:
             msg = parse_client_msg(raw)
         except MsgError as err:
@@ -241,205 +353,271 @@ class Router:
             oid = raw.get('oid') if isinstance(raw, dict) and isinstance(raw.get('oid'), str) else None
             self.reply_error(conn, oid, str(err))
             return
+        queue = self.waiting.get(msg.oid)
+        if queue is not None:  # an earlier request for this oid waits on its symbol: keep order
+            queue.append((conn, msg))
+            return
+        self._handle(conn, msg)
+
+    def _handle(self, conn: ClientConn, msg: Order | Cancel) -> None:
         try:
             if isinstance(msg, Cancel):
-                await self.cancel(conn, msg)
+                self.cancel(conn, msg)
             else:
-                await self.submit(conn, msg)
+                self.submit(conn, msg)
         except (NoBrokerBackend, SymbolNotFound, FqsnError) as err:
             self.rejected_client_msgs += 1
             self.reply_error(conn, msg.oid, str(err))
-        except VenueLost as err:
-            self.reply_error(conn, msg.oid, f'{err}; retry to reopen it')
-        except Exception as err:  # a bug or a dead venue must not kill the client loop
+        except Exception as err:  # a bug must not kill the client loop
             log.exception('failed to process %r from %r', msg, conn)
             self.reply_error(conn, msg.oid, f'emsd failed to process the request: {err}')
 
-    async def submit(self, conn: ClientConn, order: Order) -> None:
+    def _wait_for_symbol(self, conn: ClientConn, msg: Order, scan: Scan) -> None:
+        """Park ``msg`` (and later requests for its oid) until the symbol's first quote."""
+        self.waiting[msg.oid] = [(conn, msg)]
+        if self.spawn is None:  # no task runner (tests): nothing can wait
+            self._release_waiting(msg.oid, f'symbol {scan.fqsn} has no quote yet')
+            return
+        self.spawn(self._await_symbol, msg.oid, scan)
+
+    async def _await_symbol(self, oid: str, scan: Scan) -> None:
+        reason = None
+        try:
+            await scan.wait_ready(SYMBOL_WAIT_S)
+            reason = scan.failed
+        except TimeoutError:
+            reason = f'no quote for {scan.fqsn} after {SYMBOL_WAIT_S:g}s'
+        except Exception as err:
+            reason = f'feed for {scan.fqsn} failed: {err}'
+        self._release_waiting(oid, reason)
+
+    def _release_waiting(self, oid: str, reason: str | None) -> None:
+        for conn, msg in self.waiting.pop(oid, ()):
+            if reason is None:
+                self._handle(conn, msg)
+            else:
+                self.rejected_client_msgs += 1
+                self.reply_error(conn, msg.oid, reason)
+
+    def _check_bounds(self, order: Order, symbol: Symbol) -> str | None:
+        """Why ``order``'s size/price are out of bounds for ``symbol`` (None: fine)."""
+        if order.action == 'alert':
+            return None
+        lots = order.size / symbol.lot_size
+        if lots > MAX_LOTS:
+            return f'size {order.size:g} is {lots:.3g} lots; at most {MAX_LOTS:.0e} lots'
+        notional = order.size * order.price
+        if not math.isfinite(notional) or notional > MAX_NOTIONAL:
+            return f'notional {notional:.3g} (price x size) is above {MAX_NOTIONAL:.0e}'
+        return None
+
+    def submit(self, conn: ClientConn, order: Order) -> None:
         """A new order or, for a known oid, a modify (SPEC §5.5)."""
         st = self.orders.get(order.oid)
         if st is not None:
-            await self.modify(conn, st, order)
+            self.modify(conn, st, order)
             return
         sym, broker = parse_fqsn(order.symbol)
-        if broker not in order.brokers and order.brokers:
+        if order.brokers and broker not in order.brokers:
             self.reply_error(conn, order.oid, f'symbol {order.symbol} is not on brokers {order.brokers}', order)
             return
         get_brokermod(broker)
-        scan = await self.ensure_scan(order.symbol)
+        scan = self.scans.get(order.symbol.lower())
+        if scan.failed:
+            self.reply_error(conn, order.oid, scan.failed, order)
+            self.scans.close(scan.fqsn)
+            return
+        if scan.symbol is None or scan.last is None:
+            self._wait_for_symbol(conn, order, scan)
+            return
         account = 'paper' if order.exec_mode == 'paper' else order.account
-        order = order.model_copy(update={'owner': conn.name, 'account': account})
-        key = venue_for(broker, account)
-        st = OrderState(req=order, owner=conn.name, venue=key, owner_conn=conn)
+        price = order.price
+        if order.action != 'alert':
+            price = round_to_tick(order.price, scan.symbol.tick_size)
+            if price <= 0:
+                self.reply_error(conn, order.oid, f'price {order.price:g} rounds to 0 at tick {scan.symbol.tick_size:g}', order)
+                return
+        order = order.model_copy(update={'owner': conn.name, 'account': account, 'price': price})
+        why = self._check_bounds(order, scan.symbol)
+        if why:
+            self.rejected_client_msgs += 1
+            self.reply_error(conn, order.oid, why, order)
+            return
+        key = self.venues.key_for(broker, account)
+        st = OrderState(
+            machine=M.OrderMachine(req=order, owner=conn.name, venue=key, symbol=sym),
+            holder=conn.uid,
+        )
+        self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
+        self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
         if order.action == 'alert' or order.exec_mode in ('dark', 'paper'):
             if order.action != 'alert':
-                await self.ensure_venue(key)  # open now, so a trigger never waits on a spawn
-            self.orders[order.oid] = st
-            scan.arm(st)
-            self.route(st, st.status('alert_submitted' if order.action == 'alert' else 'dark_submitted'))
-            return
-        venue = await self.ensure_venue(key)
-        price = round_to_tick(order.price, scan.symbol.tick_size)
-        st.req = order = order.model_copy(update={'price': price})
-        st.phase = 'pending'
-        self.orders[order.oid] = st  # recorded before sending: a fast ack must find it
-        await venue.send(BrokerdOrder(
-            action=order.action, oid=order.oid, account=account, reqid=None,
-            symbol=sym, price=price, size=order.size,
-        ))
+                self.venues.link(key)  # start opening now, so a trigger rarely waits on a spawn
+            self._apply(st, M.SubmitDark())
+        else:
+            self._apply(st, M.SubmitLive())
 
-    async def modify(self, conn: ClientConn, st: OrderState, order: Order) -> None:
+    def modify(self, conn: ClientConn, st: OrderState, order: Order) -> None:
         """Resent oid: re-arm a dark order, or modify the live one keeping its reqid."""
         if not self.may_control(conn, st):
-            self.reply_error(conn, order.oid, f'order {order.oid} belongs to {st.owner}', st.req)
+            self.reply_error(conn, order.oid, f'order {order.oid} is not yours to modify')
             return
         if order.symbol.lower() != st.fqsn or order.action != st.req.action:
             self.reply_error(conn, order.oid, 'a modify may change price and size only', st.req)
             return
-        if st.phase == 'done':
-            self.reply_error(conn, order.oid, f'order {order.oid} is closed ({st.last_resp})', st.req)
-            return
-        update = {'price': order.price, 'size': order.size if order.size else st.req.size}
-        if st.phase == 'dark':
-            st.req = st.req.model_copy(update=update)
-            scan = await self.ensure_scan(st.fqsn)
-            scan.arm(st)
-            self.route(st, st.status('alert_submitted' if st.req.action == 'alert' else 'dark_submitted'))
-            return
-        scan = await self.ensure_scan(st.fqsn)
-        update['price'] = round_to_tick(order.price, scan.symbol.tick_size)
-        st.req = st.req.model_copy(update=update)
-        if st.reqid is None:
-            st.modify_stashed = st.req  # sent as soon as the venue acks
-            return
-        await self.send_to_venue(st, reqid=st.reqid)
+        price = order.price
+        scan = self.scans.peek(st.fqsn)
+        if order.action != 'alert' and scan is not None and scan.symbol is not None:
+            price = round_to_tick(order.price, scan.symbol.tick_size)
+            why = self._check_bounds(order.model_copy(update={'price': price}), scan.symbol)
+            if why or price <= 0:
+                self.reply_error(conn, order.oid, why or f'price {order.price:g} rounds to 0', st.req)
+                return
+        self._apply(st, M.ModifyRequest(price=price, size=order.size, requester=conn), requester=conn)
 
-    async def send_to_venue(self, st: OrderState, reqid: int | str | None) -> None:
-        """Send the order's current request to its venue (new when ``reqid`` is None)."""
-        venue = await self.ensure_venue(st.venue)
-        sym, _ = parse_fqsn(st.req.symbol)
-        await venue.send(BrokerdOrder(
-            action=st.req.action, oid=st.oid, account=st.req.account, reqid=reqid,
-            symbol=sym, price=st.req.price, size=st.req.size,
-        ))
-
-    async def cancel(self, conn: ClientConn, msg: Cancel) -> None:
-        """Cancel a dark order now, a live one at its venue, or stash it until the ack."""
+    def cancel(self, conn: ClientConn, msg: Cancel) -> None:
+        """Cancel a dark order now, a live one at its venue (or with its ack)."""
         st = self.orders.get(msg.oid)
         if st is None:
             self.reply_error(conn, msg.oid, f'unknown order {msg.oid}')
             return
         if not self.may_control(conn, st):
-            self.reply_error(conn, msg.oid, f'order {msg.oid} belongs to {st.owner}', st.req)
+            # say nothing about someone else's order (no req, no owner)
+            self.reply_error(conn, msg.oid, f'order {msg.oid} is not yours to cancel')
             return
-        await self.cancel_order(st, requester=conn)
+        self._apply(st, M.CancelRequest(requester=conn), requester=conn)
 
-    async def cancel_order(self, st: OrderState, requester: ClientConn | None = None) -> None:
-        """Cancel ``st`` whatever its phase (also used by disconnect policies)."""
-        if st.phase == 'done':
-            if requester is not None:
-                self.reply_error(requester, st.oid, f'order {st.oid} is already closed ({st.last_resp})', st.req)
-            return
-        if st.phase == 'dark':
-            scan = self.scans.get(_scan_key(st.fqsn))
-            if scan is not None:
-                scan.disarm(st.oid)
-            st.phase = 'done'
-            self.route(st, st.status('dark_cancelled'))
-            return
-        if st.reqid is None:
-            st.cancel_stashed = True  # released the moment the ack binds a reqid
-            return
-        venue = await self.ensure_venue(st.venue)
-        await venue.send(BrokerdCancel(oid=st.oid, account=st.req.account, reqid=st.reqid))
+    def cancel_order(self, st: OrderState) -> None:
+        """Cancel ``st`` on emsd's own behalf (disconnect policies, admin tools)."""
+        self._apply(st, M.CancelRequest(requester=None))
 
-    def may_control(self, conn: ClientConn, st: OrderState) -> bool:
-        """The owner (by name) may modify or cancel an order; a watcher only if its session
-        was opened with ``control_others``."""
-        return st.owner == conn.name or (conn.control_others and conn.watches(st))
+    # --- dark triggers ------------------------------------------------------------------------
 
-    # --- dark triggers --------------------------------------------------------------------
-
-    async def on_trigger(self, st: OrderState, tick_type: str, tick_price: float, tick_size: float) -> None:
+    def on_trigger(self, st: OrderState, tick_type: str, tick_price: float, tick_size: float) -> None:
         """A resting dark order or alert was crossed by a tick: fire it exactly once."""
-        st.trigger_price = tick_price
-        if st.req.action == 'alert':
-            st.phase = 'done'
-            self.route(st, st.status('alert_triggered', trigger_price=tick_price))
-            return
-        price = release_price(st.req.action, tick_price, tick_size)
-        st.req = st.req.model_copy(update={'price': price})
-        st.phase = 'pending'  # before the send: the ack may come back at once
-        self.route(st, st.status('dark_triggered', trigger_price=tick_price))
-        try:
-            await self.send_to_venue(st, reqid=None)
-        except Exception as err:
-            log.exception('could not submit triggered order %s', st.oid)
-            st.phase = 'done'
-            self.route(st, st.status('broker_errored', reason=f'submit failed: {err}'))
+        limit = None
+        if st.req.action != 'alert':
+            limit = release_price(st.req.action, tick_price, tick_size)
+        self._apply(st, M.Trigger(price=tick_price, limit_price=limit))
 
-    # --- broker events --------------------------------------------------------------------
+    # --- venue events -------------------------------------------------------------------------
 
-    def _oid_for(self, venue: Venue, reqid: int | str | None, oid: str | None = None) -> OrderState | None:
-        if oid is not None and oid in self.orders:
-            return self.orders[oid]
+    def _order_for(self, key: VenueKey, reqid: Any, oid: str | None) -> OrderState | None:
+        if oid is not None:
+            st = self.orders.get(oid)
+            if st is not None and st.venue == key:
+                return st
         if reqid is None:
             return None
-        found = self.by_reqid.get((venue.key, reqid))
+        found = self.by_reqid.get((key, reqid))
         return self.orders.get(found) if found else None
 
-    async def on_broker_msg(self, venue: Venue, msg) -> None:
-        """Translate one venue event into statuses for the order's owner (SPEC §5.6)."""
+    def on_venue_msg(self, link: VenueLink, raw: Any) -> None:
+        """Translate one venue message into machine events (SPEC §5.6). Never raises."""
+        try:
+            msg = parse_brokerd_msg(raw)
+        except MsgError as err:
+            self.rejected_broker_msgs += 1
+            log.warning('invalid message from %s: %s', '.'.join(link.key), err)
+            return
+        try:
+            self._on_venue_msg(link, msg)
+        except Exception:
+            log.exception('failed to handle %r from %s; continuing', msg, link.key)
+
+    def _on_venue_msg(self, link: VenueLink, msg: Any) -> None:
+        key = link.key
         if isinstance(msg, BrokerdPosition):
-            venue.positions[(msg.account, msg.symbol)] = msg
+            link.positions[(msg.account, msg.symbol)] = msg
             self.broadcast_position(msg)
             return
         if isinstance(msg, BrokerdOrderAck):
             st = self.orders.get(msg.oid)
-            if st is None or st.venue != venue.key:
-                log.warning('ack for unknown order %s (reqid %s) from %s', msg.oid, msg.reqid, venue.key)
+            if st is None or st.venue != key:
+                self.unknown_events += 1
+                log.warning('ack for unknown order %s (reqid %s) from %s', msg.oid, msg.reqid, key)
                 return
-            st.reqid = msg.reqid
-            self.by_reqid[(venue.key, msg.reqid)] = st.oid
-            if st.cancel_stashed:
-                st.cancel_stashed = False
-                await venue.send(BrokerdCancel(oid=st.oid, account=st.req.account, reqid=msg.reqid))
-            elif st.modify_stashed is not None:
-                st.modify_stashed = None
-                await self.send_to_venue(st, reqid=msg.reqid)
+            bound = st.machine.reqid
+            if self._apply(st, M.Ack(reqid=msg.reqid)) and bound is None:
+                self.by_reqid[(key, msg.reqid)] = st.oid
+                for _, early in self.early.pop((key, msg.reqid), ()):
+                    self._on_venue_msg(link, early)
             return
-        st = self._oid_for(venue, getattr(msg, 'reqid', None), getattr(msg, 'oid', None))
+        reqid = getattr(msg, 'reqid', None)
+        st = self._order_for(key, reqid, getattr(msg, 'oid', None))
         if st is None:
-            log.warning('event for unknown order from %s: %r', venue.key, msg)
+            if reqid is not None:
+                self._hold_early(key, reqid, msg)
+            else:
+                self.unknown_events += 1
+                log.warning('event for no order from %s: %r', key, msg)
             return
-        details = to_wire(msg)
-        if isinstance(msg, BrokerdFill):
-            st.filled += msg.size
-            self.route(st, st.status('broker_filled', brokerd_msg=details))
-        elif isinstance(msg, BrokerdStatus):
-            status = msg.status.lower()
-            if status == 'filled':
-                if msg.remaining <= 0:
-                    st.phase = 'done'
-                    self.route(st, st.status('broker_executed', brokerd_msg=details))
-                else:
-                    self.route(st, st.status('broker_partially_filled', brokerd_msg=details))
-                return
-            if status in ('cancelled', 'canceled'):
-                st.phase = 'done'
-                self.route(st, st.status('broker_cancelled', brokerd_msg=details, reason=msg.reason or None))
-                return
-            if status in TERMINAL_STATUSES:
-                st.phase = 'done'
-            elif status in ('submitted', 'open', 'accepted') and st.phase == 'pending':
-                st.phase = 'live'
-            self.route(st, st.status(f'broker_{status}', brokerd_msg=details, reason=msg.reason or None))
-        elif isinstance(msg, BrokerdError):
-            if st.phase == 'pending' and st.reqid is None:
-                st.phase = 'done'  # the venue refused the new order outright
-            self.route(st, st.status('broker_errored', brokerd_msg=details, reason=msg.reason))
+        self._apply(st, M.venue_event(msg))
 
+    def _hold_early(self, key: VenueKey, reqid: Any, msg: Any) -> None:
+        """Keep an event whose reqid no ack has bound yet (a venue may race its own ack)."""
+        now = self.clock()
+        while self.early:
+            first_key, events = next(iter(self.early.items()))
+            if len(self.early) < EARLY_MAX and now - events[0][0] < EARLY_TTL_NS:
+                break
+            self.early.popitem(last=False)
+            self.unknown_events += len(events)
+            log.warning('dropping %d events for unknown reqid %s from %s', len(events), first_key[1], first_key[0])
+        self.early.setdefault((key, reqid), []).append((now, msg))
 
-def _scan_key(fqsn: str) -> tuple[str, str]:
-    sym, broker = parse_fqsn(fqsn)
-    return (broker, sym)
+    def on_venue_lost(self, link: VenueLink, reason: str) -> None:
+        """A venue died: its working orders' fate is unknown, so tell their owners and close
+        them. Dark orders and alerts are untouched (they live here). Never raises."""
+        for st in list(self.orders.values()):
+            if st.venue == link.key and st.machine.live:
+                self._apply(st, M.VenueLost(f'trades dialogue {".".join(link.key)} lost ({reason})'))
+        for k in [k for k in self.early if k[0] == link.key]:
+            del self.early[k]
+
+    def on_send_failed(self, link: VenueLink, cmd: BrokerdOrder | BrokerdCancel, reason: str) -> None:
+        """A queued command could not be delivered (the venue never opened, or died)."""
+        st = self.orders.get(cmd.oid)
+        if st is not None and not st.machine.final:
+            self._apply(st, M.SendFailed(reason))
+
+    # --- scans --------------------------------------------------------------------------------
+
+    def _release_scan(self, fqsn: str) -> None:
+        """Close a symbol's scan (and feed) once nothing needs it: no resting dark order, no
+        live order, no client connected for the symbol."""
+        scan = self.scans.peek(fqsn)
+        if scan is None or len(scan):
+            return
+        if self.live_per_symbol.get(fqsn) or any(c.fqsn == fqsn for c in self.clients):
+            return
+        if any(q[0][1].symbol.lower() == fqsn for q in self.waiting.values() if q):
+            return
+        self.scans.close(fqsn)
+
+    # --- stats --------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counts for tests and the CLI."""
+        states: dict[str, int] = {}
+        phases: dict[str, int] = {}
+        for st in self.orders.values():
+            m = st.machine
+            states[m.state] = states.get(m.state, 0) + 1
+            phase = 'dark' if m.dark else 'live' if m.live else 'done'
+            phases[phase] = phases.get(phase, 0) + 1
+        links = self.venues.open_links()
+        return {
+            'clients': len(self.clients),
+            'venues': [list(link.key) for link in links],
+            'venue_requests': {'.'.join(link.key): getattr(link, 'sent', 0) for link in links},
+            'scans': [s.fqsn for s in self.scans.all()],
+            'dark': sum(len(s) for s in self.scans.all()),
+            'states': states,
+            'phases': phases,
+            'orders': len(self.orders),
+            'rejected_client_msgs': self.rejected_client_msgs,
+            'rejected_broker_msgs': self.rejected_broker_msgs,
+            'illegal_events': self.illegal_events,
+            'unknown_events': self.unknown_events,
+        }

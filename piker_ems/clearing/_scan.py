@@ -1,12 +1,17 @@
-"""One dark-trigger scan per (broker, symbol), owned by emsd.
+"""One dark-trigger scan per (broker, symbol), owned by emsd, and the directory that holds them.
 
 The scan holds the symbol's feed and its :class:`~._darkbook.DarkBook`; every tick of every
 quote is checked against price-sorted triggers, so dark orders and alerts fire with no client
 connected, exactly once, at a cost that does not grow with the number of resting orders.
+
+A fire is reported to a *sink* (emsd's Router, duck-typed: ``on_trigger(st, tick_type, price,
+tick_size)``); this module does not import the Router. A scan nobody needs any more (no resting
+order, no live order, no client on the symbol) is closed by the Router through
+:meth:`ScanDirectory.close`, which ends its feed subscription.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import trio
 
@@ -15,39 +20,42 @@ from ..log import get_logger
 from ..symbols import Symbol
 from ._darkbook import DarkBook
 
-if TYPE_CHECKING:
-    from ._orders import OrderState
-    from ._router import Router
-
 log = get_logger(__name__)
 
 RETRY_S = 1.0
 
 
 class DarkScan:
-    """The trigger book and last price of one symbol."""
+    """The trigger book, symbol info and last price of one symbol."""
 
-    def __init__(self, router: 'Router', broker: str, symbol: str) -> None:
-        self.router = router
-        self.broker = broker
-        self.key = symbol
-        self.fqsn = f'{symbol}.{broker}'
+    def __init__(self, fqsn: str) -> None:
+        self.fqsn = fqsn
         self.book = DarkBook()
         self.symbol: Symbol | None = None
         self.last: float | None = None
+        self.failed: str | None = None  # why the feed could not be opened (the scan is dead)
         self.quotes = 0
-        self.connected = trio.Event()
+        self.ready = trio.Event()   # set once symbol info and a first price are known, or failed
+        self.scope = trio.CancelScope()
+        self.sink: Any = None
 
-    def arm(self, st: 'OrderState') -> None:
+    def __len__(self) -> int:
+        return len(self.book)
+
+    def arm(self, st: Any) -> None:
         """Rest (or re-arm, for a modify) a dark order/alert at its price."""
         self.book.arm(st.oid, st.req.action, st.req.price, self.last, payload=st)
-        st.phase = 'dark'
 
     def disarm(self, oid: str) -> None:
         """Remove a resting order; it can never fire afterwards."""
         self.book.disarm(oid)
 
-    async def on_quote(self, quote: dict) -> None:
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for the first quote (or the failure); raises TimeoutError after ``timeout``."""
+        with trio.fail_after(timeout):
+            await self.ready.wait()
+
+    def on_quote(self, quote: dict) -> None:
         """Check every tick of a quote against the book, in arrival order."""
         self.quotes += 1
         for tick in quote.get('ticks', ()):
@@ -59,41 +67,86 @@ class DarkScan:
             if not self.book:
                 continue
             for entry in self.book.on_tick(ttype, price):
-                st = entry.payload
-                if st.phase != 'dark':
-                    continue  # cancelled or modified away in the meantime
-                await self.router.on_trigger(st, ttype, price, self.symbol.tick_size)
+                try:
+                    self.sink.on_trigger(entry.payload, ttype, price, self.symbol.tick_size)
+                except Exception:
+                    log.exception('trigger of %s failed', entry.oid)
         if self.last is None and quote.get('last') is not None:
             self.last = quote['last']
 
-    @classmethod
-    async def run(cls, router: 'Router', broker: str, symbol: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Start the scan (reporting it once its first quote is known) and keep its feed alive."""
-        scan = cls(router, broker, symbol)
-        started = False
-        while True:
-            try:
-                async with open_feed([scan.fqsn], loglevel=router.loglevel, subscriber='emsd') as feed:
-                    scan.symbol = feed.symbols[scan.fqsn]
-                    first = feed.first_quotes[scan.fqsn]
-                    if scan.last is None:
-                        scan.last = first.get('last') or first.get('bid')
-                    if not started:
-                        started = True
-                        task_status.started(scan)
-                    scan.connected.set()
-                    async for packet in feed.stream:
-                        quote = packet.get(scan.fqsn)
-                        if quote is not None:
-                            try:
-                                await scan.on_quote(quote)
-                            except Exception:
-                                log.exception('dark scan for %s failed on a quote; continuing', scan.fqsn)
-            except* FeedLost as eg:
-                log.error('dark scan for %s lost its feed (%s); reconnecting', scan.fqsn, eg.exceptions[0])
-            except* Exception as eg:
-                if not started:
-                    raise
-                log.error('dark scan for %s: feed failed (%r); reconnecting', scan.fqsn, eg.exceptions[0])
-            scan.connected = trio.Event()
-            await trio.sleep(RETRY_S)
+    async def run(self, loglevel: str | None = None) -> None:
+        """Keep the symbol's feed open and scan every quote, until the scan is closed."""
+        with self.scope:
+            while await self._run_feed(loglevel):
+                await trio.sleep(RETRY_S)
+
+    async def _run_feed(self, loglevel: str | None) -> bool:
+        """Scan one feed connection; True: reconnect, False: give up (it never started)."""
+        try:
+            async with open_feed([self.fqsn], loglevel=loglevel, subscriber='emsd') as feed:
+                self.symbol = feed.symbols[self.fqsn]
+                first = feed.first_quotes[self.fqsn]
+                if self.last is None:
+                    self.last = first.get('last') or first.get('bid')
+                self.ready.set()
+                async for packet in feed.stream:
+                    quote = packet.get(self.fqsn)
+                    if quote is not None:
+                        try:
+                            self.on_quote(quote)
+                        except Exception:
+                            log.exception('dark scan for %s failed on a quote; continuing', self.fqsn)
+        except* FeedLost as eg:
+            log.error('dark scan for %s lost its feed (%s); reconnecting', self.fqsn, eg.exceptions[0])
+        except* Exception as eg:
+            err = eg.exceptions[0]
+            if not self.ready.is_set():
+                self.failed = str(err) or f'feed for {self.fqsn} failed ({type(err).__name__})'
+                self.ready.set()
+                log.warning('dark scan for %s could not start: %s', self.fqsn, self.failed)
+            else:
+                log.error('dark scan for %s: feed failed (%r); reconnecting', self.fqsn, err)
+        return self.failed is None
+
+
+class ScanDirectory:
+    """emsd's scans, one per symbol, started in the service nursery on first need."""
+
+    def __init__(self, start_soon: Callable[..., Any], loglevel: str | None = None) -> None:
+        self.start_soon = start_soon
+        self.loglevel = loglevel
+        self.scans: dict[str, DarkScan] = {}
+        self.sink: Any = None
+
+    def bind(self, sink: Any) -> None:
+        self.sink = sink
+
+    def get(self, fqsn: str) -> DarkScan:
+        scan = self.scans.get(fqsn)
+        if scan is None or scan.failed:
+            scan = self.scans[fqsn] = DarkScan(fqsn)
+            scan.sink = self.sink
+            self.start_soon(self._run, scan)
+        return scan
+
+    async def _run(self, scan: DarkScan) -> None:
+        try:
+            await scan.run(self.loglevel)
+        finally:
+            if not scan.ready.is_set():
+                scan.failed = scan.failed or 'the scan was closed'
+                scan.ready.set()
+            if self.scans.get(scan.fqsn) is scan and scan.failed:
+                del self.scans[scan.fqsn]
+
+    def peek(self, fqsn: str) -> DarkScan | None:
+        return self.scans.get(fqsn)
+
+    def close(self, fqsn: str) -> None:
+        scan = self.scans.pop(fqsn, None)
+        if scan is not None:
+            log.info('closing the idle scan of %s', fqsn)
+            scan.scope.cancel()
+
+    def all(self) -> list[DarkScan]:
+        return list(self.scans.values())

@@ -111,7 +111,7 @@ KNOWN_RESPS: frozenset[str] = frozenset({
 }) | FINAL_RESPS
 
 #: A venue status string emsd will relay as ``broker_<status>`` when it does not know it.
-VENUE_STATUS_RE = re.compile(r'^[a-z][a-z_]{0,31}$')
+VENUE_STATUS_RE = re.compile(r'[a-z][a-z_]{0,31}')  # used with fullmatch
 
 #: Venue status words (lowercased) and the canonical resp each stands for.
 VENUE_STATUS_RESPS: dict[str, str] = {
@@ -137,7 +137,7 @@ def is_valid_resp(resp: str) -> bool:
     """Whether ``resp`` may appear on the wire: a known status or a ``broker_<word>``."""
     if resp in KNOWN_RESPS:
         return True
-    return resp.startswith(BROKER_PREFIX) and VENUE_STATUS_RE.match(resp[len(BROKER_PREFIX):]) is not None
+    return resp.startswith(BROKER_PREFIX) and VENUE_STATUS_RE.fullmatch(resp[len(BROKER_PREFIX):]) is not None
 
 
 def is_known(resp: str) -> bool:
@@ -196,6 +196,6 @@ def venue_status_resp(status: str, remaining: float | None = None) -> str | None
         return BROKER_PARTIALLY_FILLED
     if resp is not None:
         return resp
-    if VENUE_STATUS_RE.match(word):
+    if VENUE_STATUS_RE.fullmatch(word):
         return BROKER_PREFIX + word
     return None

@@ -1,12 +1,18 @@
 """emsd's trades dialogues: exactly one per venue (a broker's live endpoint or its paper engine).
 
-The relay task lives in the Router's nursery, not in any client's task, so it survives clients
-coming and going. Every event from the venue is validated; an invalid one is logged and counted,
-never fatal.
+A :class:`VenueLink` takes commands at once, without waiting: they queue (bounded) while the
+dialogue opens or is reopened, and go out in order when it is up. If the dialogue cannot be
+opened within :data:`OPEN_TIMEOUT_S`, or dies, every queued command is failed back to the sink.
+So no client waits on a venue spawn: dark orders, alerts and cancels are answered at once.
+
+The relay task lives in emsd's service nursery, not in any client's task, so it survives clients
+coming and going. Every event from the venue goes to the *sink* (emsd's Router, duck-typed:
+``on_venue_msg``, ``on_venue_lost``, ``on_send_failed``); this module does not import the Router.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import Any, Callable
 
 import tractor
 import trio
@@ -17,29 +23,28 @@ from ..service import maybe_spawn_brokerd
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ._messages import BrokerdPosition, MsgError, parse_brokerd_msg, to_wire
-
-if TYPE_CHECKING:
-    from ._orders import VenueKey
-    from ._router import Router
+from ._orders import VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
 
 PAPER_MODULES = [DEATHSIG_MODULE, 'piker_ems.clearing._paper']
+#: Commands a link holds while its dialogue is not open (beyond: refused at once).
+QUEUE_MAX = 10_000
+#: How long a dialogue may take to open before its queued commands are failed.
+OPEN_TIMEOUT_S = 30.0
 
 
-class VenueLost(RuntimeError):
-    """A trades dialogue died (its broker process crashed, hung or closed the dialogue)."""
+class VenueLink:
+    """One trades dialogue: a command queue, its state, and the positions it reported."""
 
-
-class Venue:
-    """One open trades dialogue and the positions it reported."""
-
-    def __init__(self, key: 'VenueKey', stream: tractor.MsgStream) -> None:
+    def __init__(self, key: VenueKey) -> None:
         self.key = key
-        self.stream = stream
+        self.state = 'opening'   # opening -> open -> closed
+        self.lost: str | None = None
         self.positions: dict[tuple[str, str], BrokerdPosition] = {}
-        self.closed = False
-        self.lost: str | None = None  # why the dialogue was lost (None: open, or closed cleanly)
+        self.tx, self.rx = trio.open_memory_channel[Any](math.inf)
+        self.queued = 0
+        self.opened = trio.Event()
         self.relay_scope = trio.CancelScope()
         self.sent = 0
         self.received = 0
@@ -48,109 +53,165 @@ class Venue:
     def name(self) -> str:
         return '.'.join(self.key)
 
+    @property
+    def closed(self) -> bool:
+        return self.state == 'closed'
+
+    def send_nowait(self, cmd: Any) -> None:
+        """Queue one command; sent in order once the dialogue is open."""
+        if self.closed:
+            raise VenueUnavailable(f'trades dialogue {self.name} is {"lost: " + self.lost if self.lost else "closed"}')
+        if self.queued >= QUEUE_MAX:
+            raise VenueUnavailable(f'trades dialogue {self.name} has {QUEUE_MAX} requests queued')
+        self.queued += 1
+        self.tx.send_nowait(cmd)
+
     def lose(self, reason: str) -> None:
-        """Declare the dialogue dead: stop its relay (which then tells the Router)."""
+        """Declare the dialogue dead: stop its relay (which then tells the sink)."""
         if not self.closed:
-            self.closed = True
+            self.state = 'closed'
             self.lost = reason
             log.error('trades dialogue %s lost: %s', self.name, reason)
         self.relay_scope.cancel()
 
-    async def send(self, msg) -> None:
-        """Send one request to the venue; a dead venue raises :class:`VenueLost`."""
-        if self.closed:
-            raise VenueLost(f'trades dialogue {self.name} is {"lost: " + self.lost if self.lost else "closed"}')
-        self.sent += 1
+    def drain_failed(self) -> list[Any]:
+        """Commands that never went out (the dialogue closed): take them off the queue."""
+        out = []
+        while True:
+            try:
+                out.append(self.rx.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return out
+
+
+class VenueDirectory:
+    """emsd's venue links, one per (broker, kind), opened in the service nursery on first need."""
+
+    def __init__(self, start_soon: Callable[..., Any], actor_n: Any, loglevel: str | None = None) -> None:
+        self.start_soon = start_soon
+        self.actor_n = actor_n
+        self.loglevel = loglevel
+        self.links: dict[VenueKey, VenueLink] = {}
+        self.sink: Any = None
+
+    def bind(self, sink: Any) -> None:
+        self.sink = sink
+
+    def key_for(self, broker: str, account: str) -> VenueKey:
+        mod = get_brokermod(broker)
+        if account != 'paper' and hasattr(mod, 'trades_dialogue'):
+            return (broker, 'live')
+        return (broker, 'paper')
+
+    def link(self, key: VenueKey) -> VenueLink:
+        link = self.links.get(key)
+        if link is None or link.closed:
+            link = self.links[key] = VenueLink(key)
+            self.start_soon(self._run, link)
+        return link
+
+    def open_links(self) -> list[VenueLink]:
+        return [link for link in self.links.values() if not link.closed]
+
+    async def wait_open(self, key: VenueKey, timeout: float) -> VenueLink | None:
+        """The link for ``key`` once open (None if it did not open within ``timeout``)."""
+        link = self.link(key)
+        with trio.move_on_after(timeout):
+            await link.opened.wait()
+        return link if link.state == 'open' else None
+
+    async def _run(self, link: VenueLink) -> None:
+        """Open the dialogue, relay it until it ends, then fail what never went out."""
         try:
-            await self.stream.send(to_wire(msg))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-            self.lose(f'send failed ({type(err).__name__})')
-            raise VenueLost(f'trades dialogue {self.name} lost: send failed') from None
+            with trio.move_on_after(OPEN_TIMEOUT_S) as open_cs:
+                await self._open_and_relay(link, open_cs)
+            if open_cs.cancelled_caught and link.state == 'opening':
+                link.lost = link.lost or f'did not open within {OPEN_TIMEOUT_S:g}s'
+        except* Exception as eg:
+            err = eg.exceptions[0]
+            link.lost = link.lost or f'{type(err).__name__}: {err}'
+            log.error('trades dialogue %s ended: %s', link.name, link.lost)
+        finally:
+            link.state = 'closed'
+            link.opened.set()
+            if self.links.get(link.key) is link:
+                del self.links[link.key]
+            reason = link.lost or 'the dialogue closed'
+            for cmd in link.drain_failed():
+                self.sink.on_send_failed(link, cmd, f'trades dialogue {link.name}: {reason}')
+            if link.lost:  # (an orderly stop of emsd is no loss to report)
+                self.sink.on_venue_lost(link, reason)
 
-
-async def open_venue(router: 'Router', key: 'VenueKey', task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Open the dialogue for ``key`` and relay its events into the Router until it ends."""
-    broker, kind = key
-    started = False
-
-    def report(venue: Venue) -> None:
-        nonlocal started
-        started = True
-        task_status.started(venue)
-
-    try:
+    async def _open_and_relay(self, link: VenueLink, open_cs: trio.CancelScope) -> None:
+        broker, kind = link.key
         if kind == 'paper':
             from . import _paper
 
-            portal = await router.actor_n.start_actor(
-                f'paperboi.{broker}', enable_modules=PAPER_MODULES,
-            )
+            portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
             try:
-                await _relay(router, key, portal, _paper.trades_dialogue, {'broker': broker}, report)
+                await self._relay(link, portal, _paper.trades_dialogue, {'broker': broker}, open_cs)
             finally:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
         else:
             endpoint = get_brokermod(broker).trades_dialogue
-            async with maybe_spawn_brokerd(broker, loglevel=router.loglevel) as portal:
-                await _relay(router, key, portal, endpoint, {}, report)
-    except* Exception as eg:
-        log.error('trades dialogue %s ended: %r', key, eg.exceptions[0])
-        if not started:
-            raise  # the client that needed this venue sees why it could not open
+            async with maybe_spawn_brokerd(broker, loglevel=self.loglevel) as portal:
+                await self._relay(link, portal, endpoint, {}, open_cs)
 
-
-async def _relay(router: 'Router', key: 'VenueKey', portal: tractor.Portal, endpoint, kwargs: dict, report) -> None:
-    async with portal.open_context(endpoint, loglevel=router.loglevel, **kwargs) as (ctx, positions):
-        venue: Venue | None = None
-        try:
-            async with ctx.open_stream() as stream:
-                venue = Venue(key, stream)
-                for raw in positions or ():
-                    try:
-                        pos = parse_brokerd_msg(raw)
-                        venue.positions[(pos.account, pos.symbol)] = pos
-                    except MsgError as err:
-                        log.warning('bad position from %s: %s', key, err)
-                log.info('trades dialogue %s open', key)
-                report(venue)
-                with venue.relay_scope:
-                    await _relay_events(router, venue, stream)
-        finally:
-            if venue is not None:
-                venue.closed = True
-                router.forget_venue(venue)
-                if venue.lost:
-                    await router.on_venue_lost(venue)
+    async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
+                     open_cs: trio.CancelScope) -> None:
+        async with portal.open_context(endpoint, loglevel=self.loglevel, **kwargs) as (ctx, positions):
+            try:
+                async with ctx.open_stream() as stream:
+                    for raw in positions or ():
+                        try:
+                            pos = parse_brokerd_msg(raw)
+                            link.positions[(pos.account, pos.symbol)] = pos
+                        except MsgError as err:
+                            log.warning('bad position from %s: %s', link.name, err)
+                    link.state = 'open'
+                    open_cs.deadline = math.inf  # opened: no more open timeout
+                    link.opened.set()
+                    log.info('trades dialogue %s open', link.name)
+                    with link.relay_scope:
+                        async with trio.open_nursery() as n:
+                            n.start_soon(self._write, link, stream)
+                            await self._relay_events(link, stream)
+                            n.cancel_scope.cancel()
+            finally:
+                if link.lost:
                     await abandon_context(ctx)
 
+    async def _write(self, link: VenueLink, stream: tractor.MsgStream) -> None:
+        """Send queued commands in order; a failed send loses the dialogue."""
+        while True:
+            cmd = await link.rx.receive()
+            link.queued -= 1
+            try:
+                await stream.send(to_wire(cmd))
+                link.sent += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                self.sink.on_send_failed(link, cmd, f'send failed ({type(err).__name__})')
+                link.lose(f'send failed ({type(err).__name__})')
+                return
 
-async def _relay_events(router: 'Router', venue: Venue, stream: tractor.MsgStream) -> None:
-    """Feed every venue event to the Router until the dialogue ends or goes silent.
+    async def _relay_events(self, link: VenueLink, stream: tractor.MsgStream) -> None:
+        """Feed every venue event to the sink until the dialogue ends or goes silent.
 
-    Venues heartbeat when idle (part of the ``trades_dialogue`` contract), so
-    :data:`HEARTBEAT_TIMEOUT_S` of silence means the broker died or hung.
-    """
-    while True:
-        try:
-            with trio.fail_after(HEARTBEAT_TIMEOUT_S):
-                raw = await stream.receive()
-        except trio.TooSlowError:
-            venue.lose(f'no message or heartbeat for {HEARTBEAT_TIMEOUT_S:g}s')
-            return
-        except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
-            venue.lose(f'the dialogue closed ({type(err).__name__})')
-            return
-        if is_heartbeat(raw):
-            continue
-        venue.received += 1
-        try:
-            msg = parse_brokerd_msg(raw)
-        except MsgError as err:
-            router.rejected_broker_msgs += 1
-            log.warning('invalid message from %s: %s', venue.name, err)
-            continue
-        try:
-            await router.on_broker_msg(venue, msg)
-        except Exception:
-            log.exception('failed to handle %r from %s; continuing', msg, venue.name)
+        Venues heartbeat when idle (part of the ``trades_dialogue`` contract), so
+        :data:`HEARTBEAT_TIMEOUT_S` of silence means the broker died or hung.
+        """
+        while True:
+            try:
+                with trio.fail_after(HEARTBEAT_TIMEOUT_S):
+                    raw = await stream.receive()
+            except trio.TooSlowError:
+                link.lose(f'no message or heartbeat for {HEARTBEAT_TIMEOUT_S:g}s')
+                return
+            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
+                link.lose(f'the dialogue closed ({type(err).__name__})')
+                return
+            if is_heartbeat(raw):
+                continue
+            link.received += 1
+            self.sink.on_venue_msg(link, raw)

@@ -1,0 +1,104 @@
+"""A venue link takes commands at once and queues them while its dialogue opens: no client waits
+on a venue spawn; if the dialogue never opens, every queued command is failed back."""
+import pytest
+import trio
+
+from piker_ems.clearing import _venues
+from piker_ems.clearing._messages import BrokerdOrder
+from piker_ems.clearing._venues import VenueDirectory
+
+pytestmark = pytest.mark.trio
+
+
+class Sink:
+    def __init__(self):
+        self.failed, self.lost, self.msgs = [], [], []
+
+    def on_send_failed(self, link, cmd, reason):
+        self.failed.append((cmd.oid, reason))
+
+    def on_venue_lost(self, link, reason):
+        self.lost.append(reason)
+
+    def on_venue_msg(self, link, raw):
+        self.msgs.append(raw)
+
+
+class FakeStream:
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, msg):
+        self.sent.append(msg)
+
+
+def order(oid):
+    return BrokerdOrder(action='buy', oid=oid, symbol='btcusd', price=1.0, size=1.0)
+
+
+async def test_commands_queue_while_opening_and_go_out_in_order(monkeypatch):
+    gate = trio.Event()
+    stream = FakeStream()
+
+    async def open_and_relay(self, link, open_cs):
+        await gate.wait()  # a slow spawn
+        link.state = 'open'
+        link.opened.set()
+        async with trio.open_nursery() as n:
+            n.start_soon(self._write, link, stream)
+            await trio.sleep_forever()
+
+    monkeypatch.setattr(VenueDirectory, '_open_and_relay', open_and_relay)
+    sink = Sink()
+    async with trio.open_nursery() as n:
+        venues = VenueDirectory(n.start_soon, actor_n=None)
+        venues.bind(sink)
+        link = venues.link(('sim', 'paper'))
+        with trio.fail_after(0.1):  # taking commands never waits for the venue
+            for i in range(100):
+                link.send_nowait(order(f'o{i}'))
+        assert stream.sent == [] and link.queued == 100
+        assert venues.link(('sim', 'paper')) is link  # one dialogue per venue
+        gate.set()
+        with trio.fail_after(5):
+            while len(stream.sent) < 100:
+                await trio.sleep(0)
+        assert [m['oid'] for m in stream.sent] == [f'o{i}' for i in range(100)]
+        n.cancel_scope.cancel()
+    assert sink.failed == [] and sink.lost == []
+
+
+async def test_a_venue_that_never_opens_fails_its_queue(monkeypatch):
+    monkeypatch.setattr(_venues, 'OPEN_TIMEOUT_S', 0.2)
+
+    async def never_opens(self, link, open_cs):
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(VenueDirectory, '_open_and_relay', never_opens)
+    sink = Sink()
+    async with trio.open_nursery() as n:
+        venues = VenueDirectory(n.start_soon, actor_n=None)
+        venues.bind(sink)
+        link = venues.link(('sim', 'live'))
+        link.send_nowait(order('a'))
+        link.send_nowait(order('b'))
+        with trio.fail_after(5):
+            await link.opened.wait()
+    assert [oid for oid, _ in sink.failed] == ['a', 'b']
+    assert 'did not open' in sink.failed[0][1] and sink.lost
+    assert venues.links == {}  # the next need opens a fresh one
+    with pytest.raises(_venues.VenueUnavailable):
+        link.send_nowait(order('c'))
+
+
+async def test_a_venue_that_fails_to_open_fails_its_queue(monkeypatch):
+    async def fails(self, link, open_cs):
+        raise RuntimeError('no such broker process')
+
+    monkeypatch.setattr(VenueDirectory, '_open_and_relay', fails)
+    sink = Sink()
+    async with trio.open_nursery() as n:
+        venues = VenueDirectory(n.start_soon, actor_n=None)
+        venues.bind(sink)
+        venues.link(('sim', 'live')).send_nowait(order('a'))
+    assert sink.failed and 'no such broker process' in sink.failed[0][1]
