@@ -1,4 +1,5 @@
-"""The shared matching core (piker_ems.clearing._matching), without actors.
+"""The shared simulated-venue core (piker_ems.simvenue: book, positions, clearing core,
+dialogue engine), without actors.
 
 Exact message sequences for new/modify/cancel, resting-order execution from quotes (ticks in
 order, best price first), position accounting, invalid requests, and the engine plumbing driven
@@ -11,19 +12,10 @@ import itertools
 import pytest
 import trio
 
-from piker_ems.clearing._matching import (
-    ALREADY_CANCELLED,
-    ALREADY_FILLED,
-    UNKNOWN_ORDER,
-    ClearingCore,
-    Dialogue,
-    DialogueEngine,
-    OrderBook,
-    Position,
-    PositionBook,
-    RestingOrder,
-    crosses,
-)
+from piker_ems.simvenue._book import OrderBook, RestingOrder, crosses
+from piker_ems.simvenue._core import ALREADY_CANCELLED, ALREADY_FILLED, UNKNOWN_ORDER, ClearingCore
+from piker_ems.simvenue._dialogue import Dialogue, DialogueEngine
+from piker_ems.simvenue._positions import Position, PositionBook
 from piker_ems.clearing._messages import (
     BrokerdCancel,
     BrokerdOrder,

@@ -7,6 +7,7 @@ position is exact. Messages are awaited with ``trio.fail_after``, never slept on
 """
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
 
 import pytest
@@ -304,3 +305,42 @@ async def test_two_symbols_at_once(reg_addr, config_dir):
         st = await stats(portal)
         assert sorted(o['oid'] for o in st['open_orders']) == sorted([s_btc['oid'], b_eth['oid']])
         assert sorted((p['symbol'], p['size']) for p in st['positions']) == [('btcusd', 1), ('ethusd', -1)]
+
+
+async def test_huge_orders_of_one_dialogue_do_not_break_another_dialogues_fills(reg_addr, config_dir):
+    """Regression (issue 8): two marketable buys of size 1e306 used to turn the shared position
+    into inf/NaN, after which every other client's execution errored and a crossed resting order
+    filled with no status at all. Now both are refused, and other orders fill and report."""
+    write_config(config_dir, SIM_FROZEN)
+    async with paperboi(reg_addr) as (portal, a, _):
+        huge = [order('buy', 101.0, size=1e306), order('buy', 101.0, size=1e306)]
+        for msg in huge:
+            await a.send(msg)
+        errs = await recv(a, 2)
+        assert kinds(errs) == ['error', 'error']
+        assert [e['oid'] for e in errs] == [m['oid'] for m in huge]
+
+        async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (b, positions):
+            assert positions == []
+            buy = order('buy', 101.0, size=1)
+            await b.send(buy)    # the first order for btcusd: held until the feed's first quote
+            ack, sub, fill, filled, pos = await recv(b, 5)
+            assert kinds([ack, sub, fill, filled, pos]) == [
+                'ack', 'status:submitted', 'fill', 'status:filled', 'position']
+            assert (ack['oid'], fill['price'], fill['size'], filled['remaining']) == (buy['oid'], 100.01, 1, 0)
+            assert (pos['size'], pos['avg_price']) == (1, 100.01)
+            (pos_a,) = await recv(a, 1)   # positions go to every dialogue
+            assert (pos_a['name'], pos_a['size']) == ('position', 1)
+
+            # a resting order crossed later always reports its fill and status
+            ack, _ = await place(b, order('sell', 100.50, size=1))
+            await move_market(portal, 'btcusd', 100.60)
+            fill, filled, pos = await recv(b, 3)
+            assert kinds([fill, filled, pos]) == ['fill', 'status:filled', 'position']
+            assert (fill['reqid'], fill['price'], filled['remaining']) == (ack['reqid'], 100.5, 0)
+            assert (pos['size'], pos['avg_price']) == (0, 0)
+
+        st = await stats(portal)
+        assert st['rejected'] == 2 and st['executions'] == 2 and st['failures'] == 0
+        assert all(
+            math.isfinite(p['size']) and math.isfinite(p['avg_price']) for p in st['positions'])

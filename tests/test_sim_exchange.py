@@ -192,3 +192,30 @@ async def test_dialogues_counted_positions_kept_and_bad_messages(reg_addr, confi
                 st = await stats(portal)
                 assert (st['dialogues_opened'], st['dialogues_active'], st['rejected']) == (2, 0, 3)
                 assert st['watched'] == ['btcusd']
+
+
+async def test_an_execution_that_would_overflow_the_position_fails_only_that_order(reg_addr, config_dir):
+    """A marketable sell at an absurd (finite) bid would make the position inf: the exchange
+    answers an error for that reqid, books nothing, and the next orders fill normally."""
+    write_config(config_dir, SIM_FROZEN)
+    async with exchange(reg_addr) as (portal, stream, _):
+        await set_price(portal, 'btcusd', 1e300)
+        bad = order('sell', 1.0, size=1e12)
+        await stream.send(bad)
+        ack, sub, err = await recv(stream, 3)
+        assert kinds([ack, sub, err]) == ['ack', 'status:submitted', 'error']
+        assert (err['reqid'], err['oid']) == (ack['reqid'], bad['oid'])
+        st = await stats(portal)
+        assert st['positions'] == [] and st['open_orders'] == []
+        assert (st['executions'], st['failed_executions']) == (0, 1)
+
+        await stream.send(cancel(bad['oid'], ack['reqid']))   # it is not working anymore
+        (cerr,) = await recv(stream, 1)
+        assert (cerr['name'], cerr['reason']) == ('error', 'order already rejected')
+
+        await set_price(portal, 'btcusd', 100.0)
+        await stream.send(order('buy', 101.0, size=2))
+        ack, sub, fill, filled, pos = await recv(stream, 5)
+        assert kinds([ack, sub, fill, filled, pos]) == [
+            'ack', 'status:submitted', 'fill', 'status:filled', 'position']
+        assert (fill['price'], pos['size'], pos['avg_price']) == (100.01, 2, 100.01)

@@ -5,16 +5,17 @@ The paper clearing engine: ``paperboi.<broker>`` (SPEC §6).
 
 A child actor of emsd (or any actor: tests spawn it on its own) exposing the
 same :func:`trades_dialogue` contract as a live brokerd, so emsd cannot tell
-the difference. Matching and positions come from
-:mod:`piker_ems.clearing._matching`; this module adds the market data: the
+the difference. Matching, positions and the dialogue protocol come from the
+shared simulated-venue core (:mod:`piker_ems.simvenue`); this module adds the market data: the
 first new order for a symbol opens a feed for ``<symbol>.<broker>`` (one feed
 task per symbol), and new orders for a symbol whose first quote is not known
 yet are held, in arrival order, until it is. Every later quote is matched
 against the resting orders.
 
-The engine is per process (and broker), not per dialogue: resting orders and
-positions survive a dialogue closing, like at a real broker. Paper reqids are
-strings ``paper-<uuid4>``.
+The engine is per actor and broker, not per dialogue: it is kept on the running
+actor (:func:`engine_for`, see :mod:`piker_ems.simvenue._owned`), so resting
+orders and positions survive a dialogue closing, like at a real broker, and a
+new actor starts clean. Paper reqids are strings ``paper-<uuid4>``.
 
 RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
 """
@@ -28,10 +29,12 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
-from ._matching import Dialogue, DialogueEngine
+from ..simvenue._clock import Clock, system_clock
+from ..simvenue._dialogue import Dialogue, DialogueEngine
+from ..simvenue._owned import owned
 from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
 
-__all__ = ['PaperEngine', 'paper_stats', 'trades_dialogue']
+__all__ = ['PaperEngine', 'engine_for', 'paper_stats', 'trades_dialogue']
 
 log = get_logger(__name__)
 
@@ -44,26 +47,16 @@ def _paper_reqid() -> str:
 
 
 class PaperEngine(DialogueEngine):
-    """The paper venue of one broker in this process."""
+    """The paper venue of one broker."""
 
-    _engines: dict[str, 'PaperEngine'] = {}
-
-    def __init__(self, broker: str) -> None:
-        super().__init__(broker, _paper_reqid, name=f'paperboi.{broker}')
+    def __init__(self, broker: str, *, clock: Clock = system_clock) -> None:
+        super().__init__(broker, _paper_reqid, name=f'paperboi.{broker}', clock=clock)
         # symbol -> 'starting' | 'live' | 'reconnecting'
         self.feeds: dict[str, str] = {}
         # new orders waiting for their symbol's first quote, in arrival order
         self.pending: dict[str, list[tuple[Dialogue, BrokerdOrder]]] = {}
         self.loglevel: str | None = None
         self.quotes = 0
-
-    @classmethod
-    def for_broker(cls, broker: str) -> 'PaperEngine':
-        """This process's engine for ``broker`` (created on first use)."""
-        engine = cls._engines.get(broker)
-        if engine is None:
-            engine = cls._engines[broker] = cls(broker)
-        return engine
 
     def on_request(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
         if isinstance(req, BrokerdOrder) and req.reqid is None:
@@ -88,13 +81,8 @@ class PaperEngine(DialogueEngine):
             if not dialogue.open:
                 log.warning('%s: dropping held order %s: its dialogue closed', self.name, req.oid)
                 continue
-            try:
-                self.process(dialogue, req)
-            except Exception as err:  # never lose the other held orders
-                log.exception('%s: failed to process held order %s', self.name, req.oid)
-                self.emit(dialogue, [to_wire(BrokerdError(
-                    oid=req.oid, symbol=req.symbol, reason=f'internal error: {err!r}',
-                ))])
+            # one boundary per order: a failure never loses the other held orders
+            self.guarded_process(dialogue, req, held=True)
 
     def _fail_pending(self, symbol: str, reason: str) -> None:
         for dialogue, req in self.pending.pop(symbol, []):
@@ -148,6 +136,11 @@ class PaperEngine(DialogueEngine):
         return stats
 
 
+def engine_for(broker: str) -> PaperEngine:
+    """The running actor's paper engine for ``broker`` (created on first use)."""
+    return owned(f'piker_ems.clearing._paper.engine.{broker}', lambda: PaperEngine(broker))
+
+
 def _default_broker() -> str:
     """``paperboi.<broker>`` -> ``<broker>``; ``sim`` for an actor named otherwise."""
     actor = tractor.current_actor(err_on_no_runtime=False)
@@ -174,7 +167,7 @@ async def trades_dialogue(
     setup_console(loglevel, process_name=f'paperboi.{broker}')
     if kw:
         log.debug('paperboi.%s: ignoring dialogue options %r', broker, kw)
-    engine = PaperEngine.for_broker(broker)
+    engine = engine_for(broker)
     if loglevel is not None:
         engine.loglevel = loglevel
     await engine.serve(ctx)
@@ -190,4 +183,4 @@ async def paper_stats(broker: str | None = None) -> dict[str, Any]:
     'journal' (in/out events: {dir, name, oid, reqid, time_ns}), 'feeds' ({symbol: state}),
     'held_orders' (new orders waiting for a first quote), 'quotes' (quotes matched)}``
     """
-    return PaperEngine.for_broker((broker or _default_broker()).lower()).stats()
+    return engine_for((broker or _default_broker()).lower()).stats()

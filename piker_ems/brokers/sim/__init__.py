@@ -9,9 +9,9 @@ A seeded random walk with a whole-tick spread, bid/ask updates and trade prints 
     rate = 50          # updates per second
     tick_size = 0.25
 
-The markets live in this module's :class:`SimVenue`, one per brokerd process, so the quote feed
-and the simulated exchange (the live ``trades_dialogue``, see :mod:`._exchange`) see the same
-prices. Exchange latency is set in the same section::
+The markets live in a :class:`SimVenue` owned by the ``brokerd.sim`` actor (see :mod:`._venue`),
+so the quote feed and the simulated exchange (the live ``trades_dialogue``, see
+:mod:`._exchange`) see the same prices. Exchange latency is set in the same section::
 
     [sim]
     ack_delay = 0.3    # seconds before a new order is acked (default 0)
@@ -28,49 +28,28 @@ import trio
 
 from ...symbols import Symbol
 from ._market import SimConfig, SimMarket, sim_config
+from ._venue import SimVenue, current_venue
 
 name = 'sim'
 
 __all__ = [
-    'SimConfig', 'SimMarket', 'SimVenue', 'backfill', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
+    'SimConfig', 'SimMarket', 'SimVenue', 'backfill', 'current_venue', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
     'set_price', 'trades_dialogue',
 ]
 
 
-class SimVenue:
-    """All simulated markets of one process, created on first use per symbol."""
-
-    _current: 'SimVenue | None' = None
-
-    def __init__(self) -> None:
-        self.markets: dict[str, SimMarket] = {}
-
-    @classmethod
-    def current(cls) -> 'SimVenue':
-        """The venue of this process (the brokerd.sim actor)."""
-        if cls._current is None:
-            cls._current = SimVenue()
-        return cls._current
-
-    def market(self, symbol: str) -> SimMarket:
-        """The market for ``symbol``, created from the config on first use."""
-        symbol = symbol.lower()
-        market = self.markets.get(symbol)
-        if market is None:
-            market = self.markets[symbol] = SimMarket(symbol, sim_config(symbol))
-        return market
-
-
 async def get_symbol_info(symbol: str) -> Symbol:
     """Every symbol name exists in the sim market; its tick and lot come from the config."""
-    cfg = SimVenue.current().market(symbol).config
+    actor = tractor.current_actor(err_on_no_runtime=False)
+    # outside an actor (a plain import) the config alone answers: no venue to own markets
+    cfg = current_venue().market(symbol).config if actor is not None else sim_config(symbol.lower())
     return Symbol(key=symbol.lower(), broker=name, tick_size=cfg.tick_size, lot_size=cfg.lot_size, currency='usd')
 
 
 @asynccontextmanager
 async def open_quote_stream(symbol: str) -> AsyncIterator[tuple[dict, AsyncIterator[dict]]]:
     """Yield the current quote and an endless stream of updates at the configured rate."""
-    market = SimVenue.current().market(symbol)
+    market = current_venue().market(symbol)
     period = 1.0 / market.config.rate
 
     async def updates() -> AsyncIterator[dict]:
@@ -100,12 +79,12 @@ async def backfill(symbol: str, period_s: float, count: int, end: float | None =
     """Past bars for the chart: a deterministic walk ending at the market's current price."""
     import time
 
-    return SimVenue.current().market(symbol).history(period_s, count, end or time.time())
+    return current_venue().market(symbol).history(period_s, count, end or time.time())
 
 
 async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
     """RPC (on ``brokerd.sim``): print a trade at ``price``; for tests and demos."""
-    return SimVenue.current().market(symbol).set_price(price, spread_ticks)
+    return current_venue().market(symbol).set_price(price, spread_ticks)
 
 
 # The RPC endpoints are defined here (not in ._exchange) because tractor resolves an endpoint by

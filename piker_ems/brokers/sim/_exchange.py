@@ -3,26 +3,26 @@
 """
 The sim backend's live exchange: the ``trades_dialogue`` of ``brokerd.sim``.
 
-It matches limit orders against the very :class:`~._market.SimMarket` the quote
-feed streams: on the first order for a symbol it registers a listener on
-``market.listeners``, which ``step()`` / ``set_price()`` call synchronously with
-every quote; the listener only matches (never blocks) and queues the resulting
-messages on the dialogues' outboxes. Matching and positions are the shared
-:mod:`piker_ems.clearing._matching` core.
+It matches limit orders against the very :class:`~._market.SimMarket` the quote feed streams
+(both come from the actor's :class:`~._venue.SimVenue`): on the first order for a symbol it
+registers a listener on ``market.listeners``, which ``step()`` / ``set_price()`` call
+synchronously with every quote; the listener only matches (never blocks) and queues the
+resulting messages on the dialogues' outboxes. Matching, positions and the dialogue protocol
+are the shared simulated-venue core (:mod:`piker_ems.simvenue`).
 
 Unlike the paper engine this behaves like a remote venue:
 
 - reqids are increasing ints;
-- latency from the ``[sim]`` config section: ``ack_delay`` (seconds before a
-  new order reaches the book and is acked, default 0) and ``fill_delay``
-  (seconds between an execution and its report, default 0);
-- it only knows orders by reqid, so a ``BrokerdCancel`` with ``reqid=None``
-  (e.g. sent before the ack) is answered ``BrokerdError('unknown order')``:
-  stashing cancels until the ack is the EMS's job.
+- latency from the ``[sim]`` config section: ``ack_delay`` (seconds before a new order reaches
+  the book and is acked, default 0) and ``fill_delay`` (seconds between an execution and its
+  report, default 0);
+- it only knows orders by reqid, so a ``BrokerdCancel`` with ``reqid=None`` (e.g. sent before
+  the ack) is answered ``BrokerdError('unknown order')``: stashing cancels until the ack is the
+  EMS's job.
 
-The exchange is one object per process, created lazily (the sim module is
-imported by every process that loads the backend, but only ``brokerd.sim``
-ever trades).
+The exchange is owned by the ``brokerd.sim`` actor (:func:`current_exchange`), created by its
+first dialogue or stats call; the sim module is imported by every process that loads the
+backend, but only ``brokerd.sim`` ever trades.
 """
 from __future__ import annotations
 
@@ -33,45 +33,50 @@ from typing import Any
 import tractor
 import trio
 
-from ...clearing._matching import Dialogue, DialogueEngine, Execution
 from ...clearing._messages import BrokerdCancel, BrokerdOrder
 from ...config import load_config
 from ...log import get_logger, setup_console
+from ...simvenue._clock import Clock, system_clock
+from ...simvenue._core import Execution
+from ...simvenue._dialogue import Dialogue, DialogueEngine
+from ...simvenue._owned import owned
+from ._venue import SimVenue, current_venue
 
-__all__ = ['SimExchange', 'exchange_stats', 'serve_trades_dialogue']
+__all__ = ['SimExchange', 'current_exchange', 'exchange_stats', 'serve_trades_dialogue']
 
 log = get_logger(__name__)
 
+_KEY = 'piker_ems.brokers.sim.exchange'
+
 
 class SimExchange(DialogueEngine):
-    """The simulated exchange of this process (``brokerd.sim``)."""
+    """A simulated exchange trading the markets of ``venue``."""
 
-    _current: 'SimExchange | None' = None
-
-    def __init__(self, ack_delay: float | None = None, fill_delay: float | None = None) -> None:
-        section = load_config().get('sim', {})
-        self.ack_delay = float(section.get('ack_delay', 0.0) if ack_delay is None else ack_delay)
-        self.fill_delay = float(section.get('fill_delay', 0.0) if fill_delay is None else fill_delay)
-        if self.ack_delay < 0 or self.fill_delay < 0:
+    def __init__(
+        self,
+        venue: SimVenue,
+        ack_delay: float | None = None,
+        fill_delay: float | None = None,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
+        if ack_delay is None or fill_delay is None:
+            section = load_config().get('sim', {})
+            ack_delay = float(section.get('ack_delay', 0.0) if ack_delay is None else ack_delay)
+            fill_delay = float(section.get('fill_delay', 0.0) if fill_delay is None else fill_delay)
+        self.ack_delay, self.fill_delay = float(ack_delay), float(fill_delay)
+        if not (self.ack_delay >= 0 and self.fill_delay >= 0):
             raise ValueError('sim ack_delay and fill_delay must be >= 0 seconds')
         reqids = itertools.count(1)
-        super().__init__('sim', lambda: next(reqids), name='brokerd.sim exchange')
+        super().__init__('sim', lambda: next(reqids), name='brokerd.sim exchange', clock=clock)
+        self.venue = venue
         self.watched: set[str] = set()
-
-    @classmethod
-    def current(cls) -> 'SimExchange':
-        """This process's exchange, created (reading the ``[sim]`` config) on first use."""
-        if cls._current is None:
-            cls._current = cls()
-        return cls._current
 
     def watch(self, symbol: str) -> None:
         """Start matching ``symbol`` against its market (once per symbol)."""
-        from . import SimVenue
-
         if symbol in self.watched:
             return
-        market = SimVenue.current().market(symbol)
+        market = self.venue.market(symbol)
         market.listeners.append(partial(self._on_market_quote, symbol))
         self.watched.add(symbol)
         self.on_quote(symbol, market.quote())  # the book top right now
@@ -93,7 +98,7 @@ class SimExchange(DialogueEngine):
 
     async def _arrive_later(self, dialogue: Dialogue, req: BrokerdOrder) -> None:
         await trio.sleep(self.ack_delay)
-        self.process(dialogue, req)
+        self.guarded_process(dialogue, req, held=True)
 
     def execute(self, ex: Execution) -> None:
         if self.fill_delay > 0:
@@ -103,7 +108,7 @@ class SimExchange(DialogueEngine):
 
     async def _report_later(self, ex: Execution) -> None:
         await trio.sleep(self.fill_delay)
-        self.settle(ex)
+        self.settle(ex)  # never raises: a failed execution is reported for its order
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
@@ -115,15 +120,20 @@ class SimExchange(DialogueEngine):
         return stats
 
 
+def current_exchange() -> SimExchange:
+    """The running actor's exchange (reading the ``[sim]`` config), created on first use."""
+    return owned(_KEY, lambda: SimExchange(current_venue()))
+
+
 async def serve_trades_dialogue(ctx: tractor.Context, loglevel: str | None = None, **kw: Any) -> None:
     """Body of ``piker_ems.brokers.sim.trades_dialogue``."""
     setup_console(loglevel, process_name='brokerd.sim')
     if kw:
         log.debug('sim exchange: ignoring dialogue options %r', kw)
-    await SimExchange.current().serve(ctx)
+    await current_exchange().serve(ctx)
 
 
 def exchange_stats() -> dict[str, Any]:
     """The exchange's counters; see :meth:`DialogueEngine.stats` plus ``ack_delay``,
     ``fill_delay`` and ``watched``."""
-    return SimExchange.current().stats()
+    return current_exchange().stats()
