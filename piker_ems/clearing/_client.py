@@ -135,7 +135,7 @@ class TradesStream:
         """Record that emsd is gone (the first reason wins) and end the stream for readers."""
         if self.lost is None:
             self.lost = reason
-            log.error('lost the EMS: %s', reason)
+            log.info('lost the EMS: %s', reason)
         if self.tx is not None:
             self.tx.close()
 
@@ -280,57 +280,64 @@ async def open_ems(
     get_brokermod(broker)  # an unknown broker is a clear local error, before any actor starts
     exec_mode, default_account = MODES[mode]
     account = account or default_account
-    async with AsyncExitStack() as stack:
-        if tractor.current_actor(err_on_no_runtime=False) is None:
-            await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
-        name = name or tractor.current_actor().name
-        portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
-        ctx, first = await stack.enter_async_context(
-            portal.open_context(
-                _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
-                control_others=control_others, on_disconnect=on_disconnect,
+    trades: TradesStream | None = None
+    body_error: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            if tractor.current_actor(err_on_no_runtime=False) is None:
+                await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
+            name = name or tractor.current_actor().name
+            portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
+            ctx, first = await stack.enter_async_context(
+                portal.open_context(
+                    _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
+                    control_others=control_others, on_disconnect=on_disconnect,
+                )
             )
-        )
-        positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
-        cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
-        book = OrderBook(
-            fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
-            open_orders=list(first.get('orders', ())),
-        )
-        status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
-        trades = TradesStream(status_rx, status_tx)
-        for snap in book.open_orders:
-            status = Status.model_validate(snap)
-            if status.req is not None:
-                book.orders[status.oid] = status.req
-            status_tx.send_nowait(status)
-        body_error: BaseException | None = None
-        try:
-            async with ctx.open_stream() as stream, trio.open_nursery() as n:
-                drained = trio.Event()
-                n.start_soon(_write, cmd_rx, stream, drained, trades)
-                n.start_soon(_read, stream, status_tx, book, trades, heartbeat_timeout)
-                try:
-                    yield book, trades, positions
-                except BaseException as err:
-                    body_error = err
-                    raise
-                # let queued commands (e.g. a final cancel-all) reach emsd before closing
-                cmd_tx.close()
-                if trades.lost is None:
-                    with trio.move_on_after(2):
-                        await drained.wait()
-                n.cancel_scope.cancel()
-        except BaseException as err:
-            if not _is_link_error(err) or isinstance(err, EmsLost):
-                raise
-            # what tractor raises on our way out when emsd is gone
-            trades.lose(_describe_remote(err))
-            if body_error is not None:
-                raise body_error if body_error is not err else err
+            positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
+            cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
+            book = OrderBook(
+                fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
+                open_orders=list(first.get('orders', ())),
+            )
+            status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
+            trades = TradesStream(status_rx, status_tx)
+            for snap in book.open_orders:
+                status = Status.model_validate(snap)
+                if status.req is not None:
+                    book.orders[status.oid] = status.req
+                status_tx.send_nowait(status)
+            try:
+                async with ctx.open_stream() as stream, trio.open_nursery() as n:
+                    drained = trio.Event()
+                    n.start_soon(_write, cmd_rx, stream, drained, trades)
+                    n.start_soon(_read, stream, status_tx, book, trades, heartbeat_timeout)
+                    try:
+                        yield book, trades, positions
+                    except BaseException as err:
+                        body_error = err
+                        raise
+                    # let queued commands (e.g. a final cancel-all) reach emsd before closing
+                    cmd_tx.close()
+                    if trades.lost is None:
+                        with trio.move_on_after(2):
+                            await drained.wait()
+                    n.cancel_scope.cancel()
+            finally:
+                await _leave(ctx, clean=trades.lost is None and body_error is None)
+    except BaseException as err:
+        # tractor 0.1.0a5 answers a lost emsd on the way out with its own errors (a send to the
+        # dead peer, its ContextCancelled): once the loss is known, those are only its echo
+        if trades is None or trades.lost is None or not _is_link_error(err):
+            raise
+        if body_error is None:
             log.info('left open_ems after losing the EMS (%s)', trades.lost)
-        finally:
-            await _leave(ctx, clean=trades.lost is None and body_error is None)
+            return
+        if isinstance(body_error, EmsLost):
+            raise body_error from None
+        if _is_link_error(body_error):
+            raise EmsLost(trades.lost) from None
+        raise body_error from None
 
 
 async def _leave(ctx: tractor.Context, clean: bool) -> None:
