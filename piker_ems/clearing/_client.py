@@ -294,6 +294,11 @@ async def open_ems(
                     control_others=control_others, on_disconnect=on_disconnect,
                 )
             )
+            # tractor 0.1.0a5 relays an error from emsd (e.g. its ContextCancelled when pikerd
+            # stops it) by raising it in a nursery around this block, which silently cancels
+            # the caller's body. The error is also queued on the context's stream, where
+            # _read turns it into EmsLost for the trades stream: use that path only.
+            ctx._scope_nursery = None
             positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
             cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
             book = OrderBook(
