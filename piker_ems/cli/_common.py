@@ -48,6 +48,9 @@ class OneLineErrors:
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:  # bare `piker`: the help, as usual
+            click.echo(err.ctx.get_help() if err.ctx else err.format_message(), err=True)
+            sys.exit(err.exit_code)
         except click.ClickException as err:
             click.secho(f'error: {_one_line(err.format_message())}', fg='red', err=True)
             sys.exit(err.exit_code)
