@@ -44,19 +44,10 @@ def write_config(config_dir: Path, text: str) -> None:
     (config_dir / 'piker_ems.toml').write_text(text)
 
 
-def _reset_process_state() -> None:
-    """Forget per-process singletons a test's in-process pikerd/brokerd may have left."""
-    from piker_ems.service import _daemon
-
-    _daemon._Local.services = None
-    _daemon._Embedded.cache = None
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_subactors():
     """Fail (and clean up) if a test leaves any child process running."""
     yield
-    _reset_process_state()
     leaked = reap_descendants(grace=3)
     assert not leaked, f'leaked sub-processes: {leaked}'
 

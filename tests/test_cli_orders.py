@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 import trio
 
 from _ems_helpers import SIM_CALM
-from _proc import run_cli, script, start_pikerd, stop_hard, wait_gone
+from _proc import port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
 from conftest import write_config
 from piker_ems.testing import descendants
 
@@ -122,3 +123,111 @@ def test_orders_follows_other_clients_flows(pikerd):
     msgs = [m for m in json_lines(out) if m.get('name') == 'status']
     assert [m['resp'] for m in msgs] == ['alert_submitted', 'dark_cancelled']
     assert all(m['owner'] == 'bob' for m in msgs)
+
+
+# -- issue 8: one vocabulary, one-line usage errors, a lost EMS is one line ------------------
+
+@pytest.mark.parametrize('resp, detach, code', [
+    ('broker_executed', False, 0),
+    ('alert_triggered', False, 0),
+    ('dark_cancelled', False, 0),
+    ('broker_cancelled', False, 0),
+    ('broker_expired', False, 0),     # final: `piker order` used to wait forever on these
+    ('broker_closed', False, 0),
+    ('broker_inactive', False, 0),
+    ('broker_errored', False, 1),
+    ('error', False, 1),              # our new order was refused: nothing more will come
+    ('dark_submitted', False, None),
+    ('broker_submitted', False, None),
+    ('broker_filled', False, None),
+    ('broker_partially_filled', False, None),
+    ('broker_pending_review', False, None),  # unknown venue status: working, not final
+    ('dark_submitted', True, 0),
+    ('alert_submitted', True, 0),
+    ('broker_submitted', True, 0),
+    ('broker_expired', True, 0),
+    ('error', True, 1),
+])
+def test_order_stops_at_the_first_final_status(resp, detach, code):
+    from piker_ems.cli.orders import order_exit_code
+
+    assert order_exit_code(resp, detach) == code
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['buy', 'x.sim', '--price', '170', '--size', '-1'], '--size'),
+    (['buy', 'btcusd.sim', '--price', '1', '--size', '0'], '--size'),
+    (['buy', 'btcusd.sim', '--price', '1', '--size', 'nan'], '--size'),
+    (['buy', 'btcusd.sim', '--price', '1', '--size', '1e30'], '--size'),
+    (['buy', 'btcusd.sim', '--price', '0', '--size', '1'], '--price'),
+    (['buy', 'btcusd.sim', '--price', '-170', '--size', '1'], '--price'),
+    (['buy', 'btcusd.sim', '--price', 'nan', '--size', '1'], '--price'),
+    (['buy', 'btcusd.sim', '--price', 'inf', '--size', '1'], '--price'),
+    (['sell', 'btcusd.sim', '--price', '1e300', '--size', '1'], '--price'),
+    (['alert', 'btcusd.sim', '--price', '-1'], '--price'),
+    (['buy', 'btcusd.sim', '--price', 'abc', '--size', '1'], '--price'),
+    (['buy', 'btcusd.sim', '--size', '1'], '--price'),
+    (['buy', 'btcusd.sim', '--price', '1', '--size', '1', '--mode', 'fast'], '--mode'),
+    (['hold', 'btcusd.sim', '--price', '1'], 'hold'),
+    (['buy', 'bad sym.sim', '--price', '1', '--size', '1'], 'not a valid name'),
+    (['buy', 'btcusd', '--price', '1', '--size', '1'], 'no broker suffix'),
+    (['buy', 'x.doggy', '--price', '1', '--size', '1'], "no broker backend named 'doggy'"),
+])
+def test_order_usage_errors_are_one_line(reg_addr, args, fragment):
+    """Checked before anything starts: no daemon needed, nothing left listening."""
+    proc = cli(reg_addr[1], 'order', *args, timeout=20)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert 'Traceback' not in proc.stderr, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, proc.stderr
+    assert err.startswith('error: ') and fragment in err, err
+    assert proc.stdout == ''
+    assert not port_open(reg_addr[1])
+
+
+def test_cli_usage_errors_of_other_commands_are_one_line(reg_addr):
+    for args in (['bogus'], ['orders'], ['cancel'], ['quote', 'a b.sim'], ['--port', 'x', 'services']):
+        proc = run_cli(*args, timeout=20)
+        assert proc.returncode == 2, (args, proc.stderr)
+        err = proc.stderr.strip()
+        assert len(err.splitlines()) == 1 and err.startswith('error: '), (args, proc.stderr)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize('command', [
+    ['orders', 'btcusd.sim'],
+    ['order', 'alert', 'btcusd.sim', '--price', '1'],
+])
+def test_stopping_pikerd_ends_a_running_client_with_one_line(reg_addr, tmp_path, config_dir, sig, command):
+    """pikerd stopped under a running `piker orders` / `piker order`: the client says it lost the
+    EMS in one line and exits 1 within a few seconds (no traceback, no hang)."""
+    write_config(config_dir, SIM_CALM)
+    daemon = start_pikerd(reg_addr[1], tmp_path / 'pikerd.log')
+    client = None
+    try:
+        client = subprocess.Popen(
+            [script('piker'), '--port', str(reg_addr[1]), *command],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        if command[0] == 'orders':
+            assert client.stderr.readline().startswith('following orders on btcusd.sim')
+        else:
+            assert 'alert_submitted' in client.stdout.readline()
+        kids = descendants(daemon.pid)
+        daemon.send_signal(sig)
+        stopped = time.monotonic()
+        out, err = client.communicate(timeout=10)
+        took = time.monotonic() - stopped
+        assert daemon.wait(timeout=10) == (0 if sig == signal.SIGTERM else 130)
+        wait_gone(kids)
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        if daemon.poll() is None:
+            stop_hard(daemon)
+    assert client.returncode == 1, err
+    assert 'Traceback' not in err, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith('following orders')]
+    assert len(lines) == 1 and lines[0].startswith('error: lost the EMS: '), err
+    assert took < 5, f'client took {took:.2f}s to notice'

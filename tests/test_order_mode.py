@@ -543,3 +543,45 @@ def test_shift_cc_cancels_everyone_only_with_control_others(env, qtbot):
         e.clock.t += CC_WINDOW / 3
     assert e.book.cancels[1:] == [theirs.oid]  # ours is already being cancelled
     assert e.status.text().startswith('cancelling 1 orders')
+
+
+# -- issue 8: the order mode reads statuses through the one vocabulary ----------------------
+
+@pytest.mark.parametrize('resp', ['broker_expired', 'broker_closed', 'broker_inactive'])
+def test_venue_ended_orders_are_removed_and_shown(env, resp):
+    e = env
+    oid = place(e, Qt.Key_F, 101.0, live=True)
+    e.mode.on_msg(st(e.book, oid, 'broker_submitted'))
+    assert e.chart.get_line(oid) is not None
+    e.mode.on_msg(st(e.book, oid, resp, reason='end of day'))
+    assert e.chart.get_line(oid) is None
+    assert resp.removeprefix('broker_') in e.status.text() and 'end of day' in e.status.text()
+
+
+def test_broker_errored_after_ack_is_final(env):
+    """broker_errored is always final: a live order that errored at its venue after the ack
+    (or was lost with it) must not stay drawn as if it were working."""
+    e = env
+    oid = place(e, Qt.Key_F, 101.0, live=True)
+    e.mode.on_msg(st(e.book, oid, 'broker_submitted'))
+    e.mode.on_msg(st(e.book, oid, 'broker_errored', reason='venue lost'))
+    assert e.chart.get_line(oid) is None
+    assert 'venue lost' in e.status.text()
+
+
+def test_unknown_venue_status_keeps_the_order_working(env):
+    """The open-set rule: an unknown broker_<x> is a working, non-final, non-error notice."""
+    e = env
+    oid = place(e, Qt.Key_F, 101.0)
+    e.mode.on_msg(st(e.book, oid, 'dark_submitted'))
+    e.mode.on_msg(st(e.book, oid, 'broker_pending_review'))
+    line = e.chart.get_line(oid)
+    assert line is not None and line.confirmed and line.exec_mode == 'live'
+    assert 'pending_review' not in e.status.text()
+
+
+def test_order_mode_keeps_no_private_status_lists():
+    import piker_ems.ui.order_mode as om
+
+    for name in ('SUBMITTED', 'CANCELLED', 'ENDED', 'DONE', 'ERRORS'):
+        assert not hasattr(om, name), name

@@ -18,7 +18,7 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
-from ..service._ipc import HEARTBEAT_TIMEOUT_S, is_heartbeat
+from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
 from ._messages import BrokerdPosition, Cancel, MsgError, Order, Status, parse_ems_msg, to_wire
@@ -36,7 +36,15 @@ MODES: dict[str, tuple[str, str]] = {
 
 
 class EmsLost(RuntimeError):
-    """emsd stopped sending statuses and heartbeats (it died or hung)."""
+    """emsd is gone: cancelled, crashed, killed, or silent for longer than the heartbeat window.
+
+    Raised by the trades stream (``receive()`` and ``async for``) as soon as the connection is
+    known lost; ``reason`` says how it was lost.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -112,17 +120,31 @@ class OrderBook:
 
 @dataclass
 class TradesStream:
-    """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`) for this client."""
+    """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`) for this client.
+
+    Iteration ends quietly only when the client itself leaves :func:`open_ems`; if emsd goes
+    away first, ``receive()`` and ``async for`` raise :class:`EmsLost` (after the messages that
+    did arrive).
+    """
 
     rx: trio.MemoryReceiveChannel
+    tx: trio.MemorySendChannel | None = field(default=None, repr=False)
     lost: str | None = None
 
+    def lose(self, reason: str) -> None:
+        """Record that emsd is gone (the first reason wins) and end the stream for readers."""
+        if self.lost is None:
+            self.lost = reason
+            log.info('lost the EMS: %s', reason)
+        if self.tx is not None:
+            self.tx.close()
+
     async def receive(self) -> Status | BrokerdPosition:
-        """The next message; raises :class:`EmsLost` if emsd died."""
+        """The next message; raises :class:`EmsLost` if emsd is gone."""
         try:
             return await self.rx.receive()
-        except trio.EndOfChannel:
-            raise EmsLost(self.lost or 'emsd connection closed') from None
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise EmsLost(self.lost or 'the EMS connection was closed') from None
 
     def __aiter__(self) -> 'TradesStream':
         return self
@@ -136,11 +158,45 @@ class TradesStream:
             raise StopAsyncIteration from None
 
 
-async def _write(rx: trio.MemoryReceiveChannel, stream: tractor.MsgStream, drained: trio.Event) -> None:
-    """Send queued commands in order; ``drained`` is set once the closed queue is empty."""
+def _describe_remote(err: BaseException) -> str:
+    """One line for an error that came from (or instead of) emsd."""
+    if isinstance(err, BaseExceptionGroup):
+        return _describe_remote(err.exceptions[0])
+    if isinstance(err, tractor.ContextCancelled):
+        return 'emsd was cancelled'
+    if isinstance(err, tractor.RemoteActorError):
+        msgdata = getattr(err, 'msgdata', None) or {}
+        tb = (msgdata.get('tb_str') or '').strip().splitlines()
+        last = tb[-1] if tb else type(err).__name__
+        return f'emsd failed: {last}'
+    return f'connection to emsd broke ({type(err).__name__}: {err})'
+
+
+def _is_link_error(err: BaseException) -> bool:
+    """Whether ``err`` (or every member of a group) is what a dead or cancelled emsd causes."""
+    if isinstance(err, BaseExceptionGroup):
+        return all(_is_link_error(e) for e in err.exceptions)
+    return isinstance(err, (
+        tractor.RemoteActorError, trio.EndOfChannel, trio.ClosedResourceError,
+        trio.BrokenResourceError, OSError, EmsLost,
+    ))
+
+
+async def _write(
+    rx: trio.MemoryReceiveChannel,
+    stream: tractor.MsgStream,
+    drained: trio.Event,
+    trades: TradesStream,
+) -> None:
+    """Send queued commands in order; ``drained`` is set once the closed queue is empty.
+
+    A failing send means emsd is gone: the trades stream is told at once.
+    """
     try:
         async for msg in rx:
             await stream.send(msg)
+    except Exception as err:  # noqa: BLE001 - any send failure is a lost link
+        trades.lose(f'could not send to emsd: {_describe_remote(err)}')
     finally:
         drained.set()
 
@@ -152,17 +208,25 @@ async def _read(
     trades: TradesStream,
     heartbeat_timeout: float,
 ) -> None:
-    """Always drain emsd's stream (no head-of-line blocking) into the local trades stream."""
-    async with tx:
+    """Always drain emsd's stream (no head-of-line blocking) into the local trades stream.
+
+    This task only ends by itself when emsd is gone (its stream ended, it sent an error, or
+    it went silent past ``heartbeat_timeout``); the client leaving cancels it instead.
+    """
+    reason = 'emsd closed the connection'
+    try:
         while True:
             try:
                 with trio.fail_after(heartbeat_timeout):
                     raw = await stream.receive()
             except trio.TooSlowError:
-                trades.lost = f'emsd sent nothing for {heartbeat_timeout:g}s: connection lost'
-                log.error(trades.lost)
+                reason = f'emsd sent nothing (not even a heartbeat) for {heartbeat_timeout:g}s'
                 return
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+                reason = 'emsd ended the connection (it was stopped or restarted)'
+                return
+            except Exception as err:  # noqa: BLE001 - remote errors end the link, with their reason
+                reason = _describe_remote(err)
                 return
             if is_heartbeat(raw):
                 continue
@@ -173,7 +237,16 @@ async def _read(
                 continue
             if isinstance(msg, Status) and msg.req is not None and msg.oid not in book.orders:
                 book.orders[msg.oid] = msg.req
-            tx.send_nowait(msg)
+            try:
+                tx.send_nowait(msg)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return  # already lost (a send failed): nothing reads any more
+    except BaseException:
+        reason = None  # cancelled: the client is leaving
+        raise
+    finally:
+        if reason is not None:
+            trades.lose(reason)
 
 
 @asynccontextmanager
@@ -207,49 +280,86 @@ async def open_ems(
     get_brokermod(broker)  # an unknown broker is a clear local error, before any actor starts
     exec_mode, default_account = MODES[mode]
     account = account or default_account
-    async with AsyncExitStack() as stack:
-        if tractor.current_actor(err_on_no_runtime=False) is None:
-            await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
-        name = name or tractor.current_actor().name
-        portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
-        ctx, first = await stack.enter_async_context(
-            portal.open_context(
-                _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
-                control_others=control_others, on_disconnect=on_disconnect,
+    trades: TradesStream | None = None
+    body_error: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            if tractor.current_actor(err_on_no_runtime=False) is None:
+                await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
+            name = name or tractor.current_actor().name
+            portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
+            ctx, first = await stack.enter_async_context(
+                portal.open_context(
+                    _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
+                    control_others=control_others, on_disconnect=on_disconnect,
+                )
             )
-        )
-        positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
-        cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
-        book = OrderBook(
-            fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
-            open_orders=list(first.get('orders', ())),
-        )
-        status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
-        trades = TradesStream(status_rx)
-        for snap in book.open_orders:
-            status = Status.model_validate(snap)
-            if status.req is not None:
-                book.orders[status.oid] = status.req
-            status_tx.send_nowait(status)
-        ok = False
-        try:
-            async with ctx.open_stream() as stream, trio.open_nursery() as n:
-                drained = trio.Event()
-                n.start_soon(_write, cmd_rx, stream, drained)
-                n.start_soon(_read, stream, status_tx, book, trades, heartbeat_timeout)
-                yield book, trades, positions
-                # let queued commands (e.g. a final cancel-all) reach emsd before closing
-                cmd_tx.close()
-                with trio.move_on_after(2):
-                    await drained.wait()
-                n.cancel_scope.cancel()
-            ok = trades.lost is None
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1) as cs:
-                if ok:
+            # tractor 0.1.0a5 relays an error from emsd (e.g. its ContextCancelled when pikerd
+            # stops it) by raising it in a nursery around this block, which silently cancels
+            # the caller's body. The error is also queued on the context's stream, where
+            # _read turns it into EmsLost for the trades stream: use that path only.
+            ctx._scope_nursery = None
+            positions = [BrokerdPosition.model_validate(p) for p in first['positions']]
+            cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
+            book = OrderBook(
+                fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
+                open_orders=list(first.get('orders', ())),
+            )
+            status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
+            trades = TradesStream(status_rx, status_tx)
+            for snap in book.open_orders:
+                status = Status.model_validate(snap)
+                if status.req is not None:
+                    book.orders[status.oid] = status.req
+                status_tx.send_nowait(status)
+            try:
+                async with ctx.open_stream() as stream, trio.open_nursery() as n:
+                    drained = trio.Event()
+                    n.start_soon(_write, cmd_rx, stream, drained, trades)
+                    n.start_soon(_read, stream, status_tx, book, trades, heartbeat_timeout)
+                    try:
+                        yield book, trades, positions
+                    except BaseException as err:
+                        body_error = err
+                        raise
+                    # let queued commands (e.g. a final cancel-all) reach emsd before closing
+                    cmd_tx.close()
+                    if trades.lost is None:
+                        with trio.move_on_after(2):
+                            await drained.wait()
+                    n.cancel_scope.cancel()
+            finally:
+                await _leave(ctx, clean=trades.lost is None and body_error is None)
+    except BaseException as err:
+        # tractor 0.1.0a5 answers a lost emsd on the way out with its own errors (a send to the
+        # dead peer, its ContextCancelled): once the loss is known, those are only its echo
+        if trades is None or trades.lost is None or not _is_link_error(err):
+            raise
+        if body_error is None:
+            log.info('left open_ems after losing the EMS (%s)', trades.lost)
+            return
+        if isinstance(body_error, EmsLost):
+            raise body_error from None
+        if _is_link_error(body_error):
+            raise EmsLost(trades.lost) from None
+        raise body_error from None
+
+
+async def _leave(ctx: tractor.Context, clean: bool) -> None:
+    """End the emsd context without ever waiting long.
+
+    A clean exit waits (bounded) for emsd's side to finish; anything else, or no answer in
+    time, cancels the context and closes its feeder so tractor's own exit returns at once
+    (0.1.0a5 would otherwise wait forever on the result of a dead callee).
+    """
+    with trio.CancelScope(shield=True):
+        if clean:
+            with trio.move_on_after(1) as cs:
+                try:
                     await ctx.result()
-                else:
-                    await ctx.cancel()
-            if cs.cancelled_caught and ok:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ctx.cancel()
+                    return
+                except Exception as err:  # noqa: BLE001 - emsd died while we left
+                    log.info('emsd ended badly while we left: %s', _describe_remote(err))
+            if cs.cancelled_caught:
+                log.warning('emsd did not end our session within 1s: cancelling it')
+        await abandon_context(ctx)

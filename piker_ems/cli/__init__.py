@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from ..log import LEVELS
-from ._common import CliState, run  # noqa: F401  (sets warning filters before tractor loads)
+from ._common import CliState, Command, Group, run  # noqa: F401  (sets warning filters before tractor loads)
 from .chart import chart
 from .orders import cancel, order, orders
 from .quotes import quote
@@ -16,7 +16,7 @@ from .services import services
 LOGLEVEL = click.Choice(LEVELS, case_sensitive=False)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--host', default=None, help='Registry host to bind (default 127.0.0.1 or $PIKER_EMS_REGISTRY).')
 @click.option('--port', '-p', type=int, default=None, help='Registry port (default 6116 or $PIKER_EMS_REGISTRY).')
 @click.option('--loglevel', '-l', type=LOGLEVEL, default='info', show_default=True)
@@ -42,7 +42,7 @@ def pikerd(host: str | None, port: int | None, loglevel: str, tractor_loglevel: 
     run(main)
 
 
-@click.group()
+@click.group(cls=Group)
 @click.option('--host', default=None, help='Registry host of the pikerd to use.')
 @click.option('--port', '-p', type=int, default=None, help='Registry port of the pikerd to use.')
 @click.option('--loglevel', '-l', type=LOGLEVEL, default='warning', show_default=True)

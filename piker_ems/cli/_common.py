@@ -38,6 +38,48 @@ class CliState:
         return registry_addr(self.host, self.port)
 
 
+class OneLineErrors:
+    """Mixin for click commands and groups: usage errors are one ``error: ...`` line.
+
+    click's own rendering prints the usage and a hint over several lines; a user (or a script)
+    gets one line on stderr and click's exit code (2 for usage errors) instead.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:  # bare `piker`: the help, as usual
+            click.echo(err.ctx.get_help() if err.ctx else err.format_message(), err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.secho(f'error: {_one_line(err.format_message())}', fg='red', err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.secho('error: aborted', fg='red', err=True)
+            sys.exit(EXIT_FAILED)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class Command(OneLineErrors, click.Command):
+    """A click command whose usage errors are one line."""
+
+
+class Group(OneLineErrors, click.Group):
+    """A click group whose usage errors (its own and its sub-commands') are one line."""
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _lost_ems() -> type[BaseException]:
+    from ..clearing import EmsLost
+
+    return EmsLost
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from ..brokers import NoBrokerBackend, SymbolNotFound
     from ..data.feed import FeedLost
@@ -58,17 +100,20 @@ class UserError(Exception):
         self.code = code
 
 
-def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+def _find(exc: BaseException, types: tuple[type[BaseException], ...], _depth: int = 0) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``, its groups and its cause/context chain."""
+    if _depth > 20:
+        return None
     if isinstance(exc, types):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
-            found = _find(sub, types)
+            found = _find(sub, types, _depth + 1)
             if found is not None:
                 return found
     cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc and isinstance(cause, types):
-        return cause
+    if cause is not None and cause is not exc:
+        return _find(cause, types, _depth + 1)
     return None
 
 
@@ -100,9 +145,13 @@ def run(fn: Callable[..., Awaitable[Any]], *args: Any, runner: Callable[..., Any
             raise
         if _find(exc, (KeyboardInterrupt,)) is not None:
             sys.exit(EXIT_INTERRUPTED)
+        lost = _find(exc, (_lost_ems(),))
+        if lost is not None:
+            click.secho(f'error: lost the EMS: {_one_line(lost)}', fg='red', err=True)
+            sys.exit(EXIT_FAILED)
         known = _find(exc, _known_errors())
         if known is not None:
-            click.secho(f'error: {known}', fg='red', err=True)
+            click.secho(f'error: {_one_line(known)}', fg='red', err=True)
             sys.exit(getattr(known, 'code', EXIT_FAILED))
         reason = _remote_reason(exc)
         if reason is not None:

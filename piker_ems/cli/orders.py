@@ -14,15 +14,51 @@ import click
 
 from ._common import CliState, UserError, check_fqsn, run
 
-SUBMITTED = {'dark_submitted', 'alert_submitted', 'broker_submitted'}
-DONE_OK = {'broker_executed', 'alert_triggered', 'dark_cancelled', 'broker_cancelled'}
-DONE_FAILED = {'error', 'broker_errored', 'broker_rejected', 'broker_inactive'}
 EXIT_TIMEOUT = 3
+
+
+def order_exit_code(resp: str, detach: bool = False) -> int | None:
+    """What ``piker order`` does after its order's status ``resp``: exit with a code, or wait.
+
+    The first final status ends the wait (0, or 1 for ``broker_errored``); ``error`` for the
+    order we just placed means it was never accepted, so nothing more will come (1); with
+    ``--detach`` any status of an accepted, working order ends it with 0.
+    """
+    from ..clearing._statuses import ERROR, is_error, is_final, is_working
+
+    if is_final(resp):
+        return 1 if is_error(resp) else 0
+    if resp == ERROR:
+        return 1
+    if detach and is_working(resp):
+        return 0
+    return None
+
+
+def check_order(action: str, fqsn: str, price: float, size: float, mode: str, account: str) -> None:
+    """Validate an order locally, before any actor starts: one-line usage error if invalid."""
+    from pydantic import ValidationError
+
+    from ..clearing._messages import Order
+
+    if action != 'alert' and not size:
+        raise click.UsageError('--size is required (and > 0) for buy/sell')
+    try:
+        Order(action=action, oid='0' * 32, symbol=fqsn, price=price, size=size,
+              exec_mode=mode, account=account)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = '.'.join(str(part) for part in e.get('loc', ())) or 'order'
+            option = f'--{field}' if field in ('price', 'size', 'mode', 'account') else field
+            problems.append(f'{option}: {e.get("msg", "invalid")}')
+        raise click.UsageError('; '.join(problems)) from None
 
 
 def format_msg(msg) -> str:
     """One readable line for a Status or a position."""
     from ..clearing import BrokerdPosition
+    from ..clearing._statuses import ALERT_TRIGGERED, BROKER_FILLED, DARK_TRIGGERED
 
     ts = time.strftime('%H:%M:%S')
     if isinstance(msg, BrokerdPosition):
@@ -30,10 +66,10 @@ def format_msg(msg) -> str:
     req = msg.req
     what = f'{req.action} {req.size:g} {req.symbol} @ {req.price:g} ({req.exec_mode})' if req else ''
     extra = []
-    if msg.trigger_price is not None and msg.resp.endswith('triggered'):
+    if msg.trigger_price is not None and msg.resp in (DARK_TRIGGERED, ALERT_TRIGGERED):
         extra.append(f'triggered at {msg.trigger_price:g}')
     bmsg = msg.brokerd_msg or {}
-    if msg.resp == 'broker_filled':
+    if msg.resp == BROKER_FILLED:
         extra.append(f"filled {bmsg.get('size', 0):g} @ {bmsg.get('price', 0):g}")
     if msg.reason:
         extra.append(f'reason: {msg.reason}')
@@ -62,15 +98,19 @@ async def _place(state: CliState, action: str, fqsn: str, price: float, size: fl
                         '(resting dark orders die with it: start pikerd to keep them)', fg='yellow', err=True)
         async with open_ems(fqsn, mode='paper', account=account, name=name, loglevel=state.loglevel) as (book, trades, _):
             oid = book.send(action, price, size, exec_mode=mode)
+            seen: set[str] = set()
             with trio.move_on_after(timeout if timeout else float('inf')):
                 async for msg in trades:
                     if not isinstance(msg, Status) or msg.oid != oid:
                         continue
+                    key = msg.model_dump_json()
+                    if key in seen:  # each status is printed once
+                        continue
+                    seen.add(key)
                     emit(msg, as_json)
-                    if msg.resp in DONE_FAILED:
-                        return 1
-                    if msg.resp in DONE_OK or (detach and msg.resp in SUBMITTED):
-                        return 0
+                    code = order_exit_code(msg.resp, detach)
+                    if code is not None:
+                        return code
             click.secho(f'timed out after {timeout:g}s waiting on order {oid[:8]} (it stays active in emsd)',
                         fg='yellow', err=True)
             return EXIT_TIMEOUT
@@ -94,10 +134,7 @@ def order(state: CliState, action: str, fqsn: str, price: float, size: float | N
           account: str, name: str, timeout: float | None, detach: bool, as_json: bool) -> None:
     """Place an order and print its statuses until it is done (exit 0), refused (exit 1) or --timeout (exit 3)."""
     check_fqsn(fqsn)
-    if action != 'alert' and not size:
-        raise click.UsageError('--size is required (and > 0) for buy/sell')
-    if price <= 0:
-        raise click.UsageError('--price must be > 0')
+    check_order(action, fqsn, price, size or 0.0, mode, account)
     sys.exit(run(_place, state, action, fqsn, price, size or 0.0, mode, account, name, timeout, detach, as_json))
 
 
@@ -138,6 +175,7 @@ async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str,
     import trio
 
     from ..clearing import Status, open_ems
+    from ..clearing._statuses import ERROR, is_error, is_final
     from ..service import registry_is_up
 
     if not await registry_is_up(state.registry):
@@ -165,9 +203,10 @@ async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str,
             failed = False
             with trio.move_on_after(timeout):
                 async for msg in trades:
-                    if isinstance(msg, Status) and msg.oid in pending and msg.resp in DONE_OK | DONE_FAILED:
+                    # the order ended (cancelled, or something else first), or the cancel was refused
+                    if isinstance(msg, Status) and msg.oid in pending and (is_final(msg.resp) or msg.resp == ERROR):
                         emit(msg, as_json)
-                        failed |= msg.resp in DONE_FAILED
+                        failed |= is_error(msg.resp)
                         pending.discard(msg.oid)
                         if not pending:
                             return 1 if failed else 0

@@ -22,10 +22,12 @@ from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
 from ..service._cache import SharedCache
 from ..service._ipc import HEARTBEAT_S, heartbeat as heartbeat_msg
+from ..service._state import actor_state, maybe_actor_state
 
 log = get_logger(__name__)
 
 DEFAULT_BUFSIZE = 2048
+_BUS_KEY = 'feed_bus'
 
 
 class Subscriber:
@@ -76,9 +78,11 @@ class Upstream:
 
 
 class FeedBus:
-    """brokerd's feed state: the per-symbol upstreams and their subscribers."""
+    """brokerd's feed state: the per-symbol upstreams and their subscribers.
 
-    _current: 'FeedBus | None' = None
+    One per brokerd actor: created by its service task and kept in the actor's own state
+    (:mod:`piker_ems.service._state`), so it goes away with the service task and the actor.
+    """
 
     def __init__(self, broker: str, brokermod: ModuleType, nursery: trio.Nursery) -> None:
         self.broker = broker
@@ -86,12 +90,14 @@ class FeedBus:
         self.upstreams = SharedCache(nursery)
         self.started_per_symbol: dict[str, int] = {}
 
-    @classmethod
-    def current(cls) -> 'FeedBus':
-        """The bus of this brokerd process (created by its service task)."""
-        if cls._current is None:
+    @staticmethod
+    def current() -> 'FeedBus':
+        """The bus of this brokerd actor (created by its service task)."""
+        state = maybe_actor_state()
+        bus = None if state is None else state.get(_BUS_KEY)
+        if bus is None:
             raise RuntimeError('this actor is not a brokerd (no feed bus)')
-        return cls._current
+        return bus
 
     @asynccontextmanager
     async def _open_upstream(self, symbol: str) -> AsyncIterator[Upstream]:
@@ -134,13 +140,17 @@ async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel:
     """brokerd's service task: create the feed bus and keep it until pikerd cancels us."""
     setup_console(loglevel, process_name=f'brokerd.{broker}')
     brokermod = get_brokermod(broker)
+    state = actor_state()
+    if state.get(_BUS_KEY) is not None:
+        raise RuntimeError(f'this actor already runs a feed bus for {state[_BUS_KEY].broker}')
     async with trio.open_nursery() as n:
-        FeedBus._current = FeedBus(broker, brokermod, n)
+        bus = state[_BUS_KEY] = FeedBus(broker, brokermod, n)
         try:
             await ctx.started(broker)
             await trio.sleep_forever()
         finally:
-            FeedBus._current = None
+            if state.get(_BUS_KEY) is bus:
+                del state[_BUS_KEY]
 
 
 async def history(symbol: str, period_s: float, count: int) -> list[list[float]]:

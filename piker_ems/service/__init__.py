@@ -1,15 +1,9 @@
 """The service tree: pikerd, its Services, registry lookups and find-or-spawn helpers."""
 from ._cache import SharedCache
-from ._daemon import (
-    PikerdError,
-    ServiceSpec,
-    Services,
-    local_services,
-    maybe_open_pikerd,
-    open_pikerd,
-)
+from ._daemon import Services, local_services, maybe_open_pikerd, open_pikerd
 from ._registry import find_service, list_registry, registry_is_up, wait_for_service
-from ._spawn import maybe_open_emsd, maybe_spawn_brokerd, maybe_spawn_daemon, service_spec
+from ._spawn import maybe_open_emsd, maybe_spawn_brokerd, maybe_spawn_daemon
+from ._specs import PikerdError, ServiceSpec, service_spec
 
 __all__ = [
     'PikerdError', 'ServiceSpec', 'Services', 'SharedCache', 'find_service', 'list_registry',

@@ -7,11 +7,10 @@ through :func:`spawn_service` / :func:`cancel_service` / :func:`list_services` R
 """
 from __future__ import annotations
 
-import importlib
 import signal
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import tractor
@@ -19,8 +18,11 @@ import trio
 
 from .. import config
 from ..log import get_logger, setup_console
+from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
+from ._specs import PikerdError, ServiceSpec, service_spec
+from ._state import actor_state, maybe_actor_state
 
 log = get_logger(__name__)
 
@@ -28,24 +30,7 @@ DEATHSIG_MODULE = 'piker_ems.service._deathsig'
 PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon']
 TRACTOR_QUIET = 'critical'
 
-
-class PikerdError(RuntimeError):
-    """pikerd cannot start or be reached (e.g. its registry port is taken)."""
-
-
-@dataclass
-class ServiceSpec:
-    """How to run one named daemon: its actor modules and its service-task endpoint."""
-
-    name: str
-    enable_modules: list[str]
-    target: str  # 'package.module:function' of a @tractor.context endpoint
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def resolve_target(self) -> Callable:
-        """Import and return the service-task endpoint."""
-        mod, _, fn = self.target.partition(':')
-        return getattr(importlib.import_module(mod), fn)
+__all__ = ['PikerdError', 'ServiceSpec', 'Services', 'local_services', 'maybe_open_pikerd', 'open_pikerd']
 
 
 @dataclass
@@ -195,23 +180,20 @@ class Services:
             await self.cancel_service(name)
 
 
-class _Local:
-    """The one place a process records that it hosts pikerd's Services (RPCs need to find it)."""
-
-    services: Services | None = None
-
-
 def local_services() -> Services | None:
-    """This process's :class:`Services` if it is (or embeds) pikerd, else ``None``."""
-    return _Local.services
+    """The running actor's :class:`Services` if it is (or embeds) pikerd, else ``None``.
+
+    Kept in the actor's own state (:mod:`._state`), set and cleared by the code that hosts the
+    services, so it never outlives that actor.
+    """
+    state = maybe_actor_state()
+    return None if state is None else state.get('services')
 
 
 # --- RPC endpoints run inside pikerd ---------------------------------------------------------
 
 async def spawn_service(name: str, loglevel: str | None = None) -> bool:
     """RPC: start the named service inside pikerd (idempotent); True if it was started now."""
-    from ._spawn import service_spec
-
     services = _require_local()
     return await services.spawn(service_spec(name, loglevel=loglevel))
 
@@ -258,18 +240,20 @@ async def _hosting_services(
     debug_mode: bool,
 ) -> AsyncIterator[Services]:
     """Open an actor nursery and a service nursery in the current actor and publish Services."""
-    if _Local.services is not None:
-        raise PikerdError('this process already hosts pikerd')
+    state = actor_state()
+    if state.get('services') is not None:
+        raise PikerdError('this actor already hosts pikerd')
     async with open_supervisor() as (actor_n, service_n):
         services = Services(
             actor_n, service_n, registry=registry, loglevel=loglevel,
             tractor_loglevel=tractor_loglevel, debug_mode=debug_mode,
         )
-        _Local.services = services
+        state['services'] = services
         try:
             yield services
         finally:
-            _Local.services = None
+            if state.get('services') is services:
+                del state['services']
 
 
 @asynccontextmanager
@@ -337,12 +321,6 @@ async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> 
         await an.cancel()
 
 
-class _Embedded:
-    """Per-process cache of an embedded pikerd child, shared by every caller in the process."""
-
-    cache = None
-
-
 @asynccontextmanager
 async def maybe_open_pikerd(
     registry_addr: tuple[str, int] | None = None,
@@ -361,17 +339,19 @@ async def maybe_open_pikerd(
     - Already inside a tractor tree (embedding): reuse it; if no pikerd is registered anywhere,
       start one as a child of this tree (shared by every caller in the process).
     """
-    from ._cache import SharedCache
-
     tl = tractor_loglevel or TRACTOR_QUIET
     actor = tractor.current_actor(err_on_no_runtime=False)
     if actor is not None:
-        if _Local.services is not None:
-            yield _Local.services
+        state = actor_state(actor)
+        if state.get('services') is not None:
+            yield state['services']
             return
-        if _Embedded.cache is None or _Embedded.cache._nursery is not actor._service_n:
-            _Embedded.cache = SharedCache(actor._service_n)
-        if 'pikerd' not in _Embedded.cache:
+        # the embedded pikerd child is shared by every caller in this actor (and lives in the
+        # actor's own service nursery, so it goes with the actor)
+        cache = state.get('embedded_pikerd')
+        if cache is None:
+            cache = state['embedded_pikerd'] = SharedCache(actor._service_n)
+        if 'pikerd' not in cache:
             # (a pikerd we embedded ourselves is registered too: it is used through the
             # cache below, so every user in this process holds a reference to it)
             async with find_service('pikerd') as portal:
@@ -379,7 +359,7 @@ async def maybe_open_pikerd(
             if found:
                 yield None
                 return
-        async with _Embedded.cache.open('pikerd', lambda: _open_embedded_pikerd(loglevel, tl)):
+        async with cache.open('pikerd', lambda: _open_embedded_pikerd(loglevel, tl)):
             yield None
         return
 

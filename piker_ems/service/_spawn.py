@@ -7,48 +7,25 @@ someone else's tractor tree.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator
 
 import tractor
-import trio
 
 from ..log import get_logger
-from ._daemon import PikerdError, ServiceSpec, local_services, maybe_open_pikerd
+from ._daemon import local_services, maybe_open_pikerd
 from ._registry import _connect_live, current_registry, find_service, wait_for_service
+from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceSpec, service_spec
+from ._state import spawn_lock
 
 log = get_logger(__name__)
 
-BROKERD_MODULES = ['piker_ems.data._brokerd']
-EMSD_MODULES = ['piker_ems.clearing._ems']
+__all__ = [
+    'BROKERD_MODULES', 'EMSD_MODULES', 'SPAWN_TIMEOUT', 'ServiceSpec', 'maybe_open_emsd',
+    'maybe_spawn_brokerd', 'maybe_spawn_daemon', 'service_spec',
+]
+
 SPAWN_TIMEOUT = 30.0
-
-
-def service_spec(name: str, loglevel: str | None = None) -> ServiceSpec:
-    """Describe how to run the service called ``name``; unknown names are a clear error."""
-    from ..brokers import get_brokermod
-
-    if name == 'emsd':
-        return ServiceSpec(
-            'emsd', EMSD_MODULES, 'piker_ems.clearing._ems:_setup_persistent_emsd',
-        )
-    prefix, dot, broker = name.partition('.')
-    if prefix == 'brokerd' and dot and broker:
-        mod = get_brokermod(broker)
-        return ServiceSpec(
-            name,
-            [*BROKERD_MODULES, mod.__name__],
-            'piker_ems.data._brokerd:_setup_persistent_brokerd',
-            {'broker': broker},
-        )
-    raise PikerdError(f'no service named {name!r}: expected emsd or brokerd.<broker>')
-
-
-class _SpawnLocks:
-    """Per-process, per-service-name locks so concurrent callers never spawn twice."""
-
-    locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
 
 
 async def _request_spawn(name: str, loglevel: str | None) -> None:
@@ -73,7 +50,7 @@ async def maybe_spawn_daemon(name: str, loglevel: str | None = None) -> AsyncIte
     """
     service_spec(name)  # validate the name (and the broker) before touching anything
     async with AsyncExitStack() as stack:
-        async with _SpawnLocks.locks[name]:
+        async with spawn_lock(name):
             if local_services() is None:
                 # join the remote pikerd, or hold a reference to the pikerd embedded in this
                 # tree (starting it if there is none): its services live while we use them

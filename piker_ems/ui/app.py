@@ -342,7 +342,7 @@ class ChartApp:
                     self.status.show_error('emsd closed the connection: order mode off')
                 except EmsLost as err:
                     log.error('%s', err)
-                    self.status.show_error(f'order mode off: {err}')
+                    self.status.show_error(f'order mode off: lost the EMS: {err}')
                 finally:
                     mode.disconnect()
                     self.mode = None

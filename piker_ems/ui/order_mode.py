@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from pyqtgraph.Qt import QtCore
 
+from ..clearing import _statuses as st
 from ..clearing._messages import BrokerdPosition, Order, Status
 from ..log import get_logger
 from ._lines import LevelLine, format_price, format_size, snap_to_tick
@@ -52,16 +53,9 @@ LIVE_KEYS = {Qt.Key_S, Qt.Key_Control}
 CANCEL_KEY = Qt.Key_C
 DELETE_KEYS = {Qt.Key_Delete, Qt.Key_Backspace}
 
-#: the EMS accepted (or re-armed after a modify) the order
-SUBMITTED = {'dark_submitted', 'alert_submitted', 'broker_submitted'}
-#: the order is gone because it was cancelled (confirms a cancel request)
-CANCELLED = {'dark_cancelled', 'broker_cancelled', 'broker_canceled'}
-#: the broker ended the order without a fill or cancel request of ours
-ENDED = {'broker_inactive', 'broker_rejected', 'broker_expired', 'broker_closed'}
-#: the order is gone after trading / triggering
-DONE = {'broker_executed', 'alert_triggered'}
-#: a request was refused
-ERRORS = {'error', 'broker_errored'}
+#: cancelled on request (the cancel group's answer); the other cancel-like final statuses
+#: (expired, closed, inactive) are the venue ending the order: shown to the trader
+_CANCEL_CONFIRMS = frozenset({st.DARK_CANCELLED, st.BROKER_CANCELLED})
 
 
 def mode_name(action: str | None, exec_mode: str = 'dark') -> str:
@@ -197,7 +191,6 @@ class OrderMode:
         self._ctrl = False
         self._last_c: _CancelBatch | None = None
         self._pending: dict[str, _Pending] = {}
-        self._broker_live: set[str] = set()
         self._filter: _FocusFilter | None = None
         self.enabled = True
         self._apply_mode()
@@ -509,7 +502,6 @@ class OrderMode:
         self._resolve_submit(oid)
         self._resolve_cancel(oid)
         self._pending.pop(oid, None)
-        self._broker_live.discard(oid)
         self.chart.remove_order_line(oid)
 
     # -- EMS messages ---------------------------------------------------------------------
@@ -548,7 +540,7 @@ class OrderMode:
         foreign = owner is not None and owner != self.book.name
         live = (
             req.exec_mode == 'live'
-            or msg.resp == 'dark_triggered'
+            or st.book_side(msg.resp) == 'venue'
             or (msg.brokerd_msg or {}).get('phase') in ('pending', 'live')
         ) and req.action != 'alert'
         line = self.chart.add_order_line(
@@ -563,22 +555,22 @@ class OrderMode:
         oid, resp, req = msg.oid, msg.resp, msg.req
         line = self.chart.get_line(oid)
 
-        if resp in ERRORS:
+        if st.is_final(resp):
+            # nothing more will come for this oid: resolve what waits on it, drop its line
+            self._forget(oid)
+            if st.is_error(resp):  # broker_errored: refused, failed or lost with its venue
+                self._show_refusal(msg)
+            elif st.is_cancelled(resp) and resp not in _CANCEL_CONFIRMS:
+                reason = f': {msg.reason}' if msg.reason else ''
+                self.status.show_error(f'order {oid[:6]} {resp.removeprefix(st.BROKER_PREFIX)}{reason}')
+            elif resp == st.ALERT_TRIGGERED:
+                self._on_alert(msg)
+            return
+        if st.is_error(resp):  # a refused request; the order (if any) is unchanged
             self._on_error(msg, line)
             return
-        if resp in CANCELLED or resp in ENDED:
-            self._forget(oid)
-            if resp in ENDED:
-                reason = f': {msg.reason}' if msg.reason else ''
-                self.status.show_error(f'order {oid[:6]} {resp.removeprefix("broker_")}{reason}')
-            return
-        if resp == 'broker_filled':
+        if resp == st.BROKER_FILLED:
             self._on_fill(msg, line)
-            return
-        if resp in DONE:
-            self._forget(oid)
-            if resp == 'alert_triggered':
-                self._on_alert(msg)
             return
 
         # the order is (still) open: make sure it is drawn, up to date and labelled
@@ -591,11 +583,9 @@ class OrderMode:
                 line.set_price(req.price)
             if req.size and req.size != line.size:
                 line.set_size(req.size)
-        if resp == 'dark_triggered' or resp.startswith('broker_'):
+        if st.book_side(resp) == 'venue':
             if line.action != 'alert' and line.exec_mode != 'live':
                 line.set_style(exec_mode='live')
-        if resp == 'broker_submitted':
-            self._broker_live.add(oid)
         line.confirm()
         self._resolve_submit(oid)
 
@@ -634,8 +624,8 @@ class OrderMode:
         return owner is None or owner == self.book.name
 
     def _on_error(self, msg: Status, line: LevelLine | None) -> None:
+        """A refused request (``error``, never final): undo what the request changed locally."""
         oid = msg.oid
-        reason = msg.reason or (msg.brokerd_msg or {}).get('reason') or 'refused'
         pend = self._pending.get(oid)
         # a refused submission: the line never became an order
         if line is not None and not line.confirmed and pend is not None and pend.submit \
@@ -655,10 +645,13 @@ class OrderMode:
             self._resolve_cancel(oid)
             if line is not None and not line.foreign:
                 self._forget(oid)
-        elif msg.resp == 'broker_errored' and line is not None and oid not in self._broker_live:
-            self._forget(oid)
         else:
             self._resolve_submit(oid)
+        self._show_refusal(msg)
+
+    def _show_refusal(self, msg: Status) -> None:
+        oid = msg.oid
+        reason = msg.reason or (msg.brokerd_msg or {}).get('reason') or 'refused'
         what = f'{msg.resp} {oid[:6]}' if oid and oid != '?' else msg.resp
         self.status.show_error(f'{what}: {reason}')
 
