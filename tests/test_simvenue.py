@@ -17,7 +17,7 @@ from piker_ems.clearing._paper import PaperEngine, engine_for
 from piker_ems.simvenue._clock import FakeClock
 from piker_ems.simvenue._core import ALREADY_REJECTED, UNKNOWN_ORDER, ClearingCore
 from piker_ems.simvenue._dialogue import Dialogue, DialogueEngine
-from piker_ems.simvenue._owned import owned
+from piker_ems.service._state import owned
 from piker_ems.simvenue._positions import Position, PositionBook, PositionError
 
 from _dialogue_helpers import kinds, order

@@ -7,7 +7,7 @@ import tractor
 import trio
 
 from ..log import get_logger, setup_console
-from ..service._actor_state import actor_state
+from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ._orders import ClientConn

@@ -13,7 +13,7 @@ yet are held, in arrival order, until it is. Every later quote is matched
 against the resting orders.
 
 The engine is per actor and broker, not per dialogue: it is kept on the running
-actor (:func:`engine_for`, see :mod:`piker_ems.simvenue._owned`), so resting
+actor (:func:`engine_for`, see :mod:`piker_ems.service._state`), so resting
 orders and positions survive a dialogue closing, like at a real broker, and a
 new actor starts clean. Paper reqids are strings ``paper-<uuid4>``.
 
@@ -31,7 +31,7 @@ from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
 from ..simvenue._clock import Clock, system_clock
 from ..simvenue._dialogue import Dialogue, DialogueEngine
-from ..simvenue._owned import owned
+from ..service._state import owned
 from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
 
 __all__ = ['PaperEngine', 'engine_for', 'paper_stats', 'trades_dialogue']

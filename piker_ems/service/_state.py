@@ -12,17 +12,22 @@ Keys used here (each set and cleared by the service task / context manager that 
 - ``'embedded_pikerd'``: the :class:`~piker_ems.service._cache.SharedCache` holding a pikerd
   child this actor started for an embedding app;
 - ``'spawn_locks'``: per-service-name locks of :func:`~piker_ems.service.maybe_spawn_daemon`;
-- ``'feed_bus'``: brokerd's :class:`~piker_ems.data._brokerd.FeedBus`.
+- ``'feed_bus'``: brokerd's :class:`~piker_ems.data._brokerd.FeedBus`;
+- ``'router'``: emsd's :class:`~piker_ems.clearing._router.Router`;
+- venue state made with :func:`owned`: the paper engine of a broker, the sim backend's markets
+  and exchange (they outlive one ``trades_dialogue``, as at a real broker).
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import tractor
 import trio
 
 _ATTR = '_piker_ems_state'
+T = TypeVar('T')
 
 
 def actor_state(actor: Any = None) -> dict[str, Any]:
@@ -44,3 +49,12 @@ def spawn_lock(name: str) -> trio.Lock:
     """This actor's lock for spawning service ``name`` (concurrent callers spawn it once)."""
     locks = actor_state().setdefault('spawn_locks', defaultdict(trio.Lock))
     return locks[name]
+
+
+def owned(key: str, factory: Callable[[], T], actor: Any = None) -> T:
+    """The object under ``key`` in the actor's state, made by ``factory()`` on first use."""
+    state = actor_state(actor)
+    obj = state.get(key)
+    if obj is None:
+        obj = state[key] = factory()
+    return obj

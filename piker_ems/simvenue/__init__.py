@@ -13,48 +13,8 @@ contract (SPEC §4, §6), so what decides *what* happens lives here once, one co
 - :mod:`._core`: matching requests and quotes against the book -> executions and messages;
 - :mod:`._dialogue`: the trio ``trades_dialogue`` engine (acks, statuses, fills, positions,
   heartbeats), one error boundary per request and per execution;
-- :mod:`._owned`: venue state kept on the actor that runs it (no singletons).
 
-It depends only on the protocol (:mod:`piker_ems.clearing._messages`), never on emsd.
-Importing the package itself is cheap (``brokers/sim`` needs only :mod:`._owned`): the names
-below are loaded from their submodule on first access. Code inside ``piker_ems`` imports the
-submodules directly.
+It depends only on the protocol (:mod:`piker_ems.clearing._messages`), never on emsd; import
+the submodules directly. The engines themselves are kept on the actor that runs them
+(:func:`piker_ems.service._state.owned`), never in a singleton.
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-#: public name -> the submodule defining it
-_EXPORTS: dict[str, str] = {
-    'ALREADY_CANCELLED': '_core',
-    'ALREADY_FILLED': '_core',
-    'ALREADY_REJECTED': '_core',
-    'UNKNOWN_ORDER': '_core',
-    'ClearingCore': '_core',
-    'Execution': '_core',
-    'Clock': '_clock',
-    'FakeClock': '_clock',
-    'system_clock': '_clock',
-    'Dialogue': '_dialogue',
-    'DialogueEngine': '_dialogue',
-    'OrderBook': '_book',
-    'RestingOrder': '_book',
-    'crosses': '_book',
-    'Position': '_positions',
-    'PositionBook': '_positions',
-    'PositionError': '_positions',
-    'actor_state': '_owned',
-    'owned': '_owned',
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
-    globals()[name] = value
-    return value

@@ -3,7 +3,7 @@
 """
 The ``trades_dialogue`` engine of a simulated venue: the trio side around a clearing core.
 
-One engine per venue (owned by the actor that runs it, see :mod:`._owned`) holds the core;
+One engine per venue (owned by the actor that runs it, see :func:`piker_ems.service._state.owned`) holds the core;
 each open ``trades_dialogue`` context is a :class:`Dialogue` with an unbounded outbox drained by
 its own sender task (with heartbeats), while the receive loop always drains the IPC stream and
 never blocks, so the channel can never stall and no bad message can kill the loop. Subclasses

@@ -39,7 +39,7 @@ from ...log import get_logger, setup_console
 from ...simvenue._clock import Clock, system_clock
 from ...simvenue._core import Execution
 from ...simvenue._dialogue import Dialogue, DialogueEngine
-from ...simvenue._owned import owned
+from ...service._state import owned
 from ._venue import SimVenue, current_venue
 
 __all__ = ['SimExchange', 'current_exchange', 'exchange_stats', 'serve_trades_dialogue']

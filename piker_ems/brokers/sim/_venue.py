@@ -5,12 +5,12 @@ The sim backend's markets: one :class:`SimVenue` per ``brokerd.sim`` actor.
 
 The quote feed and the simulated exchange must see the same prices, so both get the markets
 from the venue owned by the running actor (:func:`current_venue`, kept on the actor with
-:func:`piker_ems.simvenue._owned.owned`) rather than from a class attribute: a new actor starts
+:func:`piker_ems.service._state.owned`) rather than from a class attribute: a new actor starts
 with fresh markets, and two venues built in one process (tests) are independent.
 """
 from __future__ import annotations
 
-from ...simvenue._owned import owned
+from ...service._state import owned
 from ._market import SimMarket, sim_config
 
 __all__ = ['SimVenue', 'current_venue']
