@@ -144,7 +144,8 @@ class Router:
         self.live_per_symbol: dict[str, int] = {}  # fqsn -> orders not yet final
         self.rejected_client_msgs = 0
         self.rejected_broker_msgs = 0
-        self.illegal_events = 0
+        self.illegal_events = 0   # venue events the order's state did not accept (all dropped)
+        self.late_events = 0      # ... of which arrived after the order's final status
         self.unknown_events = 0
         venues.bind(self)
         scans.bind(self)
@@ -160,7 +161,11 @@ class Router:
             fx = st.machine.apply(event, self.clock())
         except M.IllegalEvent as err:
             self.illegal_events += 1
-            log.warning('illegal event dropped: %s', err)
+            if st.machine.final:  # e.g. the refusal of a cancel that a fill beat: expected
+                self.late_events += 1
+                log.info('late venue event dropped: %s', err)
+            else:
+                log.warning('illegal event dropped: %s', err)
             return False
         if fx.book == 'arm':
             self.scans.get(st.fqsn).arm(st)
@@ -619,5 +624,6 @@ class Router:
             'rejected_client_msgs': self.rejected_client_msgs,
             'rejected_broker_msgs': self.rejected_broker_msgs,
             'illegal_events': self.illegal_events,
+            'late_events': self.late_events,
             'unknown_events': self.unknown_events,
         }
