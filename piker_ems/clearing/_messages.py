@@ -49,6 +49,7 @@ __all__ = [
     'BrokerdCancel',
     'BrokerdError',
     'BrokerdFill',
+    'BrokerdOrderInfo',
     'BrokerdOrder',
     'BrokerdOrderAck',
     'BrokerdPosition',
@@ -57,10 +58,12 @@ __all__ = [
     'MsgError',
     'Order',
     'Status',
+    'VenueSnapshot',
     'parse_broker_request',
     'parse_brokerd_msg',
     'parse_client_msg',
     'parse_ems_msg',
+    'parse_venue_snapshot',
     'to_wire',
 ]
 
@@ -230,16 +233,24 @@ class BrokerdStatus(BaseModel):
 
 
 class BrokerdFill(BaseModel):
-    """A broker reports one execution (possibly partial) of an order."""
+    """A broker reports one execution (possibly partial) of an order.
+
+    ``fill_id`` is the venue's unique id of the execution (its trade id): a fill seen twice
+    (replayed after a reconnect) is applied once. ``oid`` is ours when the venue knows it (as
+    its client order id).
+    """
 
     model_config = _LENIENT
 
     name: Literal['fill'] = 'fill'
     reqid: ReqId
+    oid: str | None = None
+    fill_id: str | None = None
     time_ns: int = Field(default_factory=time.time_ns)
     action: Literal['buy', 'sell']
     size: FiniteFloat
     price: FiniteFloat
+    fee: FiniteFloat = 0.0
     # the broker's own timestamp of the execution, epoch seconds
     broker_time: FiniteFloat = Field(default_factory=time.time)
     broker_details: dict[str, Any] = Field(default_factory=dict)
@@ -273,6 +284,61 @@ class BrokerdPosition(BaseModel):
     currency: str = ''
     size: FiniteFloat
     avg_price: FiniteFloat
+    realized_pnl: FiniteFloat = 0.0
+    fees: FiniteFloat = 0.0
+
+
+class BrokerdOrderInfo(BaseModel):
+    """One order as the venue knows it, for reconciliation (part of :class:`VenueSnapshot`).
+
+    ``status`` is the venue's word (``open``, ``cancelled``, ``filled``, ``rejected`` ...);
+    ``oid`` is ours when the venue knows it (backends pass it as the client order id).
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['order_info'] = 'order_info'
+    reqid: ReqId
+    oid: str | None = None
+    account: str = 'paper'
+    symbol: str
+    action: Literal['buy', 'sell']
+    price: FiniteFloat
+    size: FiniteFloat
+    filled: FiniteFloat = 0.0
+    status: str = 'open'
+    time_ns: int = 0
+
+
+class VenueSnapshot(BaseModel):
+    """What every ``trades_dialogue`` reports in ``started()`` (SPEC §10), so emsd can reconcile
+    on every (re)connect: the venue is the truth for live orders.
+
+    ``orders``: every open order, plus those that ended since ``since_ns`` (the dialogue's
+    argument); ``fills``: every execution since ``since_ns``; ``positions``: all of them.
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['snapshot'] = 'snapshot'
+    positions: list[BrokerdPosition] = Field(default_factory=list)
+    orders: list[BrokerdOrderInfo] = Field(default_factory=list)
+    fills: list[BrokerdFill] = Field(default_factory=list)
+    since_ns: int | None = None
+
+
+def parse_venue_snapshot(obj: Any) -> VenueSnapshot:
+    """A dialogue's ``started()`` value: a :class:`VenueSnapshot`, or (older backends) a plain
+    list of positions. Raises :class:`MsgError` for anything else."""
+    if isinstance(obj, (list, tuple)):
+        obj = {'positions': list(obj)}
+    if not isinstance(obj, Mapping):
+        raise MsgError(f'invalid venue snapshot: expected a dict, got {type(obj).__name__}', msg=obj)
+    try:
+        return VenueSnapshot.model_validate(obj)
+    except ValidationError as err:
+        raise MsgError(f'invalid venue snapshot: {err.errors(include_url=False)[0]["msg"]}',
+                       errors=err.errors(include_url=False), msg=obj) from None
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..log import get_logger
 from ..service import maybe_spawn_brokerd
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
-from ._messages import BrokerdPosition, MsgError, parse_brokerd_msg, to_wire
+from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
 from ._orders import VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
@@ -42,6 +42,7 @@ class VenueLink:
         self.state = 'opening'   # opening -> open -> closed
         self.lost: str | None = None
         self.positions: dict[tuple[str, str], BrokerdPosition] = {}
+        self.snapshot: VenueSnapshot | None = None  # what the venue reported when it opened
         self.tx, self.rx = trio.open_memory_channel[Any](math.inf)
         self.queued = 0
         self.opened = trio.Event()
@@ -160,15 +161,17 @@ class VenueDirectory:
 
     async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
                      open_cs: trio.CancelScope) -> None:
-        async with portal.open_context(endpoint, loglevel=self.loglevel, **kwargs) as (ctx, positions):
+        async with portal.open_context(endpoint, loglevel=self.loglevel, **kwargs) as (ctx, first):
             try:
                 async with ctx.open_stream() as stream:
-                    for raw in positions or ():
-                        try:
-                            pos = parse_brokerd_msg(raw)
-                            link.positions[(pos.account, pos.symbol)] = pos
-                        except MsgError as err:
-                            log.warning('bad position from %s: %s', link.name, err)
+                    try:
+                        snapshot = parse_venue_snapshot(first)
+                    except MsgError as err:
+                        log.warning('bad start-up snapshot from %s: %s', link.name, err)
+                        snapshot = VenueSnapshot()
+                    for pos in snapshot.positions:
+                        link.positions[(pos.account, pos.symbol)] = pos
+                    link.snapshot = snapshot
                     link.state = 'open'
                     open_cs.deadline = math.inf  # opened: no more open timeout
                     link.opened.set()
