@@ -36,6 +36,7 @@ class FakeLink:
         self.key = key
         self.positions: dict[tuple[str, str], BrokerdPosition] = {}
         self.sent: list[Any] = []
+        self.snapshot: Any = None
         self.closed = False
         self.refuse: str | None = None  # set: send_nowait raises VenueUnavailable
         self.observer: Any = None  # optional callable(link, cmd), called for each accepted cmd
@@ -54,6 +55,7 @@ class FakeVenues:
     def __init__(self, live_brokers: tuple[str, ...] = ('sim',)) -> None:
         self.links: dict[tuple[str, str], FakeLink] = {}
         self.live_brokers = live_brokers
+        self.reopened: list[tuple[str, str]] = []
         self.router: Router | None = None
         self.history: list[FakeLink] = []  # every link ever made, in order (lost ones included)
         self.observer: Any = None  # given to every new link (see FakeLink.observer)
@@ -79,10 +81,25 @@ class FakeVenues:
     def open_links(self) -> list[FakeLink]:
         return [link for link in self.links.values() if not link.closed]
 
+    def reopen(self, key: tuple[str, str], delay_s: float) -> None:
+        self.reopened.append(key)
+
     def lose(self, key: tuple[str, str], reason: str = 'test') -> None:
         link = self.links[key]
         link.closed = True
         self.router.on_venue_lost(link, reason)
+
+    def reconnect(self, key: tuple[str, str], snapshot: Any) -> FakeLink:
+        """The venue's dialogue (re)opens and reports ``snapshot`` (a VenueSnapshot)."""
+        old = self.links.get(key)
+        if old is not None:
+            old.closed = True
+        link = self.links[key] = FakeLink(key)
+        link.observer = self.observer
+        link.snapshot = snapshot
+        self.history.append(link)
+        self.router.on_venue_open(link)
+        return link
 
 
 class FakeScan:
@@ -100,8 +117,9 @@ class FakeScan:
     def __len__(self) -> int:
         return len(self.book)
 
-    def arm(self, st: Any) -> None:
-        self.book.arm(st.oid, st.req.action, st.req.price, self.last, payload=st)
+    def arm(self, st: Any, direction: str | None = None) -> Any:
+        return self.book.arm(st.oid, st.req.action, st.req.price, self.last, payload=st,
+                             direction=direction)
 
     def disarm(self, oid: str) -> None:
         self.book.disarm(oid)

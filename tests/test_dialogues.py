@@ -30,6 +30,15 @@ Format (one command per line; ``#`` starts a comment; values with spaces go in d
                                     never delivered (Router.on_send_failed)
     tick <fqsn> <trade|bid|ask|last> <price>
     lose <broker.kind> [reason]     the venue is lost (Router.on_venue_lost)
+    snapshot <broker.kind> order reqid=7 [oid=o1] action=buy price=101 size=1 [filled=0]
+                            [status=open] [account=live] [symbol=btcusd]
+    snapshot <broker.kind> fill reqid=7 [oid=o1] fill_id=f1 size=1 price=101 [action=buy]
+    snapshot <broker.kind> position symbol=btcusd size=1 avg_price=101 [account=live]
+                                    what the venue will report when it (re)opens
+    reconnect <broker.kind> [since=none]
+                                    the venue's dialogue (re)opens with the snapshot built by
+                                    the lines above (Router.on_venue_open: reconciliation);
+                                    since=none is a venue that does not report ended orders
     clock +<seconds>                the fake clock moves
 
     expect <label> < <resp> [oid=..] [reqid=..] [price=..] [size=..] [filled=..]
@@ -65,10 +74,13 @@ from piker_ems.clearing._messages import (
     BrokerdFill,
     BrokerdOrder,
     BrokerdOrderAck,
+    BrokerdOrderInfo,
+    BrokerdPosition,
     BrokerdStatus,
     Cancel,
     Order,
     Status,
+    VenueSnapshot,
 )
 
 DIALOGUES = Path(__file__).parent / 'dialogues'
@@ -120,6 +132,7 @@ class Dialogue:
         self.conns: dict[str, FakeConn] = {}
         self.read: dict[str, int] = {}  # label -> messages consumed
         self.venue_read: dict[tuple[str, str], int] = {}
+        self.snapshots: dict[tuple[str, str], dict] = {}
         self.lineno = 0
 
     def fail(self, why: str) -> None:
@@ -217,6 +230,33 @@ class Dialogue:
 
     def do_lose(self, t: list[str]) -> None:
         self.rig.venues.lose(_key(t[0]), t[1] if len(t) > 1 else 'lost in a dialogue')
+
+    def do_snapshot(self, t: list[str]) -> None:
+        key, what, kv = _key(t[0]), t[1], _kv(t[2:])
+        snap = self.snapshots.setdefault(key, {'positions': [], 'orders': [], 'fills': []})
+        if what == 'order':
+            snap['orders'].append(BrokerdOrderInfo(
+                reqid=_reqid(kv['reqid']), oid=kv.get('oid'), account=kv.get('account', key[1]),
+                symbol=kv.get('symbol', 'btcusd'), action=kv.get('action', 'buy'),
+                price=float(kv['price']), size=float(kv['size']), filled=float(kv.get('filled', 0)),
+                status=kv.get('status', 'open')))
+        elif what == 'fill':
+            snap['fills'].append(BrokerdFill(
+                reqid=_reqid(kv['reqid']), oid=kv.get('oid'), fill_id=kv.get('fill_id'),
+                action=kv.get('action', 'buy'), size=float(kv['size']), price=float(kv['price']),
+                time_ns=self.rig.clock()))
+        elif what == 'position':
+            snap['positions'].append(BrokerdPosition(
+                broker=key[0], account=kv.get('account', key[1]), symbol=kv.get('symbol', 'btcusd'),
+                size=float(kv['size']), avg_price=float(kv['avg_price'])))
+        else:
+            self.fail(f'unknown snapshot item {what!r}')
+
+    def do_reconnect(self, t: list[str]) -> None:
+        key, kv = _key(t[0]), _kv(t[1:])
+        snap = self.snapshots.pop(key, {'positions': [], 'orders': [], 'fills': []})
+        since = None if kv.get('since') == 'none' else self.rig.clock() - 3600 * 10**9
+        self.rig.venues.reconnect(key, VenueSnapshot(**snap, since_ns=since))
 
     def do_clock(self, t: list[str]) -> None:
         self.rig.clock.advance(float(t[0].lstrip('+')))

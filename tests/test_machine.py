@@ -44,6 +44,7 @@ from piker_ems.clearing._machine import (
     TRIGGERED,
     WORKING,
     Ack,
+    Adopt,
     CancelRequest,
     Effects,
     Event,
@@ -56,6 +57,7 @@ from piker_ems.clearing._machine import (
     Trigger,
     VenueError,
     VenueFill,
+    VenueDown,
     VenueLost,
     VenueStatus,
 )
@@ -140,6 +142,9 @@ PATHS: dict[str, tuple[str, list[Event], str]] = {
         PENDING_REPLACE),
     'pending_replace_shrunk_filled': (
         'buy', PARTIAL_PATH + [ModifyRequest(101.0, 5.0, 'bob'), VenueFill(3.0, PRICE, 'f2')],
+        PENDING_REPLACE),
+    'pending_replace_grown_filled': (
+        'buy', PARTIAL_PATH + [ModifyRequest(101.0, 12.0, 'bob'), VenueFill(7.0, PRICE, 'f2')],
         PENDING_REPLACE),
     'pending_replace_preack': ('buy', SUBMIT + [ModifyRequest(101.0, SIZE, 'bob')], PENDING_REPLACE),
     'pending_replace_preack_acked': (
@@ -308,6 +313,8 @@ def _working_rows(state: str, path: str, filled: float) -> list[Row]:
             [('all', S.ERROR, 'venue: margin call')], label='unsolicited'),
         row(state, 'venue_lost', path, VenueLost('brokerd died'), LOST,
             [('all', S.BROKER_ERRORED, 'order state unknown')]),
+        row(state, 'venue_down', path, VenueDown('brokerd died'), state,
+            [('all', S.BROKER_DISCONNECTED, 'reconnecting')]),
     ]
 
 
@@ -316,6 +323,10 @@ ROWS: list[Row] = [
     row(NEW, 'submit_dark', 'new', SubmitDark(), ARMED, [('all', S.DARK_SUBMITTED)], book='arm'),
     row(NEW, 'submit_dark', 'new_alert', SubmitDark(), ARMED, [('all', S.ALERT_SUBMITTED)],
         book='arm', label='alert'),
+    row(NEW, 'adopt', 'new', Adopt(), WORKING, [('all', S.BROKER_SUBMITTED, 'not placed through emsd')],
+        check=_attrs(confirmed=True), label='external order found at the venue'),
+    row(NEW, 'adopt', 'new', Adopt(filled=4.0), PARTIALLY_FILLED, [('all', S.BROKER_SUBMITTED)],
+        check=_attrs(filled=4.0), label='external order, part filled'),
     row(NEW, 'submit_live', 'new', SubmitLive(), PENDING_NEW,
         commands=[('order', None, PRICE, SIZE)], check=_req(confirmed_price=PRICE)),
     # -- armed
@@ -378,6 +389,8 @@ ROWS: list[Row] = [
         REJECTED, [('all', S.BROKER_ERRORED, 'insufficient margin')]),
     row(PENDING_NEW, 'venue_error', 'pending_new_acked', VenueStatus('rejected', reason='bad tick'),
         REJECTED, [('all', S.BROKER_ERRORED, 'bad tick')], label='status word'),
+    row(PENDING_NEW, 'venue_down', 'pending_new_acked', VenueDown('brokerd died'), PENDING_NEW,
+        [('all', S.BROKER_DISCONNECTED, 'reconnecting')]),
     row(PENDING_NEW, 'venue_lost', 'pending_new_acked', VenueLost('brokerd died'), LOST,
         [('all', S.BROKER_ERRORED, 'order state unknown')]),
     row(PENDING_NEW, 'send_failed', 'pending_new', SendFailed('venue closed'), REJECTED,
@@ -427,6 +440,8 @@ ROWS: list[Row] = [
         label='cancel refused, partly filled'),
     row(PENDING_CANCEL, 'venue_error', 'pending_cancel_preack_acked', VenueError('no margin'),
         REJECTED, [('all', S.BROKER_ERRORED, 'no margin')], label='new order refused'),
+    row(PENDING_CANCEL, 'venue_down', 'pending_cancel', VenueDown('brokerd died'), PENDING_CANCEL,
+        [('all', S.BROKER_DISCONNECTED, 'reconnecting')]),
     row(PENDING_CANCEL, 'venue_lost', 'pending_cancel', VenueLost('brokerd died'), LOST,
         [('all', S.BROKER_ERRORED, 'order state unknown')]),
     row(PENDING_CANCEL, 'send_failed', 'pending_cancel', SendFailed('queue full'), WORKING,
@@ -493,6 +508,16 @@ ROWS: list[Row] = [
         check=_all(_req(PRICE), _attrs(queued_modify=None)), label='refused drops the queued'),
     row(PENDING_REPLACE, 'venue_error', 'pending_replace_preack_acked', VenueError('no margin'),
         REJECTED, [('all', S.BROKER_ERRORED, 'no margin')], label='new order refused'),
+    row(PENDING_REPLACE, 'venue_down', 'pending_replace', VenueDown('brokerd died'), PENDING_REPLACE,
+        [('all', S.BROKER_DISCONNECTED, 'reconnecting')]),
+    row(PENDING_REPLACE, 'venue_error', 'pending_replace_grown_filled', VenueError('no margin'),
+        FILLED, [('requester', S.ERROR, 'refused the modify'), ('all', S.BROKER_EXECUTED)],
+        requester='bob', check=_all(_req(PRICE, SIZE), _attrs(filled=11.0)),
+        label='size increase refused after fills beyond the kept size'),
+    row(PENDING_REPLACE, 'send_failed', 'pending_replace_grown_filled', SendFailed('queue full'),
+        FILLED, [('requester', S.ERROR, 'modify was not sent'), ('all', S.BROKER_EXECUTED)],
+        requester='bob', check=_attrs(filled=11.0),
+        label='size increase not sent after fills beyond the kept size'),
     row(PENDING_REPLACE, 'venue_lost', 'pending_replace', VenueLost('brokerd died'), LOST,
         [('all', S.BROKER_ERRORED, 'order state unknown')]),
     row(PENDING_REPLACE, 'send_failed', 'pending_replace', SendFailed('queue full'), WORKING,
@@ -564,7 +589,8 @@ def test_transition(r: Row):
     assert got == [s[:2] for s in r.statuses]
     for (aud, st, requester), want in zip(fx.statuses, r.statuses):
         assert st.oid == OID and st.owner == OWNER and st.time_ns == now
-        assert st.req == m.req
+        # a confirmation carries what the venue confirmed, even when a waiting modify then goes
+        assert st.req == (m.confirmed_req if r.label == 'sends the queued modify' else m.req)
         assert st.broker_reqid == m.reqid
         assert S.is_valid_resp(st.resp)
         if aud == 'requester':
@@ -598,7 +624,7 @@ def test_transition(r: Row):
 
 #: Events of every kind, several per kind where different messages share one.
 SAMPLE_EVENTS: list[Event] = [
-    SubmitDark(), SubmitLive(), ModifyRequest(101.0, SIZE, 'bob'), CancelRequest('carol'),
+    Adopt(), SubmitDark(), SubmitLive(), ModifyRequest(101.0, SIZE, 'bob'), CancelRequest('carol'),
     Trigger(PRICE), Trigger(PRICE, PRICE + 1), Ack(REQID), Ack(REQID + 1),
     VenueStatus('submitted'), VenueStatus('accepted'),
     VenueStatus('partially_filled', 4.0, 6.0), VenueStatus('filled', 4.0, 6.0),
@@ -608,7 +634,7 @@ SAMPLE_EVENTS: list[Event] = [
     VenueStatus('held'), VenueStatus('pending_risk_check'),
     VenueStatus('rejected', reason='x'), VenueStatus('error'), VenueError('refused'),
     VenueFill(1.0, PRICE, 'fx'), VenueFill(SIZE, PRICE),
-    VenueLost('gone'), SendFailed('not sent'),
+    VenueLost('gone'), VenueDown('gone'), SendFailed('not sent'),
     VenueStatus('foo bar!'), VenueStatus(''), VenueStatus('x' * 40), VenueStatus('9lives'),
 ]
 ALL_KINDS = sorted({e.kind for e in SAMPLE_EVENTS})

@@ -5,7 +5,7 @@ import inspect
 import pytest
 from _router_fakes import Rig
 
-from piker_ems.clearing import _statuses
+from piker_ems.clearing import _router, _statuses
 from piker_ems.clearing._messages import (
     BrokerdCancel,
     BrokerdError,
@@ -232,15 +232,18 @@ def test_absurd_requests_are_refused(field, value):
     assert a.resps() == ['error'] and rig.router.orders == {}
 
 
-def test_venue_lost_ends_working_orders_once_and_spares_dark_ones():
+def test_venue_lost_is_reconnected_then_given_up_and_spares_dark_orders():
     rig = Rig()
     a = rig.client('a')
     rig.send(a, live('o1'))
     rig.send(a, dark('d1'))
     rig.venue_msg(BrokerdOrderAck(oid='o1', reqid=1))
     rig.venues.lose(LIVE, 'heartbeat lost')
-    rig.venue_msg(BrokerdStatus(reqid=1, status='submitted'))  # a new link: unknown reqid
-    assert a.resps('o1') == ['broker_errored'] and 'heartbeat lost' in a.statuses('o1')[0].reason
+    assert a.resps('o1') == ['broker_disconnected'] and 'heartbeat lost' in a.statuses('o1')[0].reason
+    assert rig.venues.reopened == [LIVE]  # emsd reopens it to reconcile
+    rig.clock.advance(_router.VENUE_GIVEUP_S + 1)
+    rig.venues.lose(LIVE, 'spawn failed')
+    assert a.resps('o1') == ['broker_disconnected', 'broker_errored']
     assert rig.router.orders['d1'].state == 'armed'
 
 

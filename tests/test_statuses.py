@@ -18,6 +18,7 @@ MEANING: dict[str, tuple[bool, bool, bool, str | None, bool, bool]] = {
     'broker_submitted':        (False, False, True, 'venue', False, False),
     'broker_partially_filled': (False, False, True, 'venue', False, False),
     'broker_filled':           (False, False, True, 'venue', False, True),
+    'broker_disconnected':     (False, False, True, 'venue', False, False),
     'error':                   (False, True, False, None, False, False),
     'alert_triggered':         (True, False, False, None, False, False),
     'dark_cancelled':          (True, False, False, None, True, False),

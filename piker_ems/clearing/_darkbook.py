@@ -140,6 +140,7 @@ class DarkBook:
         trigger: float,
         last: float | None,
         payload: Any = None,
+        direction: str | None = None,
     ) -> Entry:
         """Add (or modify) a resting entry and return it.
 
@@ -150,11 +151,20 @@ class DarkBook:
 
         Arming an oid that is already resting replaces it (the modify path): the old trigger can
         never fire again, and the direction is re-chosen from the ``last`` given now.
+
+        ``direction`` (``'above'`` / ``'below'``) forces the direction instead: a restarted emsd
+        re-arms each order with the direction chosen when it was placed, so a market that
+        crossed the trigger during the restart gap fires it once, on the first tick.
         """
         if action not in ACTIONS:
             raise ValueError(f'action must be one of {ACTIONS}, got {action!r}')
         trig = _check_price('trigger', trigger)
-        ref = _check_price('last', last)
+        if direction is not None:
+            if direction not in ('above', 'below'):
+                raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+            ref = trig if direction == 'above' else math.nextafter(trig, math.inf)
+        else:
+            ref = _check_price('last', last)
 
         old = self._live.pop(oid, None)  # its heap item becomes stale
         self._seq += 1

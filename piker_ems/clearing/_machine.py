@@ -54,6 +54,7 @@ __all__ = [
     'STATES',
     'TRANSITIONS',
     'Ack',
+    'Adopt',
     'CancelRequest',
     'Effects',
     'Event',
@@ -66,6 +67,7 @@ __all__ = [
     'Trigger',
     'VenueError',
     'VenueFill',
+    'VenueDown',
     'VenueLost',
     'VenueStatus',
 ]
@@ -104,6 +106,14 @@ Requester = Any  # an opaque token of the client that made a request (the Router
 class SubmitDark:
     """A new dark buy/sell or alert (held in emsd)."""
     kind = 'submit_dark'
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """An order found working at the venue that emsd never placed (reconciliation), with what
+    the venue says is already filled."""
+    filled: float = 0.0
+    kind = 'adopt'
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +190,13 @@ class VenueError:
 
 
 @dataclass(frozen=True, slots=True)
+class VenueDown:
+    """The order's venue dialogue was lost; emsd reconnects and reconciles (state unchanged)."""
+    reason: str
+    kind = 'venue_down'
+
+
+@dataclass(frozen=True, slots=True)
 class VenueLost:
     """The order's venue died or went silent: its state there is unknown."""
     reason: str
@@ -194,8 +211,8 @@ class SendFailed:
 
 
 Event = Union[
-    SubmitDark, SubmitLive, ModifyRequest, CancelRequest, Trigger, Ack, VenueStatus,
-    VenueFill, VenueError, VenueLost, SendFailed,
+    Adopt, SubmitDark, SubmitLive, ModifyRequest, CancelRequest, Trigger, Ack, VenueStatus,
+    VenueFill, VenueError, VenueDown, VenueLost, SendFailed,
 ]
 
 #: Venue status resps and the event kind each is.
@@ -222,6 +239,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
     NEW: {
         'submit_dark': (ARMED,),
         'submit_live': (PENDING_NEW,),
+        'adopt': (WORKING, PARTIALLY_FILLED),
     },
     ARMED: {
         'modify': (ARMED,),
@@ -239,6 +257,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'venue_cancelled': (CANCELLED,),
         'notice': (PENDING_NEW,),
         'venue_error': (REJECTED,),
+        'venue_down': (PENDING_NEW,),
         'venue_lost': (LOST,),
         'send_failed': (REJECTED,),
     },
@@ -253,6 +272,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'venue_cancelled': (CANCELLED,),
         'notice': (WORKING,),
         'venue_error': (WORKING,),
+        'venue_down': (WORKING,),
         'venue_lost': (LOST,),
     },
     PARTIALLY_FILLED: {
@@ -266,6 +286,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'venue_cancelled': (CANCELLED,),
         'notice': (PARTIALLY_FILLED,),
         'venue_error': (PARTIALLY_FILLED,),
+        'venue_down': (PARTIALLY_FILLED,),
         'venue_lost': (LOST,),
     },
     PENDING_CANCEL: {
@@ -279,6 +300,7 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'venue_cancelled': (CANCELLED,),
         'notice': (PENDING_CANCEL,),
         'venue_error': (WORKING, PARTIALLY_FILLED, REJECTED),
+        'venue_down': (PENDING_CANCEL,),
         'venue_lost': (LOST,),
         'send_failed': (WORKING, PARTIALLY_FILLED, REJECTED),
     },
@@ -292,9 +314,10 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'executed': (FILLED,),
         'venue_cancelled': (CANCELLED,),
         'notice': (PENDING_REPLACE,),
-        'venue_error': (WORKING, PARTIALLY_FILLED, REJECTED),
+        'venue_error': (WORKING, PARTIALLY_FILLED, FILLED, REJECTED),
+        'venue_down': (PENDING_REPLACE,),
         'venue_lost': (LOST,),
-        'send_failed': (WORKING, PARTIALLY_FILLED, REJECTED),
+        'send_failed': (WORKING, PARTIALLY_FILLED, FILLED, REJECTED),
     },
     **{final: {'modify': (final,), 'cancel': (final,)} for final in FINAL_STATES},
     # the venue's own "filled" after the fill that completed the order: confirms, says nothing
@@ -314,7 +337,7 @@ STATE_DOC: dict[str, str] = {
     CANCELLED: 'final: cancelled, expired or closed without a complete fill',
     REJECTED: 'final: the venue refused or failed it',
     TRIGGERED: 'final: an alert fired',
-    LOST: 'final: its venue was lost; its state there is unknown',
+    LOST: 'final: its venue was lost for good, or does not know it; its state there is unknown',
 }
 
 # Relative tolerance for comparing fill sums with the order size (float sums of lots).
@@ -465,6 +488,13 @@ class OrderMachine:
         self.confirmed_req = self.req
         self._order_cmd(fx, now, reqid=None)
 
+    def _on_adopt(self, ev: Adopt, fx: Effects, now: int) -> None:
+        self.filled = ev.filled
+        self.confirmed = True
+        self.confirmed_req = self.req
+        self.state = self._working_state()
+        self._status(fx, S.BROKER_SUBMITTED, now, reason='working at the venue; not placed through emsd')
+
     def _on_modify(self, ev: ModifyRequest, fx: Effects, now: int) -> None:
         st = self.state
         if st in FINAL_STATES:
@@ -557,11 +587,12 @@ class OrderMachine:
                 self._status(fx, S.BROKER_EXECUTED, now,
                              brokerd_msg={**details, 'filled': self.filled, 'remaining': 0.0})
                 return
+            # the status carries what the venue confirmed, before a waiting modify goes out
+            self._status(fx, S.BROKER_SUBMITTED, now, brokerd_msg=details)
             if self.queued_modify is not None:
                 self.req, self.queued_modify = self.queued_modify, None
                 self.state = PENDING_REPLACE
                 self._order_cmd(fx, now, reqid=self.reqid)
-            self._status(fx, S.BROKER_SUBMITTED, now, brokerd_msg=details)
             return
         if st == PENDING_CANCEL:
             return  # a late confirmation of a modify: the cancel is what counts now
@@ -645,10 +676,64 @@ class OrderMachine:
         self.queued_modify = None
         self.state = self._working_state()
         self._status(fx, S.ERROR, now, audience='requester', requester=requester, reason=reason)
+        if self.filled >= self.req.size * (1 - _SIZE_EPS):
+            # fills that arrived while a size increase was pending reached the size it keeps
+            self.state = FILLED
+            self._status(fx, S.BROKER_EXECUTED, now,
+                         brokerd_msg={'filled': self.filled, 'remaining': 0.0})
+
+    def _on_venue_down(self, ev: VenueDown, fx: Effects, now: int) -> None:
+        self._status(fx, S.BROKER_DISCONNECTED, now, reason=f'{ev.reason}; reconnecting')
 
     def _on_venue_lost(self, ev: VenueLost, fx: Effects, now: int) -> None:
         self.state = LOST
         self._status(fx, S.BROKER_ERRORED, now, reason=f'{ev.reason}; order state unknown')
+
+    def resend_commands(self, now_ns: int) -> list[BrokerdOrder | BrokerdCancel]:
+        """The venue requests this order still needs, to send again after a reconnect (the
+        venue is asked first, so nothing it already has is sent twice). No state change."""
+        fx = Effects()
+        if self.state == PENDING_NEW and self.reqid is None:
+            req, self.req = self.req, (self.confirmed_req or self.req)
+            self._order_cmd(fx, now_ns, reqid=None)
+            self.req = req
+        elif self.reqid is None:
+            pass  # pending cancel/modify of an order the venue never got: the caller decides
+        elif self.state == PENDING_CANCEL:
+            self._cancel_cmd(fx, now_ns)
+        elif self.state == PENDING_REPLACE:
+            self._order_cmd(fx, now_ns, reqid=self.reqid)
+        return fx.commands
+
+    def to_record(self) -> dict[str, Any]:
+        """The machine as plain JSON-safe data (for the journal); requesters are not kept."""
+        return {
+            'req': self.req.model_dump(mode='json'), 'owner': self.owner,
+            'venue': list(self.venue), 'symbol': self.symbol, 'state': self.state,
+            'reqid': self.reqid, 'filled': self.filled, 'confirmed': self.confirmed,
+            'confirmed_req': self.confirmed_req.model_dump(mode='json') if self.confirmed_req else None,
+            'queued_modify': self.queued_modify.model_dump(mode='json') if self.queued_modify else None,
+            'trigger_price': self.trigger_price, 'last_resp': self.last_resp,
+            'fill_ids': sorted(self.fill_ids),
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> 'OrderMachine':
+        """Rebuild a machine from :meth:`to_record` output."""
+        def order(d):
+            return Order.model_validate(d) if d else None
+        state = rec['state']
+        if state not in STATES:
+            raise ValueError(f'unknown state {state!r}')
+        return cls(
+            req=order(rec['req']), owner=rec['owner'], venue=tuple(rec['venue']),
+            symbol=rec['symbol'], state=state, reqid=rec.get('reqid'),
+            filled=float(rec.get('filled', 0.0)), confirmed=bool(rec.get('confirmed')),
+            confirmed_req=order(rec.get('confirmed_req')),
+            queued_modify=order(rec.get('queued_modify')),
+            trigger_price=rec.get('trigger_price'), last_resp=rec.get('last_resp'),
+            fill_ids=set(rec.get('fill_ids', ())),
+        )
 
     def snapshot_fields(self) -> dict:
         """Plain facts for a snapshot status built without a routed one."""

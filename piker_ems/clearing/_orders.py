@@ -95,6 +95,8 @@ class OrderState:
     holder: int | None = None     # uid of the connection whose disconnect policy covers it
     unseen: bool = False          # finished while its owner was away: in the owner's next snapshot
     retired: bool = False         # its end was accounted (memory bound, symbol users)
+    direction: str | None = None  # a dark order's trigger direction, chosen when armed
+    created_ns: int = 0           # when emsd accepted it (reconciliation asks the venue since)
     last_msg: dict | None = None  # wire form of the last status routed to all (its snapshot)
 
     @property
@@ -120,6 +122,11 @@ class OrderState:
     @property
     def state(self) -> str:
         return self.machine.state
+
+    def record(self) -> dict:
+        """What the journal keeps of this order (JSON-safe)."""
+        return {'machine': self.machine.to_record(), 'direction': self.direction,
+                'created_ns': self.created_ns, 'last_msg': self.last_msg}
 
     def snapshot(self) -> dict:
         """Wire form of the order's current state, for a (re)connecting client.

@@ -63,6 +63,14 @@ EARLY_TTL_NS = 30_000_000_000
 EARLY_MAX = 1_000
 #: How long a request may wait for its symbol's first quote before it is refused.
 SYMBOL_WAIT_S = 15.0
+#: How long emsd keeps reopening a lost venue before its live orders end ``lost``.
+VENUE_GIVEUP_S = 120.0
+#: Pause between attempts to reopen a lost venue.
+VENUE_RETRY_S = 1.0
+#: The owner of orders found at a venue that emsd never placed; no client may take this name.
+EXTERNAL_OWNER = '@external'
+#: Reconciliation asks the venue for what happened since the oldest live order, less this.
+SINCE_MARGIN_NS = 5_000_000_000
 
 
 class VenueLink(Protocol):
@@ -82,6 +90,7 @@ class Venues(Protocol):
     def key_for(self, broker: str, account: str) -> VenueKey: ...
     def link(self, key: VenueKey) -> VenueLink: ...
     def open_links(self) -> list[VenueLink]: ...
+    def reopen(self, key: VenueKey, delay_s: float) -> None: ...
 
 
 class Scan(Protocol):
@@ -92,7 +101,7 @@ class Scan(Protocol):
     last: float | None
     failed: str | None
 
-    def arm(self, st: OrderState) -> None: ...
+    def arm(self, st: OrderState, direction: str | None = None) -> Any: ...
     def disarm(self, oid: str) -> None: ...
     def __len__(self) -> int: ...
     async def wait_ready(self, timeout: float) -> None: ...
@@ -126,8 +135,10 @@ class Router:
         scans: Scans,
         clock: Callable[[], int],
         spawn: Callable[..., Any] | None = None,
+        journal: Any = None,
     ) -> None:
         self.venues = venues
+        self.journal = journal  # a _journal.Journal, or None (nothing survives a restart)
         self.scans = scans
         self.clock = clock
         self.spawn = spawn  # start_soon of the service nursery (for waits on a symbol)
@@ -142,6 +153,8 @@ class Router:
         self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
         self._unseen: OrderedDict[str, None] = OrderedDict()  # finished while the owner was away
         self.live_per_symbol: dict[str, int] = {}  # fqsn -> orders not yet final
+        self.venue_down: dict[VenueKey, int] = {}  # venue -> when it was lost (reconnecting)
+        self.journal_failures = 0
         self.rejected_client_msgs = 0
         self.rejected_broker_msgs = 0
         self.illegal_events = 0   # venue events the order's state did not accept (all dropped)
@@ -155,6 +168,8 @@ class Router:
     def _apply(self, st: OrderState, event: M.Event, requester: ClientConn | None = None) -> bool:
         """Apply one event to ``st``'s machine and carry out its effects. Never raises.
 
+        Write-ahead: the order's new state is journaled after the machine accepted the event
+        and before any status leaves for a client or any command for the venue.
         An event the machine does not accept is logged and counted, and nothing is relayed.
         """
         try:
@@ -168,14 +183,21 @@ class Router:
                 log.warning('illegal event dropped: %s', err)
             return False
         if fx.book == 'arm':
-            self.scans.get(st.fqsn).arm(st)
+            entry = self.scans.get(st.fqsn).arm(st)
+            st.direction = getattr(entry, 'direction', None)
         elif fx.book == 'disarm':
             scan = self.scans.peek(st.fqsn)
             if scan is not None:
                 scan.disarm(st.oid)
+        to_all = [to_wire(status) for audience, status, _ in fx.statuses if audience == 'all']
+        if to_all:
+            st.last_msg = to_all[-1]
+            if st.machine.final and not self.by_name.get(st.owner) and st.owner != EXTERNAL_OWNER:
+                self._mark_unseen(st)
+        self._persist(st)
         for audience, status, who in fx.statuses:
             if audience == 'all':
-                self.route(st, status)
+                self._deliver(st, to_all.pop(0))
             else:
                 self._reply(who or requester, st, status)
         for cmd in fx.commands:
@@ -183,6 +205,16 @@ class Router:
         if st.machine.final:
             self._retire(st)
         return True
+
+    def _persist(self, st: OrderState) -> None:
+        """Journal the order's state (never raises: a failing disk is logged and counted)."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.write(st.oid, st.record(), st.machine.final, st.unseen, self.clock())
+        except Exception:
+            self.journal_failures += 1
+            log.exception('journal write failed for %s', st.oid)
 
     def _send(self, st: OrderState, cmd: BrokerdOrder | BrokerdCancel) -> None:
         try:
@@ -201,9 +233,11 @@ class Router:
     def route(self, st: OrderState, status: Status) -> None:
         """Send a status to the order's owner (every connection of that name) and watchers."""
         msg = st.last_msg = to_wire(status)
-        owners = self.by_name.get(st.owner)
-        if not owners and st.machine.final:
+        if st.machine.final and not self.by_name.get(st.owner):
             self._mark_unseen(st)
+        self._deliver(st, msg)
+
+    def _deliver(self, st: OrderState, msg: dict) -> None:
         for conn in self._audience(st):
             conn.push(msg)
 
@@ -264,6 +298,7 @@ class Router:
     def _seen(self, st: OrderState) -> None:
         if st.unseen:
             st.unseen = False
+            self._persist(st)
             self._unseen.pop(st.oid, None)
             self._done[st.oid] = None
             self._trim(self._done, MAX_DONE_ORDERS)
@@ -451,7 +486,7 @@ class Router:
         key = self.venues.key_for(broker, account)
         st = OrderState(
             machine=M.OrderMachine(req=order, owner=conn.name, venue=key, symbol=sym),
-            holder=conn.uid,
+            holder=conn.uid, created_ns=self.clock(),
         )
         self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
@@ -571,20 +606,164 @@ class Router:
             log.warning('dropping %d events for unknown reqid %s from %s', len(events), first_key[1], first_key[0])
         self.early.setdefault((key, reqid), []).append((now, msg))
 
+    def _live_on(self, key: VenueKey) -> list[OrderState]:
+        return [st for st in self.orders.values() if st.venue == key and st.machine.live]
+
     def on_venue_lost(self, link: VenueLink, reason: str) -> None:
-        """A venue died: its working orders' fate is unknown, so tell their owners and close
-        them. Dark orders and alerts are untouched (they live here). Never raises."""
-        for st in list(self.orders.values()):
-            if st.venue == link.key and st.machine.live:
-                self._apply(st, M.VenueLost(f'trades dialogue {".".join(link.key)} lost ({reason})'))
-        for k in [k for k in self.early if k[0] == link.key]:
+        """A venue's dialogue died: tell the owners of its live orders (not final: their fate is
+        the venue's to tell) and reopen it to reconcile; after :data:`VENUE_GIVEUP_S` of failed
+        attempts, end them ``lost``. Dark orders and alerts are untouched. Never raises."""
+        key = link.key
+        for k in [k for k in self.early if k[0] == key]:
             del self.early[k]
+        live = self._live_on(key)
+        if not live:
+            self.venue_down.pop(key, None)
+            return
+        now = self.clock()
+        first = key not in self.venue_down
+        since = self.venue_down.setdefault(key, now)
+        name = '.'.join(key)
+        if now - since >= VENUE_GIVEUP_S * 1e9:
+            del self.venue_down[key]
+            for st in live:
+                self._apply(st, M.VenueLost(f'trades dialogue {name} did not come back within '
+                                            f'{VENUE_GIVEUP_S:g}s (last: {reason})'))
+            return
+        if first:
+            for st in live:
+                self._apply(st, M.VenueDown(f'trades dialogue {name} lost ({reason})'))
+        self.venues.reopen(key, VENUE_RETRY_S)
 
     def on_send_failed(self, link: VenueLink, cmd: BrokerdOrder | BrokerdCancel, reason: str) -> None:
-        """A queued command could not be delivered (the venue never opened, or died)."""
+        """A queued command never left for the venue (its dialogue never opened, or closed
+        first): the request it carried failed."""
         st = self.orders.get(cmd.oid)
         if st is not None and not st.machine.final:
             self._apply(st, M.SendFailed(reason))
+
+    def since_ns_for(self, key: VenueKey) -> int:
+        """From when a (re)opening venue must report ended orders and fills: the oldest live
+        order there (less a margin), or now."""
+        born = [st.created_ns for st in self._live_on(key)]
+        return (min(born) - SINCE_MARGIN_NS) if born else self.clock()
+
+    def on_venue_open(self, link: VenueLink) -> None:
+        """A venue's dialogue (re)opened: reconcile with what it reports (the venue is the
+        truth for live orders). Never raises."""
+        self.venue_down.pop(link.key, None)
+        try:
+            self._reconcile(link)
+        except Exception:
+            log.exception('reconciliation with %s failed', link.key)
+
+    def _reconcile(self, link: VenueLink) -> None:
+        snap = getattr(link, 'snapshot', None)
+        if snap is None:
+            return
+        key = link.key
+        full = snap.since_ns is not None  # the venue reports ended orders and fills since then
+        by_oid = {i.oid: i for i in snap.orders if i.oid}
+        by_reqid = {i.reqid: i for i in snap.orders}
+        fills: dict[Any, list] = {}
+        for f in sorted(snap.fills, key=lambda f: f.time_ns):
+            fills.setdefault(f.oid or ('reqid', f.reqid), []).append(f)
+        now = self.clock()
+        for st in self._live_on(key):
+            m = st.machine
+            info = by_oid.get(st.oid) or (by_reqid.get(m.reqid) if m.reqid is not None else None)
+            bound_now = info is not None and m.reqid is None
+            if bound_now:  # the ack was lost with the dialogue; the ack sends what was pending
+                self.by_reqid[(key, info.reqid)] = st.oid
+                self._apply(st, M.Ack(reqid=info.reqid))
+            mine = fills.get(st.oid, []) + (fills.get(('reqid', m.reqid), []) if m.reqid is not None else [])
+            for f in mine:
+                if f.fill_id is None or f.fill_id not in m.fill_ids:
+                    self._apply(st, M.venue_event(f))
+            if m.final:
+                continue
+            if info is not None:
+                replaced = (info.price, info.size) == (m.req.price, m.req.size)
+                if m.state != M.PENDING_REPLACE or replaced or info.status.lower() != 'open':
+                    self._apply(st, M.VenueStatus(
+                        status=info.status, filled=info.filled,
+                        remaining=max(info.size - info.filled, 0.0),
+                        details={'reconciled': True, **info.model_dump(mode='json')}))
+                if not m.final and not bound_now:
+                    for cmd in m.resend_commands(now):
+                        self._send(st, cmd)
+            elif m.reqid is None and m.state in (M.PENDING_NEW, M.PENDING_REPLACE):
+                log.info('%s never reached %s: sending it now', st.oid, key)
+                for cmd in m.resend_commands(now):
+                    self._send(st, cmd)
+            elif m.reqid is None and m.state == M.PENDING_CANCEL:
+                self._apply(st, M.VenueStatus(status='cancelled', reason='cancelled before it reached the venue'))
+            elif full:
+                self._apply(st, M.VenueLost(f'the venue {".".join(key)} does not know this order'))
+        for info in snap.orders:
+            if info.status.lower() in ('open', 'submitted', 'new', 'working', 'accepted') \
+                    and (info.oid is None or info.oid not in self.orders) \
+                    and (key, info.reqid) not in self.by_reqid:
+                self._adopt(key, info)
+
+    def _adopt(self, key: VenueKey, info: Any) -> None:
+        """An order working at the venue that emsd never placed: visible to watchers as
+        external, cancellable by a client allowed to control others."""
+        try:
+            order = Order(
+                action=info.action, oid=info.oid or f'ext-{key[0]}-{info.reqid}',
+                symbol=f'{info.symbol}.{key[0]}', price=info.price, size=info.size,
+                exec_mode='live', account=info.account, owner=EXTERNAL_OWNER,
+            )
+        except Exception as err:
+            log.warning('cannot adopt external order %s at %s: %s', info.reqid, key, err)
+            return
+        m = M.OrderMachine(req=order, owner=EXTERNAL_OWNER, venue=key, symbol=info.symbol,
+                           reqid=info.reqid)
+        st = OrderState(machine=m, created_ns=self.clock())
+        self.orders[order.oid] = st
+        self.by_reqid[(key, info.reqid)] = order.oid
+        self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+        log.info('adopted external order %s (reqid %s) at %s', order.oid, info.reqid, key)
+        self._apply(st, M.Adopt(filled=info.filled))
+
+    # --- restart --------------------------------------------------------------------------------
+
+    def restore(self, rows: list[Any]) -> dict[str, int]:
+        """Rebuild the order map from journal records (at emsd start): dark orders re-armed with
+        their original direction, live orders bound to their reqids (their venues are reopened
+        and reconciled), finished orders not yet seen by their owner kept for its snapshot."""
+        counts = {'dark': 0, 'live': 0, 'unseen': 0, 'bad': 0}
+        for row in rows:
+            try:
+                rec = row.record
+                m = M.OrderMachine.from_record(rec['machine'])
+            except Exception as err:
+                counts['bad'] += 1
+                log.error('journal: cannot restore order %s: %s', getattr(row, 'oid', '?'), err)
+                continue
+            st = OrderState(machine=m, unseen=row.unseen, last_msg=rec.get('last_msg'),
+                            direction=rec.get('direction'), created_ns=rec.get('created_ns') or 0)
+            self.orders[m.oid] = st
+            if m.reqid is not None:
+                self.by_reqid[(m.venue, m.reqid)] = m.oid
+            if m.final:
+                st.retired = True
+                if st.unseen:
+                    self._unseen[m.oid] = None
+                    counts['unseen'] += 1
+                continue
+            self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+            if m.dark:
+                self.scans.get(st.fqsn).arm(st, direction=st.direction)
+                counts['dark'] += 1
+            else:
+                counts['live'] += 1
+        for key in {st.venue for st in self.orders.values() if st.machine.live}:
+            self.venue_down.setdefault(key, self.clock())
+            self.venues.link(key)  # opens it; on_venue_open reconciles
+        log.info('restored from the journal: %s', counts)
+        return counts
 
     # --- scans --------------------------------------------------------------------------------
 

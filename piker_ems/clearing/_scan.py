@@ -42,9 +42,13 @@ class DarkScan:
     def __len__(self) -> int:
         return len(self.book)
 
-    def arm(self, st: Any) -> None:
-        """Rest (or re-arm, for a modify) a dark order/alert at its price."""
-        self.book.arm(st.oid, st.req.action, st.req.price, self.last, payload=st)
+    def arm(self, st: Any, direction: str | None = None) -> Any:
+        """Rest (or re-arm, for a modify) a dark order/alert at its price; returns its entry.
+
+        The direction is chosen from the last price, or forced (a restored order keeps the
+        direction it was placed with)."""
+        return self.book.arm(st.oid, st.req.action, st.req.price, self.last, payload=st,
+                             direction=direction)
 
     def disarm(self, oid: str) -> None:
         """Remove a resting order; it can never fire afterwards."""

@@ -18,6 +18,9 @@ dark_triggered         no       no     the market crossed a dark order; it goes 
 broker_submitted       no       no     the venue works the order (also: a modify was accepted)
 broker_partially_filled no      no     the venue reports progress; the order keeps working
 broker_filled          no       no     one execution (``brokerd_msg`` has size and price)
+broker_disconnected    no       no     the venue's dialogue was lost: emsd reconnects and reconciles
+                                       (the venue is the truth); the order's next status says how
+                                       it stands
 error                  no       yes    a *request* was refused (bad field, unknown oid, not yours,
                                        a cancel or modify the venue refused); the order, if it
                                        exists, is unchanged and keeps its own statuses
@@ -50,6 +53,7 @@ __all__ = [
     'ALERT_SUBMITTED',
     'ALERT_TRIGGERED',
     'BROKER_CANCELLED',
+    'BROKER_DISCONNECTED',
     'BROKER_ERRORED',
     'BROKER_EXECUTED',
     'BROKER_FILLED',
@@ -87,6 +91,7 @@ BROKER_EXPIRED = 'broker_expired'
 BROKER_CLOSED = 'broker_closed'
 BROKER_INACTIVE = 'broker_inactive'
 BROKER_ERRORED = 'broker_errored'
+BROKER_DISCONNECTED = 'broker_disconnected'
 ERROR = 'error'
 
 BROKER_PREFIX = 'broker_'
@@ -107,7 +112,7 @@ DARK_RESPS: frozenset[str] = frozenset({DARK_SUBMITTED, ALERT_SUBMITTED})
 #: Every status this module gives a meaning to.
 KNOWN_RESPS: frozenset[str] = frozenset({
     DARK_SUBMITTED, ALERT_SUBMITTED, DARK_TRIGGERED, BROKER_SUBMITTED, BROKER_PARTIALLY_FILLED,
-    BROKER_FILLED, ERROR,
+    BROKER_FILLED, BROKER_DISCONNECTED, ERROR,
 }) | FINAL_RESPS
 
 #: A venue status string emsd will relay as ``broker_<status>`` when it does not know it.

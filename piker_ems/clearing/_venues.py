@@ -114,6 +114,14 @@ class VenueDirectory:
     def open_links(self) -> list[VenueLink]:
         return [link for link in self.links.values() if not link.closed]
 
+    def reopen(self, key: VenueKey, delay_s: float) -> None:
+        """Open ``key`` again after ``delay_s`` (a lost venue, to reconcile its orders)."""
+        async def later() -> None:
+            await trio.sleep(delay_s)
+            self.link(key)
+
+        self.start_soon(later)
+
     async def wait_open(self, key: VenueKey, timeout: float) -> VenueLink | None:
         """The link for ``key`` once open (None if it did not open within ``timeout``)."""
         link = self.link(key)
@@ -138,6 +146,7 @@ class VenueDirectory:
             if self.links.get(link.key) is link:
                 del self.links[link.key]
             reason = link.lost or 'the dialogue closed'
+            # queued commands never left: their requests failed (the rest is reconciled)
             for cmd in link.drain_failed():
                 self.sink.on_send_failed(link, cmd, f'trades dialogue {link.name}: {reason}')
             if link.lost:  # (an orderly stop of emsd is no loss to report)
@@ -150,14 +159,16 @@ class VenueDirectory:
 
             portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
             try:
-                await self._relay(link, portal, _paper.trades_dialogue, {'broker': broker}, open_cs)
+                await self._relay(link, portal, _paper.trades_dialogue,
+                                  {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
             finally:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
         else:
             endpoint = get_brokermod(broker).trades_dialogue
             async with maybe_spawn_brokerd(broker, loglevel=self.loglevel) as portal:
-                await self._relay(link, portal, endpoint, {}, open_cs)
+                await self._relay(link, portal, endpoint,
+                                  {'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
 
     async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
                      open_cs: trio.CancelScope) -> None:
@@ -174,8 +185,9 @@ class VenueDirectory:
                     link.snapshot = snapshot
                     link.state = 'open'
                     open_cs.deadline = math.inf  # opened: no more open timeout
-                    link.opened.set()
                     log.info('trades dialogue %s open', link.name)
+                    self.sink.on_venue_open(link)  # reconcile before anything else is relayed
+                    link.opened.set()
                     with link.relay_scope:
                         async with trio.open_nursery() as n:
                             n.start_soon(self._write, link, stream)
@@ -194,7 +206,7 @@ class VenueDirectory:
                 await stream.send(to_wire(cmd))
                 link.sent += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                self.sink.on_send_failed(link, cmd, f'send failed ({type(err).__name__})')
+                # it may or may not have left: the reconciliation on reopening tells
                 link.lose(f'send failed ({type(err).__name__})')
                 return
 
