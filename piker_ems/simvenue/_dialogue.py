@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
@@ -331,6 +332,7 @@ class DialogueEngine:
         core = self.core
         return {
             'broker': self.broker,
+            'pid': os.getpid(),
             'dialogues_opened': self.dialogues_opened,
             'dialogues_active': len(self.dialogues),
             'received': self.received,
