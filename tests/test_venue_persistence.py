@@ -279,3 +279,152 @@ def test_a_newer_schema_is_refused_not_overwritten(tmp_path):
     with pytest.raises(JournalError, match='newer'):
         Journal.open(db)
     assert not list(tmp_path.glob('*.corrupt-*'))
+
+
+# -- real processes: kill -9 and restart ----------------------------------------------------
+
+import tractor  # noqa: E402
+
+from piker_ems.brokers import sim  # noqa: E402
+from piker_ems.clearing import _paper  # noqa: E402
+from piker_ems.data import open_feed  # noqa: E402
+from piker_ems.service import find_service, maybe_open_pikerd, maybe_spawn_brokerd  # noqa: E402
+from piker_ems.service._daemon import DEATHSIG_MODULE  # noqa: E402
+from piker_ems.service._ipc import abandon_context  # noqa: E402
+
+from _dialogue_helpers import SIM_FROZEN, recv  # noqa: E402
+from _proc import wait_gone  # noqa: E402
+from conftest import write_config  # noqa: E402
+
+PAPER_MODULES = [DEATHSIG_MODULE, 'piker_ems.clearing._paper']
+
+
+async def _set_price(symbol: str, price: float) -> None:
+    async with find_service('brokerd.sim') as portal:
+        await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+
+
+async def _kill(ctx, pid: int) -> None:
+    """SIGKILL the venue's process and give up its context without waiting on it."""
+    os.kill(pid, signal.SIGKILL)
+    await trio.to_thread.run_sync(wait_gone, [pid])
+    await abandon_context(ctx)
+
+
+@pytest.mark.trio
+async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, config_dir):
+    write_config(config_dir, SIM_FROZEN + '\n[paper]\nfee_bps = 5\n')
+    db = config_dir / 'state' / 'paper.sim.sqlite'
+    with trio.fail_after(60):
+        async with maybe_open_pikerd(reg_addr):
+            async with tractor.open_nursery() as an:
+                # first life: an open position and two resting orders, then kill -9
+                portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
+                try:
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim') as (ctx, snap):
+                        assert snap['positions'] == snap['orders'] == []
+                        async with ctx.open_stream() as stream:
+                            await stream.send(order('buy', 101.0, size=2))
+                            *_, fill, _, pos = await recv(stream, 5)
+                            assert (fill['fill_id'], fill['fee']) == ('paper.sim-1', pytest.approx(100.01 * 2 * 5e-4))
+                            rest = [order('buy', 99.0), order('sell', 101.0, size=3)]
+                            acks = []
+                            for msg in rest:
+                                await stream.send(msg)
+                                ack, _ = await recv(stream, 2)
+                                acks.append(ack)
+                            st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                            assert st['journal_path'] == str(db)
+                            await _kill(ctx, st['pid'])
+                except* (trio.BrokenResourceError, trio.ClosedResourceError, tractor.ContextCancelled,
+                         trio.EndOfChannel):
+                    pass
+
+                # second life: the same broker and config dir
+                portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
+                try:
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim', since_ns=0) as (ctx, snap):
+                        snap = VenueSnapshot.model_validate(snap)
+                        assert {o.reqid: (o.oid, o.status) for o in snap.orders} == {
+                            acks[0]['reqid']: (rest[0]['oid'], 'open'),
+                            acks[1]['reqid']: (rest[1]['oid'], 'open'),
+                            fill['reqid']: (fill['oid'], 'filled'),
+                        }
+                        assert [f.fill_id for f in snap.fills] == ['paper.sim-1']
+                        (p,) = snap.positions
+                        assert (p.size, p.avg_price, p.fees) == (2, 100.01, pytest.approx(fill['fee']))
+                        async with ctx.open_stream() as stream:
+                            st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                            assert (st['restored_orders'], st['resting_orders']) == (2, 2)
+                            # the restored sell still fills on a crossing quote
+                            with trio.fail_after(10):
+                                while st['feeds'].get('btcusd') != 'live':
+                                    await trio.sleep(0.01)
+                                    st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                            await _set_price('btcusd', 101.5)
+                            fill2, filled, pos = await recv(stream, 3)
+                            assert (fill2['reqid'], fill2['price'], fill2['fill_id']) == (
+                                acks[1]['reqid'], 101.0, 'paper.sim-2')
+                            assert (pos['size'], pos['realized_pnl']) == (-1, pytest.approx(2 * (101.0 - 100.01)))
+                            # the duplicate of a restored order is not a second order
+                            await stream.send(rest[0])
+                            (dup,) = await recv(stream, 1)
+                            assert (dup['name'], dup['reqid']) == ('ack', acks[0]['reqid'])
+                            await stream.send(order('buy', 200.0))   # new ids are new
+                            ack, _, fill3, *_ = await recv(stream, 5)
+                            assert ack['reqid'] not in {a['reqid'] for a in acks} and fill3['fill_id'] == 'paper.sim-3'
+                        await ctx.cancel()
+                finally:
+                    await portal.cancel_actor()
+    assert same_positions(sum_of_fills(db), journaled_positions(db))
+    assert journaled_positions(db) == {}      # 2 - 3 + 1: flat again
+
+
+@pytest.mark.trio
+async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
+    write_config(config_dir, SIM_FROZEN)
+    db = config_dir / 'state' / 'sim-exchange.sqlite'
+    with trio.fail_after(60):
+        async with maybe_open_pikerd(reg_addr):
+            async with maybe_spawn_brokerd('sim') as portal:
+                async with open_feed('btcusd.sim'):
+                    try:
+                        async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                            async with ctx.open_stream() as stream:
+                                await stream.send(order('sell', 99.0, size=2))     # short 2 @ 100.00
+                                *_, fill, _, pos = await recv(stream, 5)
+                                assert (fill['fill_id'], pos['size']) == ('sim-1', -2)
+                                rest = order('buy', 99.5)
+                                await stream.send(rest)
+                                ack, _ = await recv(stream, 2)
+                                assert ack['reqid'] == 2
+                                st = await portal.run_from_ns('piker_ems.brokers.sim', 'exchange_stats')
+                                first_pid = st['pid']
+                                await _kill(ctx, first_pid)
+                    except* (trio.BrokenResourceError, trio.ClosedResourceError, tractor.ContextCancelled,
+                             trio.EndOfChannel):
+                        pass
+
+            # pikerd spawns a fresh brokerd.sim: the venue is still there
+            async with maybe_spawn_brokerd('sim') as portal:
+                st = await portal.run_from_ns('piker_ems.brokers.sim', 'exchange_stats')
+                assert st['pid'] != first_pid and st['resting_orders'] == 1
+                async with open_feed('btcusd.sim'):
+                    async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                        snap = VenueSnapshot.model_validate(snap)
+                        assert [(o.reqid, o.oid, o.status) for o in snap.orders] == [(2, rest['oid'], 'open')]
+                        assert [(p.size, p.avg_price) for p in snap.positions] == [(-2, 100.0)]
+                        assert snap.fills == []           # no since_ns: no fills
+                        async with ctx.open_stream() as stream:
+                            await stream.send(rest)        # re-sent: the same order
+                            (dup,) = await recv(stream, 1)
+                            assert (dup['name'], dup['reqid']) == ('ack', 2)
+                            await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol='btcusd', price=99.0)
+                            fill, filled, pos = await recv(stream, 3)
+                            assert (fill['reqid'], fill['price'], fill['fill_id']) == (2, 99.5, 'sim-2')
+                            assert (pos['size'], pos['realized_pnl']) == (-1, pytest.approx(0.5))
+                            await stream.send(order('buy', 200.0))
+                            ack, *_ = await recv(stream, 5)
+                            assert ack['reqid'] == 3      # never a reused reqid
+                        await ctx.cancel()
+    assert same_positions(sum_of_fills(db), journaled_positions(db))
