@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import tractor
 import trio
 
 from piker_ems.brokers.sim._exchange import SimExchange
@@ -26,8 +27,16 @@ from piker_ems.simvenue._clock import FakeClock
 from piker_ems.simvenue._dialogue import Dialogue, DialogueEngine
 from piker_ems.simvenue._journal import Journal, JournalError, SCHEMA_VERSION
 from piker_ems.simvenue._positions import Position
+from piker_ems.brokers import sim
+from piker_ems.clearing import _paper
+from piker_ems.data import open_feed
+from piker_ems.service import find_service, maybe_open_pikerd, maybe_spawn_brokerd
+from piker_ems.service._daemon import DEATHSIG_MODULE
+from piker_ems.service._ipc import abandon_context
 
-from _dialogue_helpers import cancel, kinds, order
+from _dialogue_helpers import SIM_FROZEN, cancel, kinds, order, recv
+from _proc import wait_gone
+from conftest import write_config
 
 
 def drain(d: Dialogue) -> list[dict]:
@@ -282,19 +291,6 @@ def test_a_newer_schema_is_refused_not_overwritten(tmp_path):
 
 
 # -- real processes: kill -9 and restart ----------------------------------------------------
-
-import tractor  # noqa: E402
-
-from piker_ems.brokers import sim  # noqa: E402
-from piker_ems.clearing import _paper  # noqa: E402
-from piker_ems.data import open_feed  # noqa: E402
-from piker_ems.service import find_service, maybe_open_pikerd, maybe_spawn_brokerd  # noqa: E402
-from piker_ems.service._daemon import DEATHSIG_MODULE  # noqa: E402
-from piker_ems.service._ipc import abandon_context  # noqa: E402
-
-from _dialogue_helpers import SIM_FROZEN, recv  # noqa: E402
-from _proc import wait_gone  # noqa: E402
-from conftest import write_config  # noqa: E402
 
 PAPER_MODULES = [DEATHSIG_MODULE, 'piker_ems.clearing._paper']
 
