@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from piker_ems.clearing._messages import parse_brokerd_msg
+from piker_ems.clearing._messages import VenueSnapshot, parse_brokerd_msg
 from piker_ems.service._ipc import is_heartbeat
 
 
@@ -24,10 +24,12 @@ start_price = 100.0
 
 @asynccontextmanager
 async def dialogue(portal, endpoint, **kwargs):
-    """Open ``endpoint`` on ``portal`` and yield ``(stream, started positions)``."""
-    async with portal.open_context(endpoint, **kwargs) as (ctx, positions):
+    """Open ``endpoint`` on ``portal`` and yield ``(stream, started snapshot)`` (a
+    ``VenueSnapshot`` dict: positions, orders, fills, since_ns)."""
+    async with portal.open_context(endpoint, **kwargs) as (ctx, snapshot):
+        VenueSnapshot.model_validate(snapshot)
         async with ctx.open_stream() as stream:
-            yield stream, positions
+            yield stream, snapshot
 
 
 async def recv(stream, n: int, timeout: float = 10.0) -> list[dict]:

@@ -39,8 +39,8 @@ async def paperboi(reg_addr):
         async with tractor.open_nursery() as an:
             portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
             try:
-                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
-                    yield portal, stream, positions
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, snapshot):
+                    yield portal, stream, snapshot
             finally:
                 await portal.cancel_actor()
 
@@ -85,8 +85,8 @@ async def place(stream, msg: dict) -> tuple[dict, dict]:
 
 async def test_marketable_buy_fills_at_the_ask(reg_addr, config_dir):
     write_config(config_dir, SIM_FROZEN)
-    async with paperboi(reg_addr) as (portal, stream, positions):
-        assert positions == []
+    async with paperboi(reg_addr) as (portal, stream, snapshot):
+        assert snapshot["positions"] == []
         msg = order('buy', 101.0, size=2)
         await stream.send(msg)   # the first order also opens the feed: held until the first quote
         ack, sub, fill, filled, pos = await recv(stream, 5)
@@ -243,8 +243,8 @@ async def test_positions_buy_sell_cross_zero_and_started_value(reg_addr, config_
         async with tractor.open_nursery() as an:
             portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
             try:
-                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
-                    assert positions == []
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, snapshot):
+                    assert snapshot["positions"] == []
 
                     async def trade(action, size, price=None):
                         await stream.send(order(action, price or (1000.0 if action == 'buy' else 1.0), size))
@@ -262,8 +262,8 @@ async def test_positions_buy_sell_cross_zero_and_started_value(reg_addr, config_
                     assert await trade('sell', 1) == (99.0, (-3, pytest.approx(301 / 3)))
 
                 # a new dialogue starts with the engine's positions
-                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, positions):
-                    assert [(p['symbol'], p['size'], round(p['avg_price'], 6)) for p in positions] == [
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (stream, snapshot):
+                    assert [(p['symbol'], p['size'], round(p['avg_price'], 6)) for p in snapshot["positions"]] == [
                         ('btcusd', -3, round(301 / 3, 6))]
                     assert await trade('buy', 3) == (99.01, (0, 0))
                 st = await stats(portal)
@@ -320,8 +320,8 @@ async def test_huge_orders_of_one_dialogue_do_not_break_another_dialogues_fills(
         assert kinds(errs) == ['error', 'error']
         assert [e['oid'] for e in errs] == [m['oid'] for m in huge]
 
-        async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (b, positions):
-            assert positions == []
+        async with dialogue(portal, _paper.trades_dialogue, broker='sim') as (b, snapshot):
+            assert snapshot["positions"] == []
             buy = order('buy', 101.0, size=1)
             await b.send(buy)    # the first order for btcusd: held until the feed's first quote
             ack, sub, fill, filled, pos = await recv(b, 5)

@@ -28,8 +28,8 @@ async def exchange(reg_addr, symbol: str = 'btcusd'):
     async with maybe_open_pikerd(reg_addr):
         async with maybe_spawn_brokerd('sim') as portal:
             async with open_feed(f'{symbol}.sim'):
-                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
-                    yield portal, stream, positions
+                async with dialogue(portal, sim.trades_dialogue) as (stream, snapshot):
+                    yield portal, stream, snapshot
 
 
 
@@ -52,8 +52,8 @@ async def set_price(portal, symbol: str, price: float) -> dict:
 
 async def test_ack_int_reqids_and_fills(reg_addr, config_dir):
     write_config(config_dir, SIM_FROZEN)
-    async with exchange(reg_addr) as (portal, stream, positions):
-        assert positions == []
+    async with exchange(reg_addr) as (portal, stream, snapshot):
+        assert snapshot["positions"] == []
         buy = order('buy', 101.0, size=2)
         await stream.send(buy)
         ack, sub, fill, filled, pos = await recv(stream, 5)
@@ -175,8 +175,8 @@ async def test_dialogues_counted_positions_kept_and_bad_messages(reg_addr, confi
     async with maybe_open_pikerd(reg_addr):
         async with maybe_spawn_brokerd('sim') as portal:
             async with open_feed('btcusd.sim'):
-                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
-                    assert positions == []
+                async with dialogue(portal, sim.trades_dialogue) as (stream, snapshot):
+                    assert snapshot["positions"] == []
                     for bad in ['junk', {'name': 'order', 'oid': 'b1'}, {'name': 'cancel', 'oid': 'b2', 'reqid': 1.5}]:
                         await stream.send(bad)
                     errs = await recv(stream, 2)
@@ -184,8 +184,8 @@ async def test_dialogues_counted_positions_kept_and_bad_messages(reg_addr, confi
                     await stream.send(order('sell', 1.0, size=2))
                     *_, pos = await recv(stream, 5)
                     assert (pos['size'], pos['avg_price']) == (-2, 100.0)
-                async with dialogue(portal, sim.trades_dialogue) as (stream, positions):
-                    assert [(p['symbol'], p['size'], p['avg_price']) for p in positions] == [('btcusd', -2, 100.0)]
+                async with dialogue(portal, sim.trades_dialogue) as (stream, snapshot):
+                    assert [(p['symbol'], p['size'], p['avg_price']) for p in snapshot["positions"]] == [('btcusd', -2, 100.0)]
                     await stream.send(order('buy', 200.0))
                     ack, *_ = await recv(stream, 5)
                     assert ack['reqid'] == 2   # ids keep increasing across dialogues

@@ -14,8 +14,22 @@ against the resting orders.
 
 The engine is per actor and broker, not per dialogue: it is kept on the running
 actor (:func:`engine_for`, see :mod:`piker_ems.service._state`), so resting
-orders and positions survive a dialogue closing, like at a real broker, and a
-new actor starts clean. Paper reqids are strings ``paper-<uuid4>``.
+orders and positions survive a dialogue closing, like at a real broker. They also
+survive the actor: every accepted order, modify, cancel and fill is journaled
+(:mod:`piker_ems.simvenue._journal`) in ``<config dir>/state/paper.<broker>.sqlite``
+before it is reported, and a new ``paperboi.<broker>`` restores its resting orders
+(re-opening their feeds), positions, fills ledger and id counters from there. Paper
+reqids are strings ``paper-<uuid4>``; fill ids ``paper.<broker>-<n>``.
+
+Settings, in ``piker_ems.toml`` (a ``[paper.<broker>]`` table overrides ``[paper]``)::
+
+    [paper]
+    fee_bps = 0            # fee per fill, basis points of its notional (default 0)
+    persist = true         # journal to state/paper.<broker>.sqlite (default true)
+    journal_sync = "normal"   # SQLite synchronous level; "full" survives power loss too
+
+    [paper.kraken]
+    fee_bps = 2.6
 
 RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
 """
@@ -31,6 +45,7 @@ from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
 from ..simvenue._clock import Clock, system_clock
 from ..simvenue._dialogue import Dialogue, DialogueEngine
+from ..simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
 from ..service._state import owned
 from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
 
@@ -49,8 +64,20 @@ def _paper_reqid() -> str:
 class PaperEngine(DialogueEngine):
     """The paper venue of one broker."""
 
-    def __init__(self, broker: str, *, clock: Clock = system_clock) -> None:
-        super().__init__(broker, _paper_reqid, name=f'paperboi.{broker}', clock=clock)
+    def __init__(
+        self,
+        broker: str,
+        *,
+        clock: Clock = system_clock,
+        journal: Journal | None = None,
+        fee_bps: float | None = None,
+    ) -> None:
+        if fee_bps is None:
+            fee_bps = fee_setting(venue_settings('paper', broker))
+        super().__init__(
+            broker, _paper_reqid, name=f'paperboi.{broker}', clock=clock, journal=journal,
+            fee_bps=fee_bps, fill_prefix=f'paper.{broker}',
+        )
         # symbol -> 'starting' | 'live' | 'reconnecting'
         self.feeds: dict[str, str] = {}
         # new orders waiting for their symbol's first quote, in arrival order
@@ -69,6 +96,11 @@ class PaperEngine(DialogueEngine):
             self._ensure_feed(symbol)
         # cancels and modifies name a reqid: the order (and its quotes) already exist
         self.process(dialogue, req)
+
+    def on_bind(self) -> None:
+        # orders restored from the journal keep matching: open their symbols' feeds
+        for symbol in sorted(self.core.book.symbols()):
+            self._ensure_feed(symbol)
 
     def _ensure_feed(self, symbol: str) -> None:
         if symbol not in self.feeds:
@@ -137,8 +169,14 @@ class PaperEngine(DialogueEngine):
 
 
 def engine_for(broker: str) -> PaperEngine:
-    """The running actor's paper engine for ``broker`` (created on first use)."""
-    return owned(f'piker_ems.clearing._paper.engine.{broker}', lambda: PaperEngine(broker))
+    """The running actor's paper engine for ``broker`` (created on first use, from its journal
+    ``<config dir>/state/paper.<broker>.sqlite`` unless ``persist = false``)."""
+    def make() -> PaperEngine:
+        settings = venue_settings('paper', broker)
+        journal = open_venue_journal(f'paper.{broker}', f'paperboi.{broker}', settings)
+        return PaperEngine(broker, journal=journal, fee_bps=fee_setting(settings))
+
+    return owned(f'piker_ems.clearing._paper.engine.{broker}', make)
 
 
 def _default_broker() -> str:
@@ -154,11 +192,14 @@ async def trades_dialogue(
     ctx: tractor.Context,
     broker: str | None = None,
     loglevel: str | None = None,
+    since_ns: int | None = None,
     **kw: Any,
 ) -> None:
-    """The paper venue's ``trades_dialogue`` (same contract as a live backend's).
+    """The paper venue's ``trades_dialogue`` (same contract as a live backend's, see
+    ``docs/backends.md``).
 
-    ``started()`` carries the current positions (``BrokerdPosition`` dicts); the stream takes
+    ``started()`` carries a ``VenueSnapshot`` dict (positions, open orders, and with
+    ``since_ns`` the orders ended and fills executed at or after it); the stream takes
     ``BrokerdOrder`` / ``BrokerdCancel`` dicts and yields ``BrokerdOrderAck`` /
     ``BrokerdStatus`` / ``BrokerdFill`` / ``BrokerdError`` / ``BrokerdPosition`` dicts.
     """
@@ -170,7 +211,7 @@ async def trades_dialogue(
     engine = engine_for(broker)
     if loglevel is not None:
         engine.loglevel = loglevel
-    await engine.serve(ctx)
+    await engine.serve(ctx, since_ns)
 
 
 async def paper_stats(broker: str | None = None) -> dict[str, Any]:

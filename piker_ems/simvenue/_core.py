@@ -13,8 +13,19 @@ settling it (:meth:`ClearingCore.settle`, positions booked and fill/filled/posit
 exchange can report with latency. Settling is all-or-nothing: an execution whose messages or
 position update would be invalid fails *only that order* (a ``BrokerdError`` for its reqid, the
 order closed as rejected, positions unchanged); every other order is unaffected.
+
+Write-ahead: every change is written to the venue's :class:`~._journal.Journal` *before* the
+messages reporting it are returned (accept before the ack, modify/cancel before their status,
+the fill + order state + position in one transaction before the fill). A failed write answers an
+error and changes nothing in memory. A core starts from its journal (resting orders, positions,
+recently ended orders, id counters); without one it uses an in-memory journal (same code path).
+
+Idempotency: a new order whose ``oid`` the venue already knows is not placed again; it is
+answered with an ack for the existing reqid (emsd re-sending after its own crash).
 """
 from __future__ import annotations
+
+import math
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,12 +37,15 @@ from ..clearing._messages import (
     BrokerdFill,
     BrokerdOrder,
     BrokerdOrderAck,
+    BrokerdOrderInfo,
     BrokerdPosition,
     BrokerdStatus,
+    VenueSnapshot,
     to_wire,
 )
 from ._book import Action, OrderBook, ReqId, RestingOrder, crosses
 from ._clock import Clock, system_clock
+from ._journal import Journal
 from ._numbers import clean, is_price, request_problem
 from ._positions import Position, PositionBook, PositionError
 
@@ -86,13 +100,30 @@ class ClearingCore:
 
     Every method returns the messages (``to_wire`` dicts) to send, in order.
     ``next_reqid`` makes the venue's order ids (paper: strings, sim exchange: ints);
-    ``clock`` gives epoch nanoseconds (see :mod:`._clock`).
+    ``clock`` gives epoch nanoseconds (see :mod:`._clock`); ``journal`` is where every change
+    is written first (default: an in-memory one) and what the core starts from;
+    ``fee_bps`` the fee of an execution in basis points of its notional; fill ids are
+    ``<fill_prefix>-<n>`` (default prefix: the broker).
     """
 
-    def __init__(self, broker: str, next_reqid: Callable[[], ReqId], *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        broker: str,
+        next_reqid: Callable[[], ReqId],
+        *,
+        clock: Clock = system_clock,
+        journal: Journal | None = None,
+        fee_bps: float = 0.0,
+        fill_prefix: str | None = None,
+    ) -> None:
+        if not (math.isfinite(fee_bps) and fee_bps >= 0):
+            raise ValueError(f'fee_bps must be a finite number >= 0, got {fee_bps!r}')
         self.broker = broker
         self.next_reqid = next_reqid
         self.clock = clock
+        self.journal = journal if journal is not None else Journal.memory(broker)
+        self.fee_bps = float(fee_bps)
+        self.fill_prefix = fill_prefix or broker
         self.book = OrderBook()
         self.positions = PositionBook()
         self.bids: dict[str, float] = {}
@@ -101,6 +132,21 @@ class ClearingCore:
         self._closed: dict[ReqId, str] = {}
         self.executions = 0         # executions settled (booked and reported)
         self.failed_executions = 0  # executions refused at settlement
+        self.duplicates = 0         # new orders answered with an existing order's ack
+        self.last_reqid = 0         # the highest int reqid the journal has seen issued
+        self.last_fill = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        state = self.journal.load(CLOSED_MEMORY)
+        for order in state.open_orders:
+            self.book.add(order)
+        for reqid, how in state.ended:
+            self._close(reqid, how)
+        for pos in state.positions:
+            self.positions.commit(pos)
+        self.last_reqid, self.last_fill = state.last_reqid, state.last_fill
+        self.restored_orders = len(state.open_orders)
 
     # -- market data ---------------------------------------------------------------------
 
@@ -150,6 +196,10 @@ class ClearingCore:
                 return bid
         return None
 
+    def fee(self, price: float, size: float) -> float:
+        """The fee of an execution: ``fee_bps`` of its notional."""
+        return clean(abs(price * size) * self.fee_bps / 1e4) if self.fee_bps else 0.0
+
     def _execute(self, order: RestingOrder, price: float) -> Execution:
         size = order.remaining
         order.filled = clean(order.filled + size)
@@ -182,6 +232,12 @@ class ClearingCore:
         filled, cancelled or rejected reqid, or a modify that changes the symbol, side, account
         or oid of the order gets a ``BrokerdError`` instead, and nothing changes.
         """
+        if req.reqid is None:
+            known = self.journal.find_oid(req.oid)
+            if known is not None:  # the same new order again: never a second order
+                self.duplicates += 1
+                reqid, account = known
+                return [to_wire(BrokerdOrderAck(oid=req.oid, reqid=reqid, account=account))], []
         symbol = (req.symbol or '').lower()
         problem = request_problem(req.price, req.size)
         if problem is None and not symbol:
@@ -193,6 +249,10 @@ class ClearingCore:
                 reqid=self.next_reqid(), oid=req.oid, account=req.account, symbol=symbol,
                 action=req.action, price=float(req.price), size=float(req.size), time_ns=self.clock(),
             )
+            try:
+                self.journal.accept(order)
+            except Exception as err:
+                return [self._error(req.oid, None, symbol, f'venue could not record the order: {err}')], []
             msgs = [
                 to_wire(BrokerdOrderAck(oid=order.oid, reqid=order.reqid, account=order.account)),
                 self._status(order, 'submitted'),
@@ -231,6 +291,10 @@ class ClearingCore:
             action=order.action, price=float(req.price), size=float(req.size), filled=order.filled,
         )
         price = self._marketable_price(probe)
+        try:
+            self.journal.modify(order.reqid, probe.price, probe.size, self.clock())
+        except Exception as err:
+            return [self._error(req.oid, req.reqid, symbol, f'venue could not record the modify: {err}')], []
         if price is not None:
             self.book.remove(order.reqid)
             order.price, order.size = probe.price, probe.size
@@ -243,9 +307,14 @@ class ClearingCore:
         is missing (the venue only knows its own ids), unknown or no longer open."""
         if req.reqid is None:
             return [self._error(req.oid, None, req.symbol, UNKNOWN_ORDER)]
-        order = self.book.remove(req.reqid)
+        order = self.book.get(req.reqid)
         if order is None:
             return [self._error(req.oid, req.reqid, req.symbol, self._gone_reason(req.reqid))]
+        try:
+            self.journal.end(order.reqid, 'cancelled', self.clock())
+        except Exception as err:
+            return [self._error(req.oid, req.reqid, req.symbol, f'venue could not record the cancel: {err}')]
+        self.book.remove(order.reqid)
         self._close(order.reqid, 'cancelled')
         return [self._status(order, 'cancelled')]
 
@@ -260,20 +329,33 @@ class ClearingCore:
         """
         try:
             details = {'oid': ex.oid, 'symbol': ex.symbol, 'broker': self.broker}
+            fill_no = self.last_fill + 1
+            fill_id = f'{self.fill_prefix}-{fill_no}'
+            fee = self.fee(ex.price, ex.size)
             msgs = [
                 to_wire(BrokerdFill(
-                    reqid=ex.reqid, time_ns=ex.time_ns, action=ex.action, size=ex.size,
-                    price=ex.price, broker_time=ex.time, broker_details=details,
+                    reqid=ex.reqid, oid=ex.oid, fill_id=fill_id, time_ns=ex.time_ns, action=ex.action,
+                    size=ex.size, price=ex.price, fee=fee, broker_time=ex.time, broker_details=details,
                 )),
                 to_wire(BrokerdStatus(
                     reqid=ex.reqid, time_ns=ex.time_ns, status='filled', account=ex.account,
                     filled=ex.filled, remaining=ex.remaining, broker_details=details,
                 )),
             ]
-            pos = self.positions.preview(ex.account, ex.symbol, ex.action, ex.size, ex.price)
+            pos = self.positions.preview(ex.account, ex.symbol, ex.action, ex.size, ex.price, fee)
             position = self.position_msg(pos)
         except (PositionError, ValueError) as err:  # pydantic's ValidationError is a ValueError
             return [self.fail_execution(ex, f'execution refused: {err}')], None
+        try:  # write-ahead: the fill, the order's state and the position in one transaction
+            self.journal.fill(
+                fill_id=fill_id, fill_no=fill_no, reqid=ex.reqid, oid=ex.oid, account=ex.account,
+                symbol=ex.symbol, action=ex.action, price=ex.price, size=ex.size, fee=fee,
+                time_ns=ex.time_ns, filled=ex.filled, status='filled' if ex.remaining <= 0 else 'open',
+                position=pos,
+            )
+        except Exception as err:
+            return [self.fail_execution(ex, f'venue could not record the fill: {err}')], None
+        self.last_fill = fill_no
         self.positions.commit(pos)
         self.executions += 1
         return msgs, position
@@ -282,17 +364,46 @@ class ClearingCore:
         """Close an execution's order as rejected (it did not fill) and return its error."""
         self.failed_executions += 1
         self._close(ex.reqid, 'rejected')
+        try:
+            self.journal.end(ex.reqid, 'rejected', self.clock())
+        except Exception:  # the order did not fill either way; a restart would rest it again
+            pass
         return self._error(ex.oid, ex.reqid, ex.symbol, reason)
 
     def position_msg(self, pos: Position) -> dict:
         return to_wire(BrokerdPosition(
             broker=self.broker, account=pos.account, symbol=pos.symbol,
-            size=pos.size, avg_price=pos.avg_price,
+            size=pos.size, avg_price=pos.avg_price, realized_pnl=pos.realized_pnl, fees=pos.fees,
         ))
 
     def position_msgs(self) -> list[dict]:
-        """Every non-flat position (the ``started()`` value of a dialogue)."""
+        """Every non-flat position (part of the ``started()`` snapshot of a dialogue)."""
         return [self.position_msg(p) for p in self.positions.all()]
+
+    def snapshot(self, since_ns: int | None = None) -> dict:
+        """The ``started()`` value of a dialogue: a :class:`VenueSnapshot` (wire dict).
+
+        Positions (non-flat), every open order (from the journal, so an order whose execution
+        is decided but not reported yet still counts as open) plus the orders that ended at or
+        after ``since_ns``, and every fill at or after ``since_ns``; ``since_ns=None``: open
+        orders only and no fills.
+        """
+        orders = [
+            BrokerdOrderInfo(**row) for row in self.journal.orders(since_ns)
+        ]
+        fills = []
+        if since_ns is not None:
+            for row in self.journal.fills(since_ns):
+                fills.append(BrokerdFill(
+                    reqid=row['reqid'], oid=row['oid'], fill_id=row['fill_id'], time_ns=row['time_ns'],
+                    action=row['action'], size=row['size'], price=row['price'], fee=row['fee'],
+                    broker_time=row['time_ns'] / 1e9,
+                    broker_details={'oid': row['oid'], 'symbol': row['symbol'], 'broker': self.broker},
+                ))
+        return to_wire(VenueSnapshot(
+            positions=[BrokerdPosition.model_validate(p) for p in self.position_msgs()],
+            orders=orders, fills=fills, since_ns=since_ns,
+        ))
 
     def reject(self, raw: Any, reason: str) -> dict | None:
         """A ``BrokerdError`` answering an invalid request, if it names an order (oid/reqid)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from ..log import get_logger
 from ._book import ReqId
 from ._clock import Clock, system_clock
 from ._core import ClearingCore, Execution
+from ._journal import Journal
 
 __all__ = ['Dialogue', 'DialogueEngine', 'STATS_MEMORY']
 
@@ -93,11 +95,15 @@ class DialogueEngine:
         *,
         name: str = '',
         clock: Clock = system_clock,
+        journal: Journal | None = None,
+        fee_bps: float = 0.0,
+        fill_prefix: str | None = None,
     ) -> None:
         self.broker = broker
         self.name = name or broker
         self.clock = clock
-        self.core = ClearingCore(broker, next_reqid, clock=clock)
+        self.core = ClearingCore(
+            broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps, fill_prefix=fill_prefix)
         self.dialogues: set[Dialogue] = set()
         self.owners: dict[ReqId, Dialogue] = {}
         self._dialogue_ids = itertools.count(1)
@@ -112,9 +118,14 @@ class DialogueEngine:
     # -- wiring ------------------------------------------------------------------------
 
     def bind(self, nursery: Any) -> None:
-        """Give the engine the long-lived nursery its background tasks run in."""
+        """Give the engine the long-lived nursery its background tasks run in (then
+        :meth:`on_bind` lets a subclass resume work for orders restored from its journal)."""
         if self.nursery is None:
             self.nursery = nursery
+            self.on_bind()
+
+    def on_bind(self) -> None:
+        """Called once the engine can run tasks; default: nothing."""
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in the engine's nursery; a failure is logged, never propagated."""
@@ -143,8 +154,11 @@ class DialogueEngine:
 
     # -- the dialogue ----------------------------------------------------------------
 
-    async def serve(self, ctx: Any) -> None:
-        """Run one ``trades_dialogue`` on a tractor context until the peer closes its stream."""
+    async def serve(self, ctx: Any, since_ns: int | None = None) -> None:
+        """Run one ``trades_dialogue`` on a tractor context until the peer closes its stream.
+
+        ``started()`` carries the venue snapshot (:meth:`ClearingCore.snapshot`): positions,
+        open orders and, with ``since_ns``, the orders ended and the fills since then."""
         import tractor
 
         from ..service._ipc import send_with_heartbeats
@@ -154,7 +168,7 @@ class DialogueEngine:
         dialogue = self.open_dialogue(str(getattr(ctx.chan, 'uid', '') or ''))
         log.info('%s: trades dialogue %r opened', self.name, dialogue)
         try:
-            await ctx.started(self.core.position_msgs())
+            await ctx.started(self.core.snapshot(since_ns))
             async with ctx.open_stream() as stream, trio.open_nursery() as n:
 
                 async def sender() -> None:
@@ -318,6 +332,7 @@ class DialogueEngine:
         core = self.core
         return {
             'broker': self.broker,
+            'pid': os.getpid(),
             'dialogues_opened': self.dialogues_opened,
             'dialogues_active': len(self.dialogues),
             'received': self.received,
@@ -325,6 +340,11 @@ class DialogueEngine:
             'failures': self.failures,
             'executions': core.executions,
             'failed_executions': core.failed_executions,
+            'duplicates': core.duplicates,
+            'restored_orders': core.restored_orders,
+            'last_fill': core.last_fill,
+            'fee_bps': core.fee_bps,
+            'journal_path': str(core.journal.path) if core.journal.path else None,
             'resting_orders': len(core.book),
             'open_orders': [o.summary() for o in core.book.orders()],
             'positions': [asdict(p) for p in core.positions.all(include_flat=True)],

@@ -1,7 +1,10 @@
 # piker_ems: execution management system for traders
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """
-Positions per ``(account, symbol)``: signed size, average entry price and realized PnL.
+Positions per ``(account, symbol)``: signed size, average entry price, realized PnL and fees.
+
+``realized_pnl`` is gross (price differences only); ``fees`` is the cumulative fee paid on the
+position's fills, so the net realized result is ``realized_pnl - fees``.
 
 An execution is booked all-or-nothing: :meth:`Position.after` computes the new position on a
 copy and refuses (:class:`PositionError`) one that is not finite or otherwise invalid, so a
@@ -26,15 +29,16 @@ class PositionError(ValueError):
 @dataclass
 class Position:
     """A signed position (negative = short) with its average entry price (0 when flat) and the
-    PnL realized by reducing it (in price units times size)."""
+    PnL realized by reducing it (in price units times size), gross of ``fees`` (cumulative)."""
 
     account: str
     symbol: str
     size: float = 0.0
     avg_price: float = 0.0
     realized_pnl: float = 0.0
+    fees: float = 0.0
 
-    def after(self, action: Action, size: float, price: float) -> 'Position':
+    def after(self, action: Action, size: float, price: float, fee: float = 0.0) -> 'Position':
         """The position after one execution, on a copy; raises :class:`PositionError` if the
         execution itself or the result is invalid.
 
@@ -44,6 +48,8 @@ class Position:
         """
         if not (math.isfinite(size) and size > 0 and math.isfinite(price) and price > 0):
             raise PositionError(f'invalid execution: size {size!r} at price {price!r}')
+        if not math.isfinite(fee):
+            raise PositionError(f'invalid execution: fee {fee!r}')
         qty = size if action == 'buy' else -size
         old, avg, pnl = self.size, self.avg_price, self.realized_pnl
         new = clean(old + qty)
@@ -57,13 +63,13 @@ class Position:
         elif (old > 0) == (qty > 0):
             avg = (abs(old) * avg + abs(qty) * price) / abs(new)
         # else: reduced without crossing: the average stays
-        nxt = replace(self, size=new, avg_price=avg, realized_pnl=clean(pnl))
+        nxt = replace(self, size=new, avg_price=avg, realized_pnl=clean(pnl), fees=clean(self.fees + fee))
         nxt.check()
         return nxt
 
     def check(self) -> None:
         """Raise :class:`PositionError` unless every field is finite and consistent."""
-        values = (self.size, self.avg_price, self.realized_pnl, self.size * self.avg_price)
+        values = (self.size, self.avg_price, self.realized_pnl, self.fees, self.size * self.avg_price)
         if not all(math.isfinite(v) for v in values):
             raise PositionError(
                 f'position {self.account}/{self.symbol} would not be finite: size {self.size!r}, '
@@ -72,10 +78,11 @@ class Position:
         if self.avg_price < 0 or (self.size != 0 and self.avg_price == 0):
             raise PositionError(f'position {self.account}/{self.symbol}: bad avg_price {self.avg_price!r}')
 
-    def apply(self, action: Action, size: float, price: float) -> None:
+    def apply(self, action: Action, size: float, price: float, fee: float = 0.0) -> None:
         """Book one execution in place (unchanged if it raises :class:`PositionError`)."""
-        nxt = self.after(action, size, price)
-        self.size, self.avg_price, self.realized_pnl = nxt.size, nxt.avg_price, nxt.realized_pnl
+        nxt = self.after(action, size, price, fee)
+        self.size, self.avg_price, self.realized_pnl, self.fees = (
+            nxt.size, nxt.avg_price, nxt.realized_pnl, nxt.fees)
 
 
 class PositionBook:
@@ -87,10 +94,11 @@ class PositionBook:
     def get(self, account: str, symbol: str) -> Position:
         return self._positions.get((account, symbol)) or Position(account, symbol)
 
-    def preview(self, account: str, symbol: str, action: Action, size: float, price: float) -> Position:
+    def preview(self, account: str, symbol: str, action: Action, size: float, price: float,
+                fee: float = 0.0) -> Position:
         """The position an execution would give, without booking it (may raise
         :class:`PositionError`)."""
-        return self.get(account, symbol).after(action, size, price)
+        return self.get(account, symbol).after(action, size, price, fee)
 
     def commit(self, pos: Position) -> Position:
         """Store a previewed position (checked again)."""
@@ -98,9 +106,10 @@ class PositionBook:
         self._positions[(pos.account, pos.symbol)] = pos
         return pos
 
-    def apply(self, account: str, symbol: str, action: Action, size: float, price: float) -> Position:
+    def apply(self, account: str, symbol: str, action: Action, size: float, price: float,
+              fee: float = 0.0) -> Position:
         """Book an execution and return the updated position (nothing changes if it raises)."""
-        return self.commit(self.preview(account, symbol, action, size, price))
+        return self.commit(self.preview(account, symbol, action, size, price, fee))
 
     def all(self, include_flat: bool = False) -> list[Position]:
         return [p for p in self._positions.values() if include_flat or p.size != 0]

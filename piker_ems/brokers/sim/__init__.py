@@ -16,6 +16,9 @@ so the quote feed and the simulated exchange (the live ``trades_dialogue``, see
     [sim]
     ack_delay = 0.3    # seconds before a new order is acked (default 0)
     fill_delay = 0.0   # seconds before an execution is reported (default 0)
+    fee_bps = 0        # fee per fill, basis points of its notional (default 0)
+    persist = true     # journal to <config dir>/state/sim-exchange.sqlite (default true)
+    journal_sync = "normal"   # SQLite synchronous level; "full" also survives power loss
 """
 from __future__ import annotations
 
@@ -91,11 +94,14 @@ async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
 # its function's module, and brokerd enables this module, not its submodules.
 
 @tractor.context
-async def trades_dialogue(ctx: tractor.Context, loglevel: str | None = None, **kw: Any) -> None:
-    """The simulated exchange's live order dialogue (SPEC §5 contract; see :mod:`._exchange`)."""
+async def trades_dialogue(
+    ctx: tractor.Context, loglevel: str | None = None, since_ns: int | None = None, **kw: Any,
+) -> None:
+    """The simulated exchange's live order dialogue (the contract of ``docs/backends.md``;
+    see :mod:`._exchange`): ``started()`` is a ``VenueSnapshot`` dict."""
     from ._exchange import serve_trades_dialogue
 
-    await serve_trades_dialogue(ctx, loglevel=loglevel, **kw)
+    await serve_trades_dialogue(ctx, loglevel=loglevel, since_ns=since_ns, **kw)
 
 
 async def exchange_stats() -> dict:

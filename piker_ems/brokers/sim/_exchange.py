@@ -18,7 +18,13 @@ Unlike the paper engine this behaves like a remote venue:
   report, default 0);
 - it only knows orders by reqid, so a ``BrokerdCancel`` with ``reqid=None`` (e.g. sent before
   the ack) is answered ``BrokerdError('unknown order')``: stashing cancels until the ack is the
-  EMS's job.
+  EMS's job;
+- it outlives its gateway: every accepted order, modify, cancel and fill is journaled
+  (:mod:`piker_ems.simvenue._journal`) in ``<config dir>/state/sim-exchange.sqlite`` before it is
+  reported, and a restarted ``brokerd.sim`` restores the resting orders (matching again once
+  the first dialogue opens), positions, fills ledger and the reqid / fill id counters
+  (fill ids ``sim-<n>``). ``fee_bps``, ``persist`` and ``journal_sync`` in ``[sim]`` as for
+  the paper engine.
 
 The exchange is owned by the ``brokerd.sim`` actor (:func:`current_exchange`), created by its
 first dialogue or stats call; the sim module is imported by every process that loads the
@@ -26,7 +32,6 @@ backend, but only ``brokerd.sim`` ever trades.
 """
 from __future__ import annotations
 
-import itertools
 from functools import partial
 from typing import Any
 
@@ -39,6 +44,7 @@ from ...log import get_logger, setup_console
 from ...simvenue._clock import Clock, system_clock
 from ...simvenue._core import Execution
 from ...simvenue._dialogue import Dialogue, DialogueEngine
+from ...simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
 from ...service._state import owned
 from ._venue import SimVenue, current_venue
 
@@ -59,7 +65,11 @@ class SimExchange(DialogueEngine):
         fill_delay: float | None = None,
         *,
         clock: Clock = system_clock,
+        journal: Journal | None = None,
+        fee_bps: float | None = None,
     ) -> None:
+        if fee_bps is None:
+            fee_bps = fee_setting(venue_settings('sim'))
         if ack_delay is None or fill_delay is None:
             section = load_config().get('sim', {})
             ack_delay = float(section.get('ack_delay', 0.0) if ack_delay is None else ack_delay)
@@ -67,10 +77,22 @@ class SimExchange(DialogueEngine):
         self.ack_delay, self.fill_delay = float(ack_delay), float(fill_delay)
         if not (self.ack_delay >= 0 and self.fill_delay >= 0):
             raise ValueError('sim ack_delay and fill_delay must be >= 0 seconds')
-        reqids = itertools.count(1)
-        super().__init__('sim', lambda: next(reqids), name='brokerd.sim exchange', clock=clock)
+        super().__init__(
+            'sim', self._next_reqid, name='brokerd.sim exchange', clock=clock, journal=journal,
+            fee_bps=fee_bps, fill_prefix='sim',
+        )
         self.venue = venue
         self.watched: set[str] = set()
+
+    def _next_reqid(self) -> int:
+        # increasing ints, continuing after the last one the journal saw issued
+        self.core.last_reqid += 1
+        return self.core.last_reqid
+
+    def on_bind(self) -> None:
+        # orders restored from the journal match against their markets again
+        for symbol in sorted(self.core.book.symbols()):
+            self.watch(symbol)
 
     def watch(self, symbol: str) -> None:
         """Start matching ``symbol`` against its market (once per symbol)."""
@@ -122,15 +144,22 @@ class SimExchange(DialogueEngine):
 
 def current_exchange() -> SimExchange:
     """The running actor's exchange (reading the ``[sim]`` config), created on first use."""
-    return owned(_KEY, lambda: SimExchange(current_venue()))
+    def make() -> SimExchange:
+        settings = venue_settings('sim')
+        journal = open_venue_journal('sim-exchange', 'brokerd.sim', settings)
+        return SimExchange(current_venue(), journal=journal, fee_bps=fee_setting(settings))
+
+    return owned(_KEY, make)
 
 
-async def serve_trades_dialogue(ctx: tractor.Context, loglevel: str | None = None, **kw: Any) -> None:
+async def serve_trades_dialogue(
+    ctx: tractor.Context, loglevel: str | None = None, since_ns: int | None = None, **kw: Any,
+) -> None:
     """Body of ``piker_ems.brokers.sim.trades_dialogue``."""
     setup_console(loglevel, process_name='brokerd.sim')
     if kw:
         log.debug('sim exchange: ignoring dialogue options %r', kw)
-    await current_exchange().serve(ctx)
+    await current_exchange().serve(ctx, since_ns)
 
 
 def exchange_stats() -> dict[str, Any]:
