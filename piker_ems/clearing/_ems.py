@@ -6,12 +6,15 @@ import time
 import tractor
 import trio
 
+from ..config import load_config
 from ..log import get_logger, setup_console
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
+from ..statedb import state_path
+from ._journal import Journal
 from ._orders import ClientConn
-from ._router import Router
+from ._router import MAX_DONE_ORDERS, Router
 from ._scan import ScanDirectory
 from ._venues import VenueDirectory
 
@@ -19,6 +22,31 @@ log = get_logger(__name__)
 
 #: How long a connecting client waits for its symbol's first quote and its venue to open.
 CONNECT_WAIT_S = 15.0
+#: How often the journal drops old finished orders.
+COMPACT_EVERY_S = 300.0
+
+
+def open_journal(settings: dict) -> Journal | None:
+    """emsd's journal as ``[emsd]`` of ``piker_ems.toml`` says: ``persist`` (default true),
+    ``journal_sync`` (``normal``/``full``), ``keep_done`` finished orders (default 10 000)
+    and ``keep_days`` (default 30)."""
+    if not settings.get('persist', True):
+        return None
+    return Journal(state_path('emsd'), str(settings.get('journal_sync', 'normal')))
+
+
+async def _compact(journal: Journal, settings: dict) -> None:
+    """Drop finished orders beyond the configured count / age, now and then."""
+    keep_done = int(settings.get('keep_done', MAX_DONE_ORDERS))
+    keep_days = float(settings.get('keep_days', 30))
+    while True:
+        try:
+            n = journal.compact(keep_done, keep_days, time.time_ns())
+            if n:
+                log.info('journal: dropped %d old finished orders', n)
+        except Exception:
+            log.exception('journal compaction failed')
+        await trio.sleep(COMPACT_EVERY_S)
 
 
 def current_router() -> Router:
@@ -34,15 +62,25 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
     """emsd's service task: own the Router (and its paper engines) until pikerd cancels us."""
     setup_console(loglevel, process_name='emsd')
     state = actor_state()
-    async with open_supervisor() as (actor_n, n):
-        venues = VenueDirectory(n.start_soon, actor_n, loglevel)
-        scans = ScanDirectory(n.start_soon, loglevel)
-        state['router'] = Router(venues, scans, clock=time.time_ns, spawn=n.start_soon)
-        try:
-            await ctx.started('emsd')
-            await trio.sleep_forever()
-        finally:
-            state.pop('router', None)
+    settings = load_config().get('emsd') or {}
+    journal = open_journal(settings)
+    try:
+        async with open_supervisor() as (actor_n, n):
+            venues = VenueDirectory(n.start_soon, actor_n, loglevel)
+            scans = ScanDirectory(n.start_soon, loglevel)
+            router = Router(venues, scans, clock=time.time_ns, spawn=n.start_soon, journal=journal)
+            if journal is not None:
+                router.restore(journal.load())
+                n.start_soon(_compact, journal, settings)
+            state['router'] = router
+            try:
+                await ctx.started('emsd')
+                await trio.sleep_forever()
+            finally:
+                state.pop('router', None)
+    finally:
+        if journal is not None:
+            journal.close()
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
@@ -75,6 +113,8 @@ async def _emsd_main(
     """
     router = current_router()
     _, broker = parse_fqsn(fqsn)
+    if not client or client.startswith('@'):
+        raise ValueError(f'client name {client!r} is reserved (names starting with @ are emsd\'s own)')
     fqsn = fqsn.strip().lower()
     if watch not in (None, 'symbol', 'all'):
         raise ValueError(f"watch must be None, 'symbol' or 'all', not {watch!r}")
@@ -113,4 +153,25 @@ async def _emsd_main(
 
 async def ems_stats() -> dict:
     """RPC: counts for tests and the CLI."""
-    return current_router().stats()
+    router = current_router()
+    stats = router.stats()
+    if router.journal is not None:
+        stats['journal'] = {**router.journal.counts(), 'writes': router.journal.writes,
+                            'path': str(router.journal.path)}
+    return stats
+
+
+async def ems_positions(account: str | None = None) -> list[dict]:
+    """RPC: every position emsd knows from its open venues (all accounts, or ``account``),
+    with the last price of the symbol when emsd scans it."""
+    router = current_router()
+    out = []
+    for link in router.venues.open_links():
+        broker = link.key[0]
+        for pos in link.positions.values():
+            if account is not None and pos.account != account:
+                continue
+            scan = router.scans.peek(f'{pos.symbol}.{broker}')
+            out.append({**pos.model_dump(mode='json'), 'venue': '.'.join(link.key),
+                        'last': scan.last if scan is not None else None})
+    return out

@@ -17,18 +17,18 @@ case; set ``[emsd] journal_sync = "full"`` in ``piker_ems.toml`` to choose it.
 Compaction: finished orders whose owner has seen their end are deleted beyond the newest
 ``keep_done`` (and any older than ``keep_days``), so the file stays small however long emsd runs.
 A file that is not a database at all (corrupt) is moved aside and a new one started, with the
-reason logged; SQLite itself discards a torn last transaction on open.
+reason logged (:mod:`piker_ems.statedb`); SQLite itself discards a torn last transaction on open
+and keeps every complete one.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..log import get_logger
+from ..statedb import open_db
 
 log = get_logger(__name__)
 
@@ -63,37 +63,16 @@ class Journal:
 
     def __init__(self, path: Path, sync: str = 'normal') -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writes = 0
-        self.failures = 0
-        self.db = self._open(sync)
-
-    def _open(self, sync: str) -> sqlite3.Connection:
-        try:
-            return self._connect(sync)
-        except sqlite3.DatabaseError as err:
-            aside = self.path.with_name(f'{self.path.name}.corrupt-{time.strftime("%Y%m%dT%H%M%S")}')
-            log.error('journal %s is unreadable (%s): moved aside to %s; starting empty',
-                      self.path, err, aside.name)
-            self.path.rename(aside)
-            for suffix in ('-wal', '-shm'):
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    side.rename(aside.with_name(aside.name + suffix))
-            return self._connect(sync)
-
-    def _connect(self, sync: str) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute('PRAGMA journal_mode=WAL')
-        db.execute(f'PRAGMA synchronous={"FULL" if sync == "full" else "NORMAL"}')
-        db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        self.db, self.moved_aside = open_db(self.path, sync, what='emsd journal')
+        self.db.executescript(_SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f'schema version {row[0]}, expected {SCHEMA_VERSION}')
-        db.execute('SELECT count(*) FROM orders').fetchone()  # reads the file: fails if corrupt
-        return db
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            self.db.close()
+            raise RuntimeError(f'{self.path}: journal schema {row[0]} is newer than this '
+                               f'piker_ems ({SCHEMA_VERSION}); refusing to touch it')
 
     def write(self, oid: str, record: dict[str, Any], final: bool, unseen: bool, now_ns: int) -> None:
         """Upsert one order's record (one committed transaction)."""
@@ -131,14 +110,9 @@ class Journal:
             (cutoff, keep_done))
         return cur.rowcount
 
-    def count(self) -> dict[str, int]:
-        live, done = self.db.execute(
-            'SELECT sum(final = 0), sum(final = 1) FROM orders').fetchone()
+    def counts(self) -> dict[str, int]:
+        live, done = self.db.execute('SELECT sum(final = 0), sum(final = 1) FROM orders').fetchone()
         return {'open': live or 0, 'done': done or 0}
 
     def close(self) -> None:
         self.db.close()
-
-
-def records(rows: Iterable[JournalRecord]) -> dict[str, JournalRecord]:
-    return {r.oid: r for r in rows}

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ..log import get_logger
+from ..statedb import open_db, state_path
 from ._book import ReqId, RestingOrder
 from ._positions import Position
 
@@ -66,7 +67,6 @@ log = get_logger(__name__)
 
 SCHEMA_VERSION = 1
 
-SYNC_LEVELS = ('off', 'normal', 'full', 'extra')
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,15 +114,6 @@ CREATE TABLE IF NOT EXISTS positions (
 
 class JournalError(RuntimeError):
     """The journal cannot be used (e.g. written by a newer schema)."""
-
-
-def state_path(name: str) -> Path:
-    """``<config dir>/state/<name>.sqlite`` (the directory is created)."""
-    from ..config import config_dir
-
-    path = config_dir() / 'state'
-    path.mkdir(parents=True, exist_ok=True)
-    return path / f'{name}.sqlite'
 
 
 def venue_settings(section: str, broker: str | None = None) -> dict[str, Any]:
@@ -199,46 +190,18 @@ class Journal:
     @classmethod
     def open(cls, path: Path | str, venue: str = '', *, synchronous: str = 'normal') -> 'Journal':
         """Open (creating) the journal at ``path``; a damaged file is moved aside (module doc)."""
-        path = Path(path)
-        synchronous = synchronous.lower()
-        if synchronous not in SYNC_LEVELS:
-            raise ValueError(f'journal_sync must be one of {", ".join(SYNC_LEVELS)}, got {synchronous!r}')
-        path.parent.mkdir(parents=True, exist_ok=True)
-        journal: Journal | None = None
+        conn, moved = open_db(path, synchronous, what='venue journal')
+        journal = cls(conn, Path(path))
         try:
-            journal = cls._connect(path, synchronous)
-            journal._check()
-            journal._init(venue)
+            journal._check_schema()
         except JournalError:
-            if journal is not None:
-                journal.close()
+            journal.close()
             raise
-        except sqlite3.DatabaseError as err:
-            if journal is not None:
-                journal.close()
-            moved = cls._move_aside(path, err)
-            journal = cls._connect(path, synchronous)
-            journal._init(venue, fresh_after_damage=True)
-            journal.moved_aside = moved
+        journal._init(venue, fresh_after_damage=moved is not None)
+        journal.moved_aside = moved
         return journal
 
-    @classmethod
-    def _connect(cls, path: Path, synchronous: str) -> 'Journal':
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
-        try:
-            mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
-            if str(mode).lower() != 'wal':
-                raise sqlite3.DatabaseError(f'cannot use WAL mode (got {mode!r})')
-            conn.execute(f'PRAGMA synchronous={synchronous.upper()}')
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
-
-    def _check(self) -> None:
-        rows = [r[0] for r in self.conn.execute('PRAGMA quick_check').fetchall()]
-        if rows != ['ok']:
-            raise sqlite3.DatabaseError('integrity check failed: ' + '; '.join(map(str, rows[:5])))
+    def _check_schema(self) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if 'meta' in tables:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -247,22 +210,6 @@ class Journal:
                 raise JournalError(
                     f'{self.path}: journal schema {version} is newer than this version '
                     f'of piker_ems ({SCHEMA_VERSION}); refusing to touch it')
-
-    @staticmethod
-    def _move_aside(path: Path, err: Exception) -> Path:
-        stamp = time.strftime('%Y%m%dT%H%M%S')
-        moved = path.with_name(f'{path.name}.corrupt-{stamp}')
-        n = 1
-        while moved.exists():
-            n += 1
-            moved = path.with_name(f'{path.name}.corrupt-{stamp}-{n}')
-        path.rename(moved)
-        for suffix in ('-wal', '-shm'):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                side.rename(moved.with_name(moved.name + suffix))
-        log.error('venue journal %s is damaged (%s): moved aside as %s, starting empty', path, err, moved)
-        return moved
 
     def _init(self, venue: str, fresh_after_damage: bool = False) -> None:
         with self._tx() as c:
