@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
 from ..brokers import NoBrokerBackend, SymbolNotFound, get_brokermod
+from ..faults import crash_point
 from ..log import get_logger
 from ..symbols import FqsnError, Symbol, parse_fqsn, round_to_tick
 from . import _machine as M
@@ -195,6 +196,7 @@ class Router:
             if st.machine.final and not self.by_name.get(st.owner) and st.owner != EXTERNAL_OWNER:
                 self._mark_unseen(st)
         self._persist(st)
+        crash_point('emsd.after_journal')
         for audience, status, who in fx.statuses:
             if audience == 'all':
                 self._deliver(st, to_all.pop(0))
@@ -578,6 +580,7 @@ class Router:
                 log.warning('ack for unknown order %s (reqid %s) from %s', msg.oid, msg.reqid, key)
                 return
             bound = st.machine.reqid
+            crash_point('emsd.before_ack_journal')
             if self._apply(st, M.Ack(reqid=msg.reqid)) and bound is None:
                 self.by_reqid[(key, msg.reqid)] = st.oid
                 for _, early in self.early.pop((key, msg.reqid), ()):

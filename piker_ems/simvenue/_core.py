@@ -43,6 +43,7 @@ from ..clearing._messages import (
     VenueSnapshot,
     to_wire,
 )
+from ..faults import crash_point
 from ._book import Action, OrderBook, ReqId, RestingOrder, crosses
 from ._clock import Clock, system_clock
 from ._journal import Journal
@@ -355,6 +356,7 @@ class ClearingCore:
             )
         except Exception as err:
             return [self.fail_execution(ex, f'venue could not record the fill: {err}')], None
+        crash_point('venue.after_fill_journal')
         self.last_fill = fill_no
         self.positions.commit(pos)
         self.executions += 1
