@@ -61,3 +61,16 @@ def cancel(oid: str, reqid) -> dict:
 def kinds(msgs: list[dict]) -> list[str]:
     """Message kinds in order, statuses with their status (``status:filled``)."""
     return [m['name'] if m['name'] != 'status' else f"status:{m['status']}" for m in msgs]
+
+
+def drain(d) -> list[dict]:
+    """Everything an in-process ``simvenue`` Dialogue has queued for emsd, each checked to be
+    a valid venue message."""
+    out = []
+    while True:
+        try:
+            out.append(d.outbox.receive_nowait())
+        except trio.WouldBlock:
+            for m in out:
+                parse_brokerd_msg(m)
+            return out

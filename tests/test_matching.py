@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import trio
+from _dialogue_helpers import drain
 
 from piker_ems.simvenue._book import OrderBook, RestingOrder, crosses
 from piker_ems.simvenue._core import ALREADY_CANCELLED, ALREADY_FILLED, UNKNOWN_ORDER, ClearingCore
@@ -285,13 +285,6 @@ class Engine(DialogueEngine):
         super().__init__('sim', lambda: next(ids))
 
 
-def drain(d: Dialogue) -> list[dict]:
-    out = []
-    while True:
-        try:
-            out.append(d.outbox.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def test_engine_routes_and_survives_bad_input():

@@ -7,16 +7,17 @@ import itertools
 import math
 
 import pytest
+from _dialogue_helpers import drain
 import tractor
 import trio
 
 from piker_ems.brokers.sim._exchange import SimExchange
 from piker_ems.brokers.sim._venue import SimVenue, current_venue
-from piker_ems.clearing._messages import BrokerdOrder, parse_brokerd_msg
+from piker_ems.clearing._messages import BrokerdOrder
 from piker_ems.clearing._paper import PaperEngine, engine_for
 from piker_ems.simvenue._clock import FakeClock
 from piker_ems.simvenue._core import ALREADY_REJECTED, UNKNOWN_ORDER, ClearingCore
-from piker_ems.simvenue._dialogue import Dialogue, DialogueEngine
+from piker_ems.simvenue._dialogue import DialogueEngine
 from piker_ems.service._state import owned
 from piker_ems.simvenue._positions import Position, PositionBook, PositionError
 
@@ -30,15 +31,6 @@ class Engine(DialogueEngine):
         super().__init__('sim', lambda: next(ids), **kw)
 
 
-def drain(d: Dialogue) -> list[dict]:
-    out = []
-    while True:
-        try:
-            out.append(d.outbox.receive_nowait())
-        except trio.WouldBlock:
-            for m in out:
-                parse_brokerd_msg(m)   # everything sent is valid for emsd
-            return out
 
 
 def engine_with(*peers: str, bid: float = 100.0, ask: float = 100.5):

@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _dialogue_helpers import drain
 import tractor
 import trio
 
@@ -24,7 +25,7 @@ from piker_ems.brokers.sim._venue import SimVenue
 from piker_ems.clearing._messages import VenueSnapshot
 from piker_ems.clearing._paper import PaperEngine
 from piker_ems.simvenue._clock import FakeClock
-from piker_ems.simvenue._dialogue import Dialogue, DialogueEngine
+from piker_ems.simvenue._dialogue import DialogueEngine
 from piker_ems.simvenue._journal import Journal, JournalError, SCHEMA_VERSION
 from piker_ems.simvenue._positions import Position
 from piker_ems.brokers import sim
@@ -39,13 +40,6 @@ from _proc import wait_gone
 from conftest import write_config
 
 
-def drain(d: Dialogue) -> list[dict]:
-    out = []
-    while True:
-        try:
-            out.append(d.outbox.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def exchange(path: Path, clock=None, fee_bps: float = 0.0) -> SimExchange:
