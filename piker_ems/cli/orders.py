@@ -97,7 +97,8 @@ async def _place(state: CliState, action: str, fqsn: str, price: float, size: fl
                                  tractor_loglevel=state.tractor_loglevel) as services:
         if services is not None:
             click.secho('note: no pikerd running; emsd lives in this process and stops with it '
-                        '(resting dark orders die with it: start pikerd to keep them)', fg='yellow', err=True)
+                        '(resting dark orders stop watching the market with it until emsd runs again: '
+                        'start pikerd to keep them working)', fg='yellow', err=True)
         async with open_ems(fqsn, mode='paper', account=account, name=name, loglevel=state.loglevel) as (book, trades, _):
             oid = book.send(action, price, size, exec_mode=mode)
             seen: set[str] = set()
