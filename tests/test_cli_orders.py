@@ -231,3 +231,42 @@ def test_stopping_pikerd_ends_a_running_client_with_one_line(reg_addr, tmp_path,
     lines = [line for line in err.strip().splitlines() if not line.startswith('following orders')]
     assert len(lines) == 1 and lines[0].startswith('error: lost the EMS: '), err
     assert took < 5, f'client took {took:.2f}s to notice'
+
+
+def test_orders_prints_open_orders_first_then_follows(pikerd):
+    """issue 9 item 5: the open orders of the scope first (one line each: its last status),
+    then the new statuses; no positions before them; --count counts only new messages."""
+    assert cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--detach', '--name', 'ann').returncode == 0
+    assert cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', '9999', '--size', '1', '--mode', 'live',
+               '--detach', '--name', 'ann').returncode == 0
+    assert cli(pikerd, 'order', 'alert', 'other.sim', '--price', '1', '--detach', '--name', 'ann').returncode == 0
+
+    watcher = subprocess.Popen(
+        [script('piker'), '--port', str(pikerd), 'orders', 'btcusd.sim', '--json', '--count', '1'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = [json.loads(watcher.stdout.readline()) for _ in range(2)]
+        assert sorted(m['resp'] for m in first) == ['alert_submitted', 'broker_submitted']
+        assert all(m['name'] == 'status' and m['req']['symbol'] == 'btcusd.sim' for m in first)
+        done = cli(pikerd, 'cancel', '--all', 'btcusd.sim', '--name', 'ann')
+        assert done.returncode == 0, done.stderr
+        out, err = watcher.communicate(timeout=15)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    [new] = json_lines(out)
+    assert new['resp'] in ('dark_cancelled', 'broker_cancelled')
+
+    everything = subprocess.Popen(
+        [script('piker'), '--port', str(pikerd), 'orders', 'btcusd.sim', '--all'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = everything.stdout.readline()
+    finally:
+        everything.send_signal(signal.SIGINT)
+        everything.communicate(timeout=15)
+    assert 'alert_submitted' in line and 'other.sim' in line and 'by ann' in line

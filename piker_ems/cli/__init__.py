@@ -10,6 +10,7 @@ from ..log import LEVELS
 from ._common import CliState, Command, Group, run  # noqa: F401  (sets warning filters before tractor loads)
 from .chart import chart
 from .orders import cancel, order, orders
+from .positions import positions
 from .quotes import quote
 from .services import services
 
@@ -49,7 +50,7 @@ def pikerd(host: str | None, port: int | None, loglevel: str, tractor_loglevel: 
 @click.option('--tl', 'tractor_loglevel', default=None, help="tractor's own log level (default: quiet).")
 @click.pass_context
 def cli(ctx: click.Context, host: str | None, port: int | None, loglevel: str, tractor_loglevel: str | None) -> None:
-    """piker_ems client commands (quotes, orders, chart)."""
+    """piker_ems client commands (quotes, orders, positions, chart)."""
     ctx.obj = CliState(host=host, port=port, loglevel=loglevel, tractor_loglevel=tractor_loglevel)
 
 
@@ -58,4 +59,5 @@ cli.add_command(services)
 cli.add_command(order)
 cli.add_command(orders)
 cli.add_command(cancel)
+cli.add_command(positions)
 cli.add_command(chart)

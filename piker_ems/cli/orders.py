@@ -60,7 +60,9 @@ def format_msg(msg) -> str:
     from ..clearing import BrokerdPosition
     from ..clearing._statuses import ALERT_TRIGGERED, BROKER_FILLED, DARK_TRIGGERED
 
-    ts = time.strftime('%H:%M:%S')
+    # when it happened (a snapshot of an open order shows its last status's time, not now)
+    time_ns = getattr(msg, 'time_ns', None)
+    ts = time.strftime('%H:%M:%S', time.localtime(time_ns / 1e9 if time_ns else None))
     if isinstance(msg, BrokerdPosition):
         return f'{ts} position       {msg.symbol}.{msg.broker} [{msg.account}] size {msg.size:g} @ {msg.avg_price:g}'
     req = msg.req
@@ -95,7 +97,8 @@ async def _place(state: CliState, action: str, fqsn: str, price: float, size: fl
                                  tractor_loglevel=state.tractor_loglevel) as services:
         if services is not None:
             click.secho('note: no pikerd running; emsd lives in this process and stops with it '
-                        '(resting dark orders die with it: start pikerd to keep them)', fg='yellow', err=True)
+                        '(resting dark orders stop watching the market with it until emsd runs again: '
+                        'start pikerd to keep them working)', fg='yellow', err=True)
         async with open_ems(fqsn, mode='paper', account=account, name=name, loglevel=state.loglevel) as (book, trades, _):
             oid = book.send(action, price, size, exec_mode=mode)
             seen: set[str] = set()
@@ -145,14 +148,18 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
     async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.orders',
                                  tractor_loglevel=state.tractor_loglevel):
         async with open_ems(fqsn, name=f'{name}.watcher', watch='all' if watch_all else 'symbol',
-                            loglevel=state.loglevel) as (_, trades, positions):
+                            loglevel=state.loglevel) as (book, trades, _):
             scope = f"every order on {fqsn.rpartition('.')[2]}" if watch_all else f'orders on {fqsn}'
             click.echo(f'following {scope} (Ctrl-C to stop)', err=True)
+            # the trades stream starts with the start-up snapshot: the last status of each open
+            # order in scope; it is printed in full, then --count counts the new messages
+            snapshot = len(book.open_orders)
             seen = 0
-            for pos in positions:
-                emit(pos, as_json)
             async for msg in trades:
                 emit(msg, as_json)
+                if snapshot:
+                    snapshot -= 1
+                    continue
                 seen += 1
                 if count is not None and seen >= count:
                     return
@@ -162,11 +169,13 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
 @click.argument('fqsn')
 @click.option('--all', 'watch_all', is_flag=True, help="Every order on FQSN's broker, not just FQSN.")
 @click.option('--name', default='piker', show_default=True)
-@click.option('--count', '-n', type=click.IntRange(min=1), default=None, help='Stop after N messages.')
+@click.option('--count', '-n', type=click.IntRange(min=1), default=None,
+              help='Stop after N new messages (the open orders printed first do not count).')
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per message per line.')
 @click.pass_obj
 def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | None, as_json: bool) -> None:
-    """Follow every order status on FQSN live (open orders first), whoever placed them."""
+    """Print the open orders on FQSN (each one's last status), then follow every new status
+    on FQSN live, whoever placed the orders (position changes included)."""
     check_fqsn(fqsn)
     run(_follow, state, fqsn, watch_all, name, as_json, count)
 

@@ -1,0 +1,171 @@
+"""``piker positions``: every account's positions, with realized and unrealized PnL.
+
+Positions live in the venues emsd trades through (the paper engine and each broker's live
+``trades_dialogue``); emsd learns them when it opens a venue. So that a freshly (re)started
+pikerd shows the positions its venues restored from their journals, the command first connects
+to emsd for each backend it knows a symbol of (see :data:`PROBE_SYMBOLS`) with the paper account
+and with a live account, which opens those venues; then it asks emsd (``ems_positions``) and
+prices each open position at the last price (emsd's scan, else a short quote feed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import AsyncExitStack
+
+import click
+
+from ._common import CliState, UserError, run
+
+#: a symbol per backend used to open its venues in emsd (any symbol exists in ``sim``)
+PROBE_SYMBOLS = {'sim': 'btcusd'}
+#: the account the live venue is opened with when no ``--account`` is given (any non-paper
+#: account selects a broker's live trades dialogue)
+LIVE_PROBE_ACCOUNT = 'live'
+PRICE_TIMEOUT_S = 10.0
+CLIENT_NAME = 'piker.positions'
+
+
+def probe_accounts(broker: str, account: str | None) -> list[str]:
+    """The accounts to connect with so that emsd opens ``broker``'s venues for ``account``
+    (``None``: every account, i.e. the paper venue and, if the backend has one, the live one)."""
+    from ..brokers import get_brokermod
+
+    live = hasattr(get_brokermod(broker), 'trades_dialogue')
+    if account is None:
+        return ['paper', LIVE_PROBE_ACCOUNT] if live else ['paper']
+    if account == 'paper' or live:
+        return [account]
+    return []  # a non-paper account of a backend without a live dialogue: nothing to open
+
+
+def with_pnl(raw: dict, last: float | None) -> dict:
+    """One output row from an ``ems_positions`` entry and the symbol's last price."""
+    size = float(raw.get('size') or 0.0)
+    avg = float(raw.get('avg_price') or 0.0)
+    if size == 0:
+        unrealized: float | None = 0.0
+    elif last is None or not math.isfinite(last):
+        unrealized = None
+    else:
+        unrealized = round((last - avg) * size, 10)
+    return {
+        'account': raw.get('account'),
+        'symbol': f"{raw['symbol']}.{raw['broker']}",
+        'broker': raw.get('broker'),
+        'venue': raw.get('venue'),
+        'size': size,
+        'avg_price': avg,
+        'realized_pnl': float(raw.get('realized_pnl') or 0.0),
+        'unrealized_pnl': unrealized,
+        'fees': float(raw.get('fees') or 0.0),
+        'last': last,
+        'currency': raw.get('currency') or '',
+    }
+
+
+async def _last_prices(fqsns: list[str], loglevel: str) -> dict[str, float]:
+    """Last prices of ``fqsns`` from one short-lived feed (those it could not price are left out)."""
+    import trio
+
+    from ..data import open_feed
+
+    out: dict[str, float] = {}
+    if not fqsns:
+        return out
+    with trio.move_on_after(PRICE_TIMEOUT_S):
+        try:
+            async with open_feed(fqsns, loglevel=loglevel) as feed:
+                for fqsn in fqsns:
+                    last = (feed.first_quotes.get(fqsn) or {}).get('last')
+                    if isinstance(last, (int, float)) and math.isfinite(last) and last > 0:
+                        out[fqsn] = float(last)
+        except Exception as err:  # noqa: BLE001 - no price is shown as such, not a failure
+            click.secho(f'note: no last price for {", ".join(fqsns)}: {err}', fg='yellow', err=True)
+    return out
+
+
+async def _positions(state: CliState, account: str | None) -> list[dict]:
+    from ..brokers import available_backends
+    from ..clearing import open_ems
+    from ..service import find_service, maybe_open_pikerd, registry_is_up
+
+    addr = state.registry
+    if not await registry_is_up(addr):
+        raise UserError(f'no pikerd running at {addr[0]}:{addr[1]}: no positions to show '
+                        f'(start one with: pikerd --port {addr[1]})')
+    async with maybe_open_pikerd(addr, loglevel=state.loglevel, name=CLIENT_NAME,
+                                 tractor_loglevel=state.tractor_loglevel):
+        async with AsyncExitStack() as stack:
+            # connecting opens the venues in emsd (and the venues restore their positions)
+            for broker in available_backends():
+                probe = PROBE_SYMBOLS.get(broker)
+                if probe is None:
+                    continue
+                for acct in probe_accounts(broker, account):
+                    await stack.enter_async_context(open_ems(
+                        f'{probe}.{broker}', account=acct, name=CLIENT_NAME, loglevel=state.loglevel))
+            async with find_service('emsd') as portal:
+                if portal is None:
+                    raise UserError('emsd is not running in this pikerd tree')
+                raw = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_positions', account=account)
+        missing = sorted({f"{p['symbol']}.{p['broker']}" for p in raw if p.get('last') is None and p.get('size')})
+        prices = await _last_prices(missing, state.loglevel)
+    rows = [with_pnl(p, p.get('last') if p.get('last') is not None else prices.get(f"{p['symbol']}.{p['broker']}"))
+            for p in raw]
+    return sorted(rows, key=lambda r: (r['account'] or '', r['symbol'], r['venue'] or ''))
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return 'n/a'
+    if value == 0:
+        value = 0.0  # no '-0'
+    return f'{value:+.10g}' if signed and value else f'{value:.10g}'
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    """Aligned lines: a header, then one line per position."""
+    header = ('SYMBOL', 'ACCOUNT', 'SIZE', 'AVG PRICE', 'REALIZED', 'UNREALIZED', 'FEES', 'LAST')
+    table = [header] + [(
+        r['symbol'], r['account'] or '', _num(r['size']), _num(r['avg_price']),
+        _num(r['realized_pnl'], signed=True), _num(r['unrealized_pnl'], signed=True),
+        _num(r['fees']), _num(r['last']),
+    ) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    out = []
+    for line in table:
+        cells = [line[i].ljust(widths[i]) if i < 2 else line[i].rjust(widths[i]) for i in range(len(header))]
+        out.append('  '.join(cells).rstrip())
+    return out
+
+
+def check_account(account: str | None) -> None:
+    if account is not None and (not account.strip() or any(c.isspace() or not c.isprintable() for c in account)):
+        raise click.UsageError(f'--account: not a valid account name: {account!r}')
+
+
+@click.command()
+@click.option('--account', default=None, help="Only this account ('paper' is the paper engine); default: every account.")
+@click.option('--json', 'as_json', is_flag=True, help='One JSON object per position per line.')
+@click.pass_obj
+def positions(state: CliState, account: str | None, as_json: bool) -> None:
+    """List the positions of every account (paper and live) with realized and unrealized PnL.
+
+    Unrealized PnL is (last - avg price) * size at the symbol's last price ('n/a' / null when
+    no price is available).
+    """
+    check_account(account)
+    rows = run(_positions, state, account)
+    if not rows:
+        scope = f'account {account}' if account is not None else 'any account'
+        click.echo(f'no positions in {scope}', err=True)
+        return
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + '\n')
+        sys.stdout.flush()
+        return
+    for line in format_table(rows):
+        click.echo(line)
