@@ -161,10 +161,26 @@ async def ems_stats() -> dict:
     return stats
 
 
-async def ems_positions(account: str | None = None) -> list[dict]:
-    """RPC: every position emsd knows from its open venues (all accounts, or ``account``),
-    with the last price of the symbol when emsd scans it."""
+async def ems_positions(account: str | None = None, open_venues: bool = True) -> list[dict]:
+    """RPC: every position of every venue (all accounts, or ``account``), with the last price
+    of the symbol when emsd scans it.
+
+    With ``open_venues`` (default) emsd first opens the venues of every backend it has (the
+    paper engine, and the live dialogue where a backend has one), so a freshly restarted
+    pikerd shows the positions its venues restored from their journals."""
     router = current_router()
+    if open_venues:
+        from ..brokers import available_backends, get_brokermod
+
+        keys = []
+        for broker in available_backends():
+            if account in (None, 'paper'):
+                keys.append((broker, 'paper'))
+            if account != 'paper' and hasattr(get_brokermod(broker), 'trades_dialogue'):
+                keys.append((broker, 'live'))
+        async with trio.open_nursery() as n:
+            for key in keys:
+                n.start_soon(router.venues.wait_open, key, CONNECT_WAIT_S)
     out = []
     for link in router.venues.open_links():
         broker = link.key[0]

@@ -1,43 +1,23 @@
 """``piker positions``: every account's positions, with realized and unrealized PnL.
 
 Positions live in the venues emsd trades through (the paper engine and each broker's live
-``trades_dialogue``); emsd learns them when it opens a venue. So that a freshly (re)started
-pikerd shows the positions its venues restored from their journals, the command first connects
-to emsd for each backend it knows a symbol of (see :data:`PROBE_SYMBOLS`) with the paper account
-and with a live account, which opens those venues; then it asks emsd (``ems_positions``) and
-prices each open position at the last price (emsd's scan, else a short quote feed).
+``trades_dialogue``). The command asks emsd (``ems_positions``), which first opens every
+backend's venues, so a freshly (re)started pikerd shows the positions its venues restored from
+their journals; each open position is priced at the last price (emsd's scan, else a short
+quote feed).
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
-from contextlib import AsyncExitStack
 
 import click
 
 from ._common import CliState, UserError, run
 
-#: a symbol per backend used to open its venues in emsd (any symbol exists in ``sim``)
-PROBE_SYMBOLS = {'sim': 'btcusd'}
-#: the account the live venue is opened with when no ``--account`` is given (any non-paper
-#: account selects a broker's live trades dialogue)
-LIVE_PROBE_ACCOUNT = 'live'
 PRICE_TIMEOUT_S = 10.0
 CLIENT_NAME = 'piker.positions'
-
-
-def probe_accounts(broker: str, account: str | None) -> list[str]:
-    """The accounts to connect with so that emsd opens ``broker``'s venues for ``account``
-    (``None``: every account, i.e. the paper venue and, if the backend has one, the live one)."""
-    from ..brokers import get_brokermod
-
-    live = hasattr(get_brokermod(broker), 'trades_dialogue')
-    if account is None:
-        return ['paper', LIVE_PROBE_ACCOUNT] if live else ['paper']
-    if account == 'paper' or live:
-        return [account]
-    return []  # a non-paper account of a backend without a live dialogue: nothing to open
 
 
 def with_pnl(raw: dict, last: float | None) -> dict:
@@ -87,9 +67,7 @@ async def _last_prices(fqsns: list[str], loglevel: str) -> dict[str, float]:
 
 
 async def _positions(state: CliState, account: str | None) -> list[dict]:
-    from ..brokers import available_backends
-    from ..clearing import open_ems
-    from ..service import find_service, maybe_open_pikerd, registry_is_up
+    from ..service import maybe_open_emsd, maybe_open_pikerd, registry_is_up
 
     addr = state.registry
     if not await registry_is_up(addr):
@@ -97,19 +75,8 @@ async def _positions(state: CliState, account: str | None) -> list[dict]:
                         f'(start one with: pikerd --port {addr[1]})')
     async with maybe_open_pikerd(addr, loglevel=state.loglevel, name=CLIENT_NAME,
                                  tractor_loglevel=state.tractor_loglevel):
-        async with AsyncExitStack() as stack:
-            # connecting opens the venues in emsd (and the venues restore their positions)
-            for broker in available_backends():
-                probe = PROBE_SYMBOLS.get(broker)
-                if probe is None:
-                    continue
-                for acct in probe_accounts(broker, account):
-                    await stack.enter_async_context(open_ems(
-                        f'{probe}.{broker}', account=acct, name=CLIENT_NAME, loglevel=state.loglevel))
-            async with find_service('emsd') as portal:
-                if portal is None:
-                    raise UserError('emsd is not running in this pikerd tree')
-                raw = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_positions', account=account)
+        async with maybe_open_emsd(loglevel=state.loglevel) as portal:
+            raw = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_positions', account=account)
         missing = sorted({f"{p['symbol']}.{p['broker']}" for p in raw if p.get('last') is None and p.get('size')})
         prices = await _last_prices(missing, state.loglevel)
     rows = [with_pnl(p, p.get('last') if p.get('last') is not None else prices.get(f"{p['symbol']}.{p['broker']}"))
