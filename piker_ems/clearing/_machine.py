@@ -299,10 +299,10 @@ TRANSITIONS: dict[str, dict[str, tuple[str, ...]]] = {
         'executed': (FILLED,),
         'venue_cancelled': (CANCELLED,),
         'notice': (PENDING_CANCEL,),
-        'venue_error': (WORKING, PARTIALLY_FILLED, REJECTED),
+        'venue_error': (WORKING, PARTIALLY_FILLED, FILLED, REJECTED),
         'venue_down': (PENDING_CANCEL,),
         'venue_lost': (LOST,),
-        'send_failed': (WORKING, PARTIALLY_FILLED, REJECTED),
+        'send_failed': (WORKING, PARTIALLY_FILLED, FILLED, REJECTED),
     },
     PENDING_REPLACE: {
         'modify': (PENDING_REPLACE,),
@@ -432,10 +432,15 @@ class OrderMachine:
         if allowed is None:
             raise IllegalEvent(self.oid, self.state, kind)
         before = self.state
+        saved = dict(self.__dict__, fill_ids=set(self.fill_ids))
         fx = Effects()
-        getattr(self, f'_on_{kind}')(event, fx, now_ns)
-        if self.state not in allowed:  # a bug in a handler, never the venue's fault
-            raise AssertionError(f'{kind} took {self.oid} from {before} to {self.state}: not in the table')
+        try:
+            getattr(self, f'_on_{kind}')(event, fx, now_ns)
+            if self.state not in allowed:  # a bug in a handler, never the venue's fault
+                raise AssertionError(f'{kind} took {self.oid} from {before} to {self.state}: not in the table')
+        except BaseException:
+            self.__dict__.update(saved)  # all or nothing: a failed event changes nothing
+            raise
         return fx
 
     # -- helpers -----------------------------------------------------------------------------
@@ -470,9 +475,10 @@ class OrderMachine:
         return PARTIALLY_FILLED if self.filled > 0 else WORKING
 
     def _fill_cap(self) -> float:
-        """The most the venue may fill: while a modify is pending the venue still works the
-        confirmed size, so a fill crossing a size-shrinking modify is real, not an overfill."""
-        if self.state == PENDING_REPLACE and self.confirmed_req is not None:
+        """The most the venue may fill: while a modify is pending (or a cancel that followed
+        one) the venue may still work the confirmed size, so a fill crossing a size-shrinking
+        modify is real, not an overfill."""
+        if self.state in (PENDING_REPLACE, PENDING_CANCEL) and self.confirmed_req is not None:
             return max(self.req.size, self.confirmed_req.size)
         return self.req.size
 
