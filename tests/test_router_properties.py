@@ -183,7 +183,7 @@ class RouterMachine(RuleBasedStateMachine):
         logging.getLogger('piker_ems').addHandler(self._handler)
         # observe what the Router does
         self.rig.venues.observer = self._on_send
-        for name in ('route', '_deliver', '_reply', 'reply_error'):
+        for name in ('_deliver', '_reply', 'reply_error'):
             self._wrap(name)
         self.monitor = self._connect('monitor', dict(name='monitor', fqsn='btcusd.sim', watch='all',
                                                      control_others=False), 'keep')

@@ -232,14 +232,9 @@ class Router:
         out.update(self.watch_all.get(st.venue[0], ()))
         return out
 
-    def route(self, st: OrderState, status: Status) -> None:
-        """Send a status to the order's owner (every connection of that name) and watchers."""
-        msg = st.last_msg = to_wire(status)
-        if st.machine.final and not self.by_name.get(st.owner):
-            self._mark_unseen(st)
-        self._deliver(st, msg)
-
     def _deliver(self, st: OrderState, msg: dict) -> None:
+        """Send a status (wire form) to the order's owner (every connection of that name) and
+        its watchers, nobody else."""
         for conn in self._audience(st):
             conn.push(msg)
 
