@@ -391,10 +391,12 @@ def test_an_order_queued_while_its_venue_opens_is_sent_once():
     assert not any(is_final(r) for r in alice.resps())
 
 
-def write_dark_orders(path: Path, n: int, owner: str = 'trader', wal_copy: Path | None = None) -> list[str]:
+def write_dark_orders(path: Path, n: int, owner: str = 'trader', wal_copy: Path | None = None,
+                      garble_first: bool = False) -> list[str]:
     """Journal ``n`` dark buys far below the sim market (through a Router with fakes).
     With ``wal_copy``, the file and its WAL are copied while the writer still holds them
-    (nothing checkpointed), as a ``kill -9`` leaves them."""
+    (nothing checkpointed), as a ``kill -9`` leaves them; ``garble_first`` overwrites the first
+    order's record with garbage (a complete transaction, early in the WAL)."""
     router, _, _, journal = journaled_router(path)
     journal.db.execute('PRAGMA wal_autocheckpoint=0')
     conn = Rig().client(owner)   # a connection object only (it belongs to another rig)
@@ -405,6 +407,8 @@ def write_dark_orders(path: Path, n: int, owner: str = 'trader', wal_copy: Path 
         router.handle_client_msg(conn, Order(action='buy', oid=oid, symbol=FQSN, price=50.0 + i * 0.01,
                                              size=1, exec_mode='dark', account='paper').model_dump(mode='json'))
         oids.append(oid)
+        if garble_first and i == 1:
+            journal.db.execute("UPDATE orders SET record = '{not json' WHERE oid = 'dark-000'")
     if wal_copy is not None:
         wal_copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, wal_copy)
@@ -437,3 +441,151 @@ def test_a_torn_or_garbled_journal_keeps_every_complete_record(tmp_path, caplog)
     assert 'dropping unreadable record of order dark-000' in logged
     assert 'cannot restore order dark-001' in logged
     journal.close()
+
+
+# -- crash points ---------------------------------------------------------------------------------
+
+POINTS = ('emsd.after_journal', 'emsd.before_ack_journal', 'venue.after_fill_journal')
+
+
+def test_crash_points_lose_nothing_and_duplicate_nothing(reg_addr, config_dir, tmp_path, daemon):
+    """Every daemon of the tree gets all three crash points; each is disarmed by its marker
+    file (which exists) until the test deletes the marker right before the moment it means."""
+    write_config(config_dir, SIM_FROZEN)
+    state = config_dir / 'state'
+    markers = {p: tmp_path / f'crash-{p}' for p in POINTS}
+    for m in markers.values():
+        m.write_text('disarmed')
+    pikerd = daemon({'PIKER_EMS_CRASH_AT': ','.join(f'{p}@{m}' for p, m in markers.items())})
+
+    def arm(point: str) -> None:
+        markers[point].unlink()
+
+    def fired(point: str) -> bool:
+        return markers[point].exists()
+
+    async def crash_emsd(point: str, send) -> str:
+        """Arm ``point``, place an order with ``send(book)``: emsd dies, the client is told."""
+        async with open_ems(FQSN, mode='live', account='live', name='bot') as (book, trades, _):
+            [pid] = actor_pids('emsd', pikerd.pid)
+            arm(point)
+            oid = send(book)
+            await expect_lost(trades)
+        assert fired(point)
+        await trio.to_thread.run_sync(wait_gone, [pid])
+        return oid
+
+    async def main():
+        async with client(reg_addr):
+            # 1. emsd journaled a new live order and died before sending it: sent once, later
+            live1 = await crash_emsd('emsd.after_journal', lambda b: b.send('buy', 80.0, 1))
+            # ... and a dark order journaled before its status left: it rests
+            dark = await crash_emsd('emsd.after_journal', lambda b: b.send('buy', 90.0, 1, exec_mode='dark'))
+            # 2. the venue acked a new order and emsd died before journaling the ack: bound by oid
+            live2 = await crash_emsd('emsd.before_ack_journal', lambda b: b.send('buy', 79.0, 1))
+
+            async with open_ems(FQSN, mode='live', account='live', name='bot') as (book, trades, _):
+                snap = {s['oid']: s['resp'] for s in book.open_orders}
+                assert snap.keys() == {live1, dark, live2} and snap[dark] == 'dark_submitted'
+                seen = defaultdict(list)
+                for s in book.open_orders:
+                    seen[s['oid']].append(s['resp'])
+                await statuses_until(trades, {live1: 'broker_submitted', live2: 'broker_submitted'}, seen)
+                x = await exchange_stats()
+                assert Counter(o['oid'] for o in x['open_orders']) == Counter([live1, live2])
+                assert x['duplicates'] == 0
+                assert [r['oid'] for r in x['requests'] if r['name'] == 'order'].count(live1) == 1
+                no_oid_twice(state / 'sim-exchange.sqlite')
+                stats = await bounded_rpc('emsd', 'piker_ems.clearing._ems', 'ems_stats')
+                assert stats['dark'] == 1 and stats['phases'] == {'dark': 1, 'live': 2}
+
+                # 3. the paper engine journaled a fill and died before reporting it
+                paper = book.send('buy', 99.0, 2, account='paper')
+                await statuses_until(trades, {paper: 'broker_submitted'}, seen)
+                [boi] = actor_pids('paperboi.sim', pikerd.pid)
+                arm('venue.after_fill_journal')
+                await move_price(98.9)                       # crosses the paper buy only
+                await statuses_until(trades, {paper: 'broker_executed'}, seen)
+                assert fired('venue.after_fill_journal') and not is_alive(boi)
+                assert 'broker_disconnected' in seen[paper]  # it was learned on reconnecting
+                assert seen[paper].count('broker_filled') == 1
+                assert venue_rows(state / 'paper.sim.sqlite', 'fills', paper) == 1
+                no_oid_twice(state / 'paper.sim.sqlite')
+                assert await positions_match_fills(state) == {('paper', SYM): 2}
+                p = await paper_stats()
+                assert p['duplicates'] == 0 and p['open_orders'] == []
+            assert all(fired(p) for p in POINTS)
+
+    trio.run(main)
+
+
+def complete_records(db: Path, tmp: Path) -> set[str]:
+    """The oids SQLite itself recovers from ``db`` and its WAL (opened on a copy)."""
+    tmp.mkdir()
+    for suffix in ('', '-wal'):
+        shutil.copy(db.with_name(db.name + suffix), tmp / f'probe.sqlite{suffix}')
+    with sqlite3.connect(tmp / 'probe.sqlite') as conn:
+        return {r[0] for r in conn.execute('SELECT oid FROM orders')}
+
+
+def test_emsd_starts_on_a_damaged_journal(reg_addr, config_dir, tmp_path, daemon):
+    write_config(config_dir, SIM_FROZEN)
+    state = config_dir / 'state'
+    state.mkdir()
+    (state / 'emsd.sqlite').write_bytes(b'\x00garbage, not a database' * 400)
+    # a second journal, torn as kill -9 mid-write leaves it, with one unreadable record
+    torn = tmp_path / 'torn' / 'emsd.sqlite'
+    oids = write_dark_orders(tmp_path / 'src' / 'emsd.sqlite', 20, wal_copy=torn, garble_first=True)
+    wal = torn.with_name(torn.name + '-wal')
+    with open(wal, 'r+b') as f:
+        f.truncate(wal.stat().st_size - 100)
+    complete = complete_records(torn, tmp_path / 'probe')
+    assert 16 <= len(complete) < 20 and complete == set(oids[:len(complete)])
+    pikerd = daemon()
+
+    async def main():
+        async with client(reg_addr):
+            # 1. a file that is not a database: moved aside, emsd starts empty and works
+            async with open_ems(FQSN, mode='dark', name='trader') as (book, trades, _):
+                assert book.open_orders == []
+                oid = book.send('buy', 60.0, 1)
+                await statuses_until(trades, {oid: 'dark_submitted'})
+                stats = await bounded_rpc('emsd', 'piker_ems.clearing._ems', 'ems_stats')
+                assert stats['journal']['open'] == 1
+            [aside] = state.glob('emsd.sqlite.corrupt-*')
+            assert aside.read_bytes().startswith(b'\x00garbage')
+            # 2. emsd dies; its journal is replaced by the torn one; the next client respawns it
+            [pid] = actor_pids('emsd', pikerd.pid)
+            await kill(pid)
+            for suffix in ('', '-wal', '-shm'):
+                state.joinpath('emsd.sqlite' + suffix).unlink(missing_ok=True)
+            shutil.copy(torn, state / 'emsd.sqlite')
+            shutil.copy(wal, state / 'emsd.sqlite-wal')
+            snap = await snapshot_of('trader')
+            assert snap == {o: 'dark_submitted' for o in complete - {'dark-000'}}
+            stats = await bounded_rpc('emsd', 'piker_ems.clearing._ems', 'ems_stats')
+            assert stats['dark'] == len(complete) - 1
+
+    trio.run(main)
+    log = (tmp_path / 'pikerd-0.log').read_text()
+    assert 'is damaged' in log and 'moved aside' in log
+    assert 'dropping unreadable record of order dark-000' in log
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'a torn WAL tail is dropped silently: SQLite discards the incomplete last transaction on '
+    'open and statedb/the emsd journal log nothing about it (issue 9 asks that emsd "logs what '
+    'it dropped"); the complete records are all kept'))
+def test_a_torn_wal_tail_is_logged(tmp_path, caplog):
+    src, crash = tmp_path / 'live' / 'emsd.sqlite', tmp_path / 'crash' / 'emsd.sqlite'
+    src.parent.mkdir()
+    write_dark_orders(src, 5, wal_copy=crash)
+    wal = crash.with_name(crash.name + '-wal')
+    with open(wal, 'r+b') as f:
+        f.truncate(wal.stat().st_size - 100)
+    with caplog.at_level(logging.INFO):
+        journal = Journal(crash)
+        rows = journal.load()
+        journal.close()
+    assert len(rows) == 4
+    assert any('torn' in r.getMessage() or 'dropped' in r.getMessage() for r in caplog.records)
