@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 
@@ -98,6 +98,7 @@ class OrderState:
     direction: str | None = None  # a dark order's trigger direction, chosen when armed
     created_ns: int = 0           # when emsd accepted it (reconciliation asks the venue since)
     last_msg: dict | None = None  # wire form of the last status routed to all (its snapshot)
+    queued_on: Any = None         # the venue link its last command was queued on (not journaled)
 
     @property
     def oid(self) -> str:

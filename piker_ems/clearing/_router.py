@@ -220,7 +220,9 @@ class Router:
 
     def _send(self, st: OrderState, cmd: BrokerdOrder | BrokerdCancel) -> None:
         try:
-            self.venues.link(st.venue).send_nowait(cmd)
+            link = self.venues.link(st.venue)
+            link.send_nowait(cmd)
+            st.queued_on = link
         except VenueUnavailable as err:
             self._apply(st, M.SendFailed(str(err)))
 
@@ -680,6 +682,11 @@ class Router:
                     self._apply(st, M.venue_event(f))
             if m.final:
                 continue
+            # a command queued on this very link while it opened goes out right after this
+            # reconciliation: the venue cannot know it yet, and it must not be sent twice
+            queued_here = st.queued_on is link
+            if info is None and queued_here:
+                continue
             if info is not None:
                 replaced = (info.price, info.size) == (m.req.price, m.req.size)
                 if m.state != M.PENDING_REPLACE or replaced or info.status.lower() != 'open':
@@ -687,7 +694,7 @@ class Router:
                         status=info.status, filled=info.filled,
                         remaining=max(info.size - info.filled, 0.0),
                         details={'reconciled': True, **info.model_dump(mode='json')}))
-                if not m.final and not bound_now:
+                if not m.final and not bound_now and not queued_here:
                     for cmd in m.resend_commands(now):
                         self._send(st, cmd)
             elif m.reqid is None and m.state in (M.PENDING_NEW, M.PENDING_REPLACE):
