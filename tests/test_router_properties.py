@@ -675,14 +675,16 @@ class RouterMachine(RuleBasedStateMachine):
             if total > info['max_size'] * (1 + EPS):
                 self.violations.append(f'{oid}: broker_filled sums to {total} > size {info["max_size"]}')
             st_ = self.router.orders.get(oid)
-            if st_ is not None:
-                # while a size-shrinking modify is pending the venue still works the confirmed size
+            if st_ is not None and not st_.machine.final:
+                # while a size-shrinking modify is pending the venue still works the confirmed
+                # size; once final (e.g. a shrink confirmed below what had filled meanwhile ends
+                # it filled), the bound is the largest size ever asked, checked above
                 m = st_.machine
                 cap = max(m.req.size, m.confirmed_req.size if m.confirmed_req is not None else 0.0)
                 if total > cap * (1 + EPS):
                     self.violations.append(f'{oid}: broker_filled sums to {total} > size {cap}')
-                if abs(total - st_.machine.filled) > EPS * max(1.0, total):
-                    self.violations.append(f'{oid}: relayed fills {total} != machine filled {st_.machine.filled}')
+            if st_ is not None and abs(total - st_.machine.filled) > EPS * max(1.0, total):
+                self.violations.append(f'{oid}: relayed fills {total} != machine filled {st_.machine.filled}')
 
     def _drain_and_check_one_final_each(self) -> None:
         """End of run: cancel what rests dark, lose every venue and let emsd give up on it;
