@@ -51,10 +51,12 @@ def project_logs_reach_caplog():
     import logging
 
     logger = logging.getLogger('piker_ems')
-    saved = logger.propagate
+    saved = logger.propagate, logger.level
     logger.propagate = True
+    logger.setLevel(logging.NOTSET)  # (setup_console may have left it at 'critical')
     yield
-    logger.propagate = saved
+    logger.propagate, level = saved
+    logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
