@@ -158,6 +158,11 @@ def test_live_buy_fills_with_up_arrow(running):
     r.wait(lambda: chart.position_line.isVisible(), msg='no position')
     assert chart.position_line.size == 1
     assert chart.position_line.avg_price == fill.brokerd_msg['price']
+    # the fill notice and the position's PnL in the status bar (issue 12 item 3)
+    price = f"{fill.brokerd_msg['price']:.2f}"
+    assert f'filled buy 1 @ {price} ({oid[:6]})' in status.text()
+    r.wait(lambda: status.pnl_text().startswith(f'pos 1 @ {price} · uPnL '),
+           msg=f'no PnL: {status.pnl_text()!r}')
 
 
 def test_other_clients_order_drawn_foreign(running, qtbot):

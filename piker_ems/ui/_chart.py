@@ -530,6 +530,11 @@ class ChartWidget(QtWidgets.QWidget):
         self._last = float(price)
         self.last_label.set_value(self._last, format_price(self._last, self._tick))
 
+    @property
+    def last_price(self) -> float | None:
+        """The last traded price shown on the axis (None before the first)."""
+        return self._last
+
     # ---------------------------------------------------------------- cursor
     def cursor_price(self) -> float | None:
         """The crosshair's price snapped to the tick size (None: off chart)."""
@@ -739,12 +744,14 @@ class ChartWidget(QtWidgets.QWidget):
     def _bar_center(self, t: float) -> float:
         return math.floor(t / self._period) * self._period + self._period / 2
 
-    def add_fill_arrow(self, action: str, t: float, price: float) -> pg.ArrowItem:
+    def add_fill_arrow(self, action: str, t: float, price: float,
+                       foreign: bool = False) -> pg.ArrowItem:
         """Mark a fill: up arrow (buy) / down arrow (sell) at the fill price.
 
-        ``t`` is the fill time (epoch s); the arrow is centred on its bar.
+        ``t`` is the fill time (epoch s); the arrow is centred on its bar. Another client's
+        fill (``foreign``) is drawn hollow and dimmed.
         """
-        arrow = make_fill_arrow(action, self._bar_center(t), price)
+        arrow = make_fill_arrow(action, self._bar_center(t), price, foreign=foreign)
         self._arrows.append(arrow)
         self.plot_item.addItem(arrow, ignoreBounds=True)
         return arrow

@@ -420,22 +420,34 @@ class PositionLine(pg.InfiniteLine):
         return f'pos {format_size(self.size)} @ {self.avg_price:.{dec}f}'
 
 
-def make_fill_arrow(action: str, x: float, price: float) -> pg.ArrowItem:
+def make_fill_arrow(action: str, x: float, price: float, foreign: bool = False) -> pg.ArrowItem:
     """Arrow marking a fill: tip at ``(x, price)``, up for buys, down for sells.
 
     A pixel-sized arrow (stays readable at any zoom) in the action's colour,
-    outlined dark so it stands out over bars.
+    outlined dark so it stands out over bars. Another client's fill
+    (``foreign``) is smaller, hollow and dimmed: only the outline in the
+    action's colour.
     """
     if action not in ('buy', 'sell'):
         raise ValueError(f'fill arrows are for buy/sell, got {action!r}')
-    arrow = pg.ArrowItem(
-        pos=(x, price),
-        angle=90 if action == 'buy' else -90,
-        headLen=12, headWidth=7, tailLen=7, tailWidth=3,
-        pen=pg.mkPen(TAG_TEXT_COLOR, width=1),
-        brush=pg.mkBrush(action_color(action)),
-    )
-    arrow.setZValue(25)
+    if foreign:
+        arrow = pg.ArrowItem(
+            pos=(x, price),
+            angle=90 if action == 'buy' else -90,
+            headLen=10, headWidth=6, tailLen=5, tailWidth=2,
+            pen=pg.mkPen(_dim(action_color(action), 0.8), width=1.2),
+            brush=pg.mkBrush(_with_alpha(QtGui.QColor(14, 17, 22), 200)),
+        )
+    else:
+        arrow = pg.ArrowItem(
+            pos=(x, price),
+            angle=90 if action == 'buy' else -90,
+            headLen=12, headWidth=7, tailLen=7, tailWidth=3,
+            pen=pg.mkPen(TAG_TEXT_COLOR, width=1),
+            brush=pg.mkBrush(action_color(action)),
+        )
+    arrow.setZValue(24 if foreign else 25)
+    arrow.foreign = bool(foreign)  # type: ignore[attr-defined]
     arrow.action = action  # type: ignore[attr-defined]
     arrow.price = float(price)  # type: ignore[attr-defined]
     return arrow

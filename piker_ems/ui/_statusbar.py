@@ -47,8 +47,9 @@ from ..log import get_logger
 
 log = get_logger(__name__)
 
-#: Accepted values for ``level``: ``warn`` is used for timeouts, ``error`` for failures.
-LEVELS = ('info', 'warn', 'error')
+#: Accepted values for ``level``: ``warn`` is used for timeouts, ``error`` for failures,
+#: ``fill`` for this client's fills and ``other`` for other clients' fills.
+LEVELS = ('info', 'warn', 'error', 'fill', 'other')
 #: Separator between a group message and its members (and between members).
 MEMBER_SEP = ' | '
 #: Separator between independent entries (plain statuses, groups, final messages).
@@ -151,8 +152,12 @@ class StatusModel:
         timeout_msg: str | None = None,
         *,
         level: str = 'info',
+        keep_transient: bool = False,
     ) -> Closer | str:
         """Show ``msg`` and return its closer, or the new group's key for ``group_key=True``.
+
+        ``keep_transient`` (plain statuses only): do not drop the transient messages shown
+        now, e.g. a fill notice arriving right after ``submitted live-buy`` shows beside it.
 
         This is the single entry point order mode uses to report progress, so every kind of
         status (plain, clear-on-next, group, group member, error) goes through it. See the
@@ -193,7 +198,8 @@ class StatusModel:
         if group_key is not None:
             raise TypeError(f'group_key must be None, True or a group key, not {group_key!r}')
 
-        self._drop_transient()
+        if not keep_transient:
+            self._drop_transient()
         entry = _Entry(
             msg,
             level=level,
@@ -422,7 +428,9 @@ _FG = '#d2d2d8'
 _DIM = '#8a8a96'
 _RULE = '#2a2a31'
 _SEP_COLOUR = '#5e5e6a'
-_LEVEL_COLOURS = {'info': _FG, 'warn': '#e8a33c', 'error': '#ff5f5f'}
+_LEVEL_COLOURS = {'info': _FG, 'warn': '#e8a33c', 'error': '#ff5f5f',
+                  'fill': '#5ad1ff', 'other': '#7d8596'}
+_PNL_UP, _PNL_DOWN = '#3ccf72', '#ef5350'
 _MODE_COLOURS = {'buy': '#3ccf72', 'sell': '#ef5350', 'alert': '#e6c642', None: '#a6a6b0'}
 
 _STYLE = f"""
@@ -502,6 +510,13 @@ class StatusBar(QtWidgets.QStatusBar):
         self._msg_label.setMinimumWidth(0)
         self.addWidget(self._msg_label, 1)
 
+        self._pnl_label = QtWidgets.QLabel(self)
+        self._pnl_label.setObjectName('status_pnl')
+        self._pnl_label.setTextFormat(QtCore.Qt.RichText)
+        self._pnl_label.hide()
+        self._pnl_plain = ''
+        self.addPermanentWidget(self._pnl_label)
+
         self._info_label = QtWidgets.QLabel(self)
         self._info_label.setObjectName('status_info')
         self._info_label.hide()
@@ -511,7 +526,7 @@ class StatusBar(QtWidgets.QStatusBar):
         self._mode_label.setObjectName('status_mode')
         self.addPermanentWidget(self._mode_label)
         # style sheet rules on the labels stop font inheritance, so set it on each one
-        for label in (self._msg_label, self._info_label, self._mode_label):
+        for label in (self._msg_label, self._pnl_label, self._info_label, self._mode_label):
             label.setFont(font)
 
         self._timer = QtCore.QTimer(self)
@@ -545,10 +560,12 @@ class StatusBar(QtWidgets.QStatusBar):
         timeout_msg: str | None = None,
         *,
         level: str = 'info',
+        keep_transient: bool = False,
     ) -> Closer | str:
         """Same as :meth:`StatusModel.open_status`; the bar re-renders on every change."""
         return self.model.open_status(
-            msg, final_msg, clear_on_next, group_key, timeout, timeout_msg, level=level)
+            msg, final_msg, clear_on_next, group_key, timeout, timeout_msg, level=level,
+            keep_transient=keep_transient)
 
     def show_error(self, msg: str) -> Closer:
         """Show ``msg`` in red until the next status (see :meth:`StatusModel.show_error`)."""
@@ -579,6 +596,31 @@ class StatusBar(QtWidgets.QStatusBar):
         """
         self._info_label.setText(text or '')
         self._info_label.setVisible(bool(text))
+
+    def set_pnl(self, parts: list[tuple[str, float | None]] | None) -> None:
+        """Show the position summary (``pos 2 @ 100.05 · uPnL +1.20 · rPnL -0.40 ·
+        fees 0.10``) left of the info label; ``None`` hides it.
+
+        ``parts`` are ``(text, value)`` pairs: a value > 0 is drawn green, < 0 red, ``None``
+        or 0 in the normal colour.
+        """
+        if not parts:
+            self._pnl_plain = ''
+            self._pnl_label.clear()
+            self._pnl_label.hide()
+            return
+        self._pnl_plain = ' · '.join(t for t, _ in parts)
+        pieces = []
+        for text, value in parts:
+            colour = _FG if not value else (_PNL_UP if value > 0 else _PNL_DOWN)
+            pieces.append(f'<span style="color:{colour}">{html.escape(text)}</span>')
+        sep = f'<span style="color:{_SEP_COLOUR}"> · </span>'
+        self._pnl_label.setText(f'<span style="white-space:pre">{sep.join(pieces)}</span>')
+        self._pnl_label.show()
+
+    def pnl_text(self) -> str:
+        """The position summary as plain text ('' when hidden)."""
+        return self._pnl_plain
 
     def text(self) -> str:
         """The messages currently shown, as plain text."""
@@ -660,6 +702,14 @@ def _to_html(entries: list[list[Segment]], elided: bool) -> str:
     for segs in entries:
         pieces = []
         for seg in segs:
+            if seg.level == 'other':      # other clients' fills: dim, italic
+                pieces.append(f'<span style="color:{_LEVEL_COLOURS["other"]}; font-style:italic">'
+                              f'{html.escape(seg.text)}</span>')
+                continue
+            if seg.level == 'fill':       # our fills: bright and bold
+                pieces.append(f'<span style="color:{_LEVEL_COLOURS["fill"]}; font-weight:bold">'
+                              f'{html.escape(seg.text)}</span>')
+                continue
             if seg.level != 'info':
                 colour = _LEVEL_COLOURS[seg.level]
             elif seg.kind == 'status':

@@ -310,6 +310,8 @@ class ChartApp:
                               bsize, asize)
         if self._last is not None:
             self.chart.set_last(self._last)
+        if self.mode is not None:
+            self.mode.update_pnl()
 
     # -- order mode -------------------------------------------------------------------------
 

@@ -91,7 +91,8 @@ class StatusSink(Protocol):
 
     def open_status(self, msg: str, final_msg: str | None = None, clear_on_next: bool = False,
                     group_key: str | bool | None = None, timeout: float | None = None,
-                    timeout_msg: str | None = None) -> Any: ...
+                    timeout_msg: str | None = None, *, level: str = 'info',
+                    keep_transient: bool = False) -> Any: ...
 
     def show_error(self, msg: str) -> Any: ...
 
@@ -192,6 +193,8 @@ class OrderMode:
         self._last_c: _CancelBatch | None = None
         self._pending: dict[str, _Pending] = {}
         self._filter: _FocusFilter | None = None
+        #: this chart's position (symbol + account) as last reported, None before any
+        self.position: BrokerdPosition | None = None
         self.enabled = True
         self._apply_mode()
 
@@ -529,7 +532,45 @@ class OrderMode:
             return
         if pos.account != getattr(self.book, 'account', pos.account):
             return
+        self.position = pos
         self.chart.set_position(pos.size, pos.avg_price)
+        self.update_pnl()
+
+    def pnl(self) -> tuple[float | None, float, float] | None:
+        """``(unrealized, realized, fees)`` of this chart's position (unrealized is None
+        without a last price or when flat); None before any position was reported."""
+        pos = self.position
+        if pos is None:
+            return None
+        last = getattr(self.chart, 'last_price', None)
+        upnl = None
+        if pos.size and last is not None:
+            upnl = pos.size * (last - pos.avg_price)
+        return upnl, pos.realized_pnl, pos.fees
+
+    def update_pnl(self) -> None:
+        """Refresh the status bar's position summary (called on positions and quotes)."""
+        set_pnl = getattr(self.status, 'set_pnl', None)
+        if set_pnl is None:
+            return
+        res = self.pnl()
+        if res is None:
+            return
+        pos = self.position
+        upnl, rpnl, fees = res
+        tick = self.chart.tick_size
+        money = lambda v: f'{v:+,.2f}'  # noqa: E731
+        if pos.size:
+            parts = [(f'pos {format_size(pos.size)} @ {format_price(pos.avg_price, tick)}', None)]
+            if upnl is not None:
+                parts.append((f'uPnL {money(upnl)}', upnl))
+        else:
+            parts = [('flat', None)]
+        if rpnl or not pos.size:
+            parts.append((f'rPnL {money(rpnl)}', rpnl))
+        if fees:
+            parts.append((f'fees {fees:,.2f}', None))
+        set_pnl(parts)
 
     def _draw(self, msg: Status) -> LevelLine | None:
         """Draw a line for an order we learned about from a status (snapshot, other client)."""
@@ -598,14 +639,22 @@ class OrderMode:
         if action not in ('buy', 'sell'):
             return
         t = details.get('broker_time') or msg.time_ns / 1e9
-        self.chart.add_fill_arrow(action, float(t), float(price))
+        own = self._is_own(msg)
+        self.chart.add_fill_arrow(action, float(t), float(price), foreign=not own)
         pend = self._pending.get(msg.oid)
         if pend is not None and pend.modify_from is None:
             self._resolve_submit(msg.oid)
-        if not self._is_own(msg):
-            return
         size = details.get('size', 0)
         tick = self.chart.tick_size
+        what = f'{action} {format_size(size)} @ {format_price(price, tick)}'
+        if own:
+            self.status.open_status(f'filled {what} ({msg.oid[:6]})', clear_on_next=True,
+                                    level='fill', keep_transient=True)
+        else:
+            owner = msg.owner or (msg.req.owner if msg.req else None) or '?'
+            self.status.open_status(f'{owner} filled {what}', clear_on_next=True, level='other',
+                                    keep_transient=True)
+            return
         self.notify(f'{action} filled', f'{format_size(size)} {self.fqsn} @ {format_price(price, tick)}')
 
     def _on_alert(self, msg: Status) -> None:

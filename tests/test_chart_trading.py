@@ -1,0 +1,83 @@
+"""Order-mode behaviour from issue 12 (items 3-9): PnL and fill notices, size control,
+cancel-all counts, errors that clear, other clients' orders, narrow windows. A real
+ChartWidget and StatusBar, a fake book and hand-made statuses (see test_order_mode)."""
+import os
+
+os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
+
+from pathlib import Path  # noqa: E402
+
+from pyqtgraph.Qt import QtCore, QtWidgets  # noqa: E402
+
+from piker_ems.clearing._messages import BrokerdPosition, Order  # noqa: E402
+from test_order_mode import FQSN, cursor, env, place, st  # noqa: E402,F401
+
+Qt = QtCore.Qt
+
+
+def shot(widget, name: str, tmp_path: Path) -> Path:
+    out = Path(os.environ.get('PIKER_EMS_SHOTS') or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f'{name}.png'
+    assert widget.grab().save(str(path), 'PNG')
+    return path
+
+
+def pos(size, avg, realized=0.0, fees=0.0, account='paper'):
+    return BrokerdPosition(broker='sim', account=account, symbol='btcusd', size=size,
+                           avg_price=avg, realized_pnl=realized, fees=fees)
+
+
+def foreign_order(owner='bot', price=100.0, action='buy', size=3.0) -> Order:
+    import uuid
+    return Order(action=action, oid=uuid.uuid4().hex, symbol=FQSN, price=price, size=size,
+                 exec_mode='dark', owner=owner)
+
+
+# -- item 3: PnL and fill notices -------------------------------------------------------------
+
+def test_position_pnl_in_status_bar(env, tmp_path):
+    e = env
+    assert e.status.pnl_text() == ''
+    e.chart.set_last(101.0)
+    e.mode.on_msg(pos(2, 100.0, realized=-0.5, fees=0.1))
+    assert e.status.pnl_text() == 'pos 2 @ 100.00 · uPnL +2.00 · rPnL -0.50 · fees 0.10'
+    # quotes move the unrealized PnL
+    e.chart.set_last(99.5)
+    e.mode.update_pnl()
+    assert e.status.pnl_text() == 'pos 2 @ 100.00 · uPnL -1.00 · rPnL -0.50 · fees 0.10'
+    # short: gains when the price falls
+    e.mode.on_msg(pos(-1, 100.0))
+    assert e.status.pnl_text() == 'pos -1 @ 100.00 · uPnL +0.50'
+    shot(e.window, 'pnl', tmp_path)
+    # flat: what was made
+    e.mode.on_msg(pos(0, 0, realized=3.25, fees=0.2))
+    assert e.status.pnl_text() == 'flat · rPnL +3.25 · fees 0.20'
+    # another account's position is not ours
+    e.mode.on_msg(pos(9, 1.0, account='live'))
+    assert e.status.pnl_text() == 'flat · rPnL +3.25 · fees 0.20'
+
+
+def test_own_and_other_fills_look_different(env, tmp_path):
+    e = env
+    oid = place(e, Qt.Key_F, 101.0, live=True)
+    e.mode.on_msg(st(e.book, oid, 'broker_submitted'))
+    assert e.status.text() == 'submitted live-buy'
+    e.mode.on_msg(st(e.book, oid, 'broker_filled',
+                     brokerd_msg={'action': 'buy', 'price': 100.37, 'size': 2}))
+    assert e.status.text() == f'submitted live-buy  ·  filled buy 2 @ 100.37 ({oid[:6]})'
+    [mine] = e.chart.arrows()
+    assert not mine.foreign
+    theirs = foreign_order('bot', 100.2, 'sell', 1)
+    e.mode.on_msg(st(e.book, theirs.oid, 'broker_submitted', req=theirs, owner='bot'))
+    e.mode.on_msg(st(e.book, theirs.oid, 'broker_filled', req=theirs, owner='bot',
+                     brokerd_msg={'action': 'sell', 'price': 100.21, 'size': 1}))
+    assert e.status.text().endswith('bot filled sell 1 @ 100.21')
+    segs = [s for entry in e.status.model.segments() for s in entry]
+    assert {s.text: s.level for s in segs}[f'filled buy 2 @ 100.37 ({oid[:6]})'] == 'fill'
+    assert {s.text: s.level for s in segs}['bot filled sell 1 @ 100.21'] == 'other'
+    other = e.chart.arrows()[-1]
+    assert other.foreign and other.action == 'sell'
+    assert other.opts['brush'].color().rgb() != mine.opts['brush'].color().rgb()
+    assert len(e.notes) == 1                     # desktop notice for our fill only
+    shot(e.window, 'fills', tmp_path)
