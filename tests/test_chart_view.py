@@ -183,7 +183,7 @@ def test_follow_button_returns_to_following(chart, qtbot):
     assert not chart.following
     btn = chart.follow_button
     assert btn.isVisible()
-    # it sits inside the plot area, bottom right, left of the price axis
+    # it sits inside the plot area (bottom left: the right edge holds tags and markers)
     vb = chart.plot.mapFromScene(chart.vb.sceneBoundingRect()).boundingRect()
     assert vb.contains(btn.geometry())
     qtbot.mouseClick(btn, L)

@@ -794,15 +794,16 @@ class ChartWidget(QtWidgets.QWidget):
             self._apply_follow()
 
     def _place_follow_button(self) -> None:
-        """Bottom right of the plot area, left of the price axis; ``auto y`` above it."""
+        """Bottom left of the plot area (the right edge holds order tags and edge markers);
+        ``auto y`` above it."""
         r = self.plot.mapFromScene(self.vb.sceneBoundingRect()).boundingRect()
-        x = r.right() - 6
+        x = r.left() + 6
         y = r.bottom() - 6
         for btn in (self.follow_button, self.auto_y_button):
             if not btn.isVisible():
                 continue
             btn.adjustSize()
-            btn.move(x - btn.width(), y - btn.height())
+            btn.move(x, y - btn.height())
             y -= btn.height() + 4
 
     def _on_user_pan(self) -> None:
