@@ -81,3 +81,44 @@ def test_own_and_other_fills_look_different(env, tmp_path):
     assert other.opts['brush'].color().rgb() != mine.opts['brush'].color().rgb()
     assert len(e.notes) == 1                     # desktop notice for our fill only
     shot(e.window, 'fills', tmp_path)
+
+
+# -- item 4: size control ---------------------------------------------------------------------
+
+def test_size_keys_and_field(env, qtbot, tmp_path):
+    e = env
+    assert e.status.size_text() == 'size 2'           # the launch size (lot: 1)
+    e.mode.lot_size = 0.5                             # e.g. the symbol's lot size
+    e.mode.set_size(2)
+    assert e.status.size_text() == 'size 2.0'
+    # the field sits next to the mode label
+    box, mode = e.status.size_box.geometry(), e.status._mode_label.geometry()
+    assert box.right() <= mode.left() and mode.left() - box.right() < 30
+    for key in (Qt.Key_Plus, Qt.Key_Equal):
+        e.chart.setFocus()
+        qtbot.keyClick(e.chart, key)
+    assert e.mode.size == 3.0 and e.status.size_text() == 'size 3.0'
+    qtbot.keyClick(e.chart, Qt.Key_Minus)
+    assert e.mode.size == 2.5
+    # staging shows the new size, the order goes out with it
+    cursor(e, 99.5)
+    qtbot.keyPress(e.chart, Qt.Key_F)
+    assert e.chart.staged_line.size == 2.5
+    qtbot.keyClick(e.chart, Qt.Key_Plus)
+    assert e.chart.staged_line.size == 3.0
+    shot(e.window, 'size-control', tmp_path)
+    e.mode.on_click(e.x, 99.5, Qt.LeftButton)
+    qtbot.keyRelease(e.chart, Qt.Key_F)
+    assert e.book.sent[-1].size == 3.0
+    # never below one lot
+    for _ in range(10):
+        qtbot.keyClick(e.chart, Qt.Key_Minus)
+    assert e.mode.size == 0.5
+    # typing a size in the field (snapped to the lot), then trading keys work again
+    e.status.size_box.setFocus()
+    e.status.size_box.lineEdit().selectAll()
+    qtbot.keyClicks(e.status.size_box, '7.3')
+    qtbot.keyClick(e.status.size_box, Qt.Key_Return)
+    assert e.mode.size == 7.5
+    assert e.status.size_text() == 'size 7.5'
+    qtbot.waitUntil(lambda: e.chart.hasFocus(), timeout=1000)

@@ -522,11 +522,28 @@ class StatusBar(QtWidgets.QStatusBar):
         self._info_label.hide()
         self.addPermanentWidget(self._info_label)
 
+        #: the order size field (``size [2]``), shown next to the mode once order mode is on
+        self.size_box = QtWidgets.QDoubleSpinBox(self)
+        self.size_box.setObjectName('status_size')
+        self.size_box.setPrefix('size ')
+        self.size_box.setRange(0, 1e12)
+        self.size_box.setKeyboardTracking(False)     # apply on Enter / focus out / arrows
+        self.size_box.setFocusPolicy(QtCore.Qt.ClickFocus)
+        self.size_box.setButtonSymbols(QtWidgets.QAbstractSpinBox.NoButtons)
+        self.size_box.setToolTip('order size for f/d: type a size, or +/- on the chart '
+                                 'to step by the lot size')
+        self.size_box.setStyleSheet(
+            f'QDoubleSpinBox {{ background: #16161b; color: {_FG}; border: 1px solid {_RULE};'
+            f' padding: 1px 4px; }}')
+        self.size_box.hide()
+        self.addPermanentWidget(self.size_box)
+
         self._mode_label = QtWidgets.QLabel(self)
         self._mode_label.setObjectName('status_mode')
         self.addPermanentWidget(self._mode_label)
         # style sheet rules on the labels stop font inheritance, so set it on each one
-        for label in (self._msg_label, self._pnl_label, self._info_label, self._mode_label):
+        for label in (self._msg_label, self._pnl_label, self._info_label, self._mode_label,
+                      self.size_box):
             label.setFont(font)
 
         self._timer = QtCore.QTimer(self)
@@ -545,6 +562,9 @@ class StatusBar(QtWidgets.QStatusBar):
         self.model.subscribe(self._refresh)
         # a model may outlive its view: stop rendering into deleted labels
         self.destroyed.connect(functools.partial(self.model.unsubscribe, self._refresh))
+        # the spin box's size hint is as wide as its 1e12 maximum: a sensible width instead
+        self.size_box.setFixedWidth(
+            QtGui.QFontMetrics(font).horizontalAdvance('size 99999.999') + 14)
         self.set_mode('mode: view')
         self._refresh()
 
@@ -617,6 +637,24 @@ class StatusBar(QtWidgets.QStatusBar):
         sep = f'<span style="color:{_SEP_COLOUR}"> · </span>'
         self._pnl_label.setText(f'<span style="white-space:pre">{sep.join(pieces)}</span>')
         self._pnl_label.show()
+
+    def set_size(self, size: float, lot: float) -> None:
+        """Show the order size field with ``size``, stepping by ``lot``."""
+        from ._lines import tick_decimals
+        box = self.size_box
+        box.blockSignals(True)
+        try:
+            box.setDecimals(tick_decimals(lot))
+            box.setSingleStep(lot)
+            box.setMinimum(lot)
+            box.setValue(size)
+        finally:
+            box.blockSignals(False)
+        box.show()
+
+    def size_text(self) -> str:
+        """The size field as shown (``size 2``), '' while hidden."""
+        return self.size_box.text() if self.size_box.isVisible() else ''
 
     def pnl_text(self) -> str:
         """The position summary as plain text ('' when hidden)."""

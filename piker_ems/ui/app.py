@@ -29,7 +29,8 @@ log = get_logger(__name__)
 __all__ = ['ChartApp', 'ChartOptions', 'ChartWindow', 'main']
 
 TRADE_TICKS = ('trade', 'last')
-KEYS_HELP = 'f buy · d sell · a alert · +s/ctrl live · click submit · drag modify · c/del cancel · cc all'
+KEYS_HELP = ('f buy · d sell · a alert · +s/ctrl live · click submit · drag modify · c/del cancel'
+             ' · cc all · +/- size · End follow · R auto y')
 
 
 @dataclass
@@ -151,7 +152,7 @@ class ChartApp:
         self._token = trio.lowlevel.current_trio_token()
         self.window.show()
         self.chart.setFocus()
-        self.status.set_info(f'{opts.account} · size {opts.size:g}')
+        self.status.set_info(f'{opts.account}')
         connecting = self.status.open_status('connecting to pikerd..')
         try:
             async with maybe_open_pikerd(
@@ -160,7 +161,7 @@ class ChartApp:
             ) as services:
                 connecting()
                 if services is not None:
-                    self.status.set_info(f'{opts.account} · size {opts.size:g} · pikerd in this chart')
+                    self.status.set_info(f'{opts.account} · pikerd in this chart')
                 # the app's work lives in this scope, *inside* the actor tree: cancelling it
                 # (window closed) lets tractor tear its actors down normally
                 with trio.CancelScope() as cs:
@@ -327,8 +328,10 @@ class ChartApp:
                 control_others=opts.control_others,
             ) as (book, trades, positions):
                 self.book = book
+                symbol = self.feed.symbols.get(opts.fqsn) if self.feed is not None else None
                 mode = OrderMode(
                     self.chart, self.status, book, size=opts.size,
+                    lot_size=getattr(symbol, 'lot_size', None),
                     notify=Notifier(opts.notify), fqsn=opts.fqsn,
                     control_others=opts.control_others,
                 )

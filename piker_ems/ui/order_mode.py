@@ -51,6 +51,9 @@ SUBMIT_TIMEOUT = 5.0
 ORDER_KEYS: dict[int, str] = {Qt.Key_F: 'buy', Qt.Key_D: 'sell', Qt.Key_A: 'alert'}
 LIVE_KEYS = {Qt.Key_S, Qt.Key_Control}
 CANCEL_KEY = Qt.Key_C
+#: step the order size up / down by one lot
+SIZE_UP_KEYS = {Qt.Key_Plus, Qt.Key_Equal, Qt.Key_BracketRight}
+SIZE_DOWN_KEYS = {Qt.Key_Minus, Qt.Key_Underscore, Qt.Key_BracketLeft}
 DELETE_KEYS = {Qt.Key_Delete, Qt.Key_Backspace}
 
 #: cancelled on request (the cancel group's answer); the other cancel-like final statuses
@@ -173,9 +176,12 @@ class OrderMode:
         cancel_timeout: float = CANCEL_TIMEOUT,
         submit_timeout: float = SUBMIT_TIMEOUT,
         fqsn: str | None = None,
+        lot_size: float | None = None,
     ) -> None:
         if not size > 0:
             raise ValueError(f'order size must be > 0, got {size!r}')
+        #: sizes step by (and snap to) this; default: the launch size's own precision
+        self.lot_size = float(lot_size) if lot_size and lot_size > 0 else _default_lot(size)
         self.chart = chart
         self.status = status
         self.book = book
@@ -197,6 +203,41 @@ class OrderMode:
         self.position: BrokerdPosition | None = None
         self.enabled = True
         self._apply_mode()
+        self._show_size()
+
+    # -- size -------------------------------------------------------------------------------
+
+    def set_size(self, size: float) -> float:
+        """Set the size of new buy/sell orders (snapped to the lot size, at least one lot);
+        updates the staged line and the status bar's size field. Returns the size set."""
+        lot = self.lot_size
+        try:
+            size = float(size)
+        except (TypeError, ValueError):
+            size = self.size
+        if not (size == size) or size <= 0:   # NaN / non-positive: keep one lot
+            size = lot
+        size = max(lot, snap_to_tick(size, lot))
+        self.size = size
+        staged = self.chart.staged_line
+        if staged is not None and staged.action != 'alert':
+            staged.set_size(size)
+        self._show_size()
+        return size
+
+    def step_size(self, lots: int) -> float:
+        """Step the size by ``lots`` lots (``+``/``-`` keys); never below one lot."""
+        return self.set_size(self.size + lots * self.lot_size)
+
+    def _show_size(self) -> None:
+        show = getattr(self.status, 'set_size', None)
+        if show is not None:
+            show(self.size, self.lot_size)
+
+    def _on_size_field(self, value: float) -> None:
+        if snap_to_tick(value, self.lot_size) != self.size:
+            self.set_size(value)
+        self.chart.setFocus()   # back to trading keys after typing a size
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -207,6 +248,9 @@ class OrderMode:
         self.chart.sigClicked.connect(self.on_click)
         self._filter = _FocusFilter(self.reset_keys)
         self.chart.installEventFilter(self._filter)
+        box = getattr(self.status, 'size_box', None)
+        if box is not None:
+            box.valueChanged.connect(self._on_size_field)
         return self
 
     def disconnect(self) -> None:
@@ -215,6 +259,8 @@ class OrderMode:
             (self.chart.sigKeyPressed, self.on_key_press),
             (self.chart.sigKeyReleased, self.on_key_release),
             (self.chart.sigClicked, self.on_click),
+            *(((box.valueChanged, self._on_size_field),)
+              if (box := getattr(self.status, 'size_box', None)) is not None else ()),
         ):
             try:
                 sig.disconnect(slot)
@@ -297,6 +343,12 @@ class OrderMode:
             return
         elif key in DELETE_KEYS:
             self.cancel_under_cursor()
+            return
+        elif key in SIZE_UP_KEYS:
+            self.step_size(+1)
+            return
+        elif key in SIZE_DOWN_KEYS:
+            self.step_size(-1)
             return
         elif key == Qt.Key_Escape:
             self.reset_keys()
@@ -703,6 +755,13 @@ class OrderMode:
         reason = msg.reason or (msg.brokerd_msg or {}).get('reason') or 'refused'
         what = f'{msg.resp} {oid[:6]}' if oid and oid != '?' else msg.resp
         self.status.show_error(f'{what}: {reason}')
+
+
+def _default_lot(size: float) -> float:
+    """A lot size when the symbol gives none: 1, or the launch size's last decimal."""
+    from ._lines import tick_decimals
+    dec = tick_decimals(float(size)) if size != int(size) else 0
+    return 10.0 ** -dec
 
 
 def _short(err: BaseException) -> str:
