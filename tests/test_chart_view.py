@@ -204,3 +204,48 @@ def test_wheel_zoom_keeps_following(chart):
     chart.update_bars(more)
     x0, x1 = chart.vb.viewRange()[0]
     assert x0 < more['time'][-1] < x1
+
+
+# -- item 5: readable labels -----------------------------------------------------------------
+
+def test_close_order_labels_do_not_overlap(chart, tmp_path):
+    (y0, y1) = chart.vb.viewRange()[1]
+    mid = round((y0 + y1) / 2, 2)
+    lines = [chart.add_order_line(f'o{i}', mid + i * 0.01, 'buy' if i % 2 else 'sell',
+                                  size=i + 1, confirmed=True) for i in range(4)]
+    lines.append(chart.add_order_line('far', y1 + 50, 'sell', size=9, confirmed=True))
+    lines.append(chart.add_order_line('top', y1 - 0.01, 'buy', size=5, owner='bot',
+                                      foreign=True, confirmed=True))
+    QtWidgets.QApplication.processEvents()
+    shot(chart, 'close-labels', tmp_path)
+    (y0, y1) = chart.vb.viewRange()[1]
+    rects = [ln.label.sceneBoundingRect() for ln in lines if y0 <= ln.price <= y1]
+    rects += [m.sceneBoundingRect() for m in chart.edge_markers()]
+    assert len(rects) == 6
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert not a.intersects(b), (a, b)
+    # every label is still inside the plot
+    vb = chart.vb.sceneBoundingRect().adjusted(-1, -1, 1, 1)
+    assert all(vb.contains(r) for r in rects)
+    # lines moving apart go back to the right edge
+    for i, ln in enumerate(lines[:4]):
+        ln.set_price(y0 + (i + 1) * (y1 - y0) / 6)
+    chart.layout_labels()
+    assert all(ln.label.orthoPos == ln.LABEL_POS for ln in lines[:4])
+
+
+def test_last_price_stays_visible_under_the_cursor_tag(chart, tmp_path):
+    last = chart._last
+    (x0, x1) = chart.vb.viewRange()[0]
+    for dy in (0.0, 0.01, -0.01):
+        chart.set_cursor((x0 + x1) / 2, last + dy)
+        assert chart.last_label.isVisible() and chart.cursor_label.isVisible()
+        a, b = chart.last_label.sceneBoundingRect(), chart.cursor_label.sceneBoundingRect()
+        assert not a.adjusted(0, 1, 0, -1).intersects(b), dy
+    shot(chart, 'cursor-on-last', tmp_path)
+    # away from the last price the cursor tag points exactly at the cursor
+    chart.set_cursor((x0 + x1) / 2, last - 0.5)
+    r = chart.cursor_label.sceneBoundingRect()
+    y = chart.vb.mapViewToScene(QtCore.QPointF(0, chart.cursor_price())).y()
+    assert abs(r.center().y() - y) < 1.5

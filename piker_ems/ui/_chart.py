@@ -81,6 +81,8 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         self._text = ''
         self._value: float | None = None
         self._h = QtGui.QFontMetricsF(self._font).height() + 6
+        #: another tag this one must not cover (the cursor tag avoids the last price tag)
+        self.avoid: AxisLabel | None = None
         self.setZValue(100)
         self.setVisible(False)
         vb.sigTransformChanged.connect(self._reposition)
@@ -115,11 +117,23 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         if self._value is None or not math.isfinite(self._value):
             self.setVisible(False)
             return
-        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(0, self._value))
-        ay = self._axis.mapFromScene(scene_pt).y()
-        inside = 0 <= ay <= self._axis.boundingRect().height()
+        ay = self.axis_y(self._value)
+        inside = 0 <= ay <= self._axis.height()
+        other = self.avoid
+        if other is not None and other.isVisible() and other.value is not None:
+            # never cover the tag we must keep readable (the last price): sit just above or
+            # below it, on the side the cursor is
+            oy = other.axis_y(other.value)
+            gap = (self._h + other._h) / 2
+            if abs(ay - oy) < gap:
+                ay = oy - gap if ay <= oy else oy + gap
         self.setPos(0, ay)
         self.setVisible(inside)
+
+    def axis_y(self, value: float) -> float:
+        """The axis-local y of a view value."""
+        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(0, value))
+        return self._axis.mapFromScene(scene_pt).y()
 
     def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
         """Full axis width, one text line high, centred on the value."""
@@ -350,6 +364,7 @@ class ChartWidget(QtWidgets.QWidget):
         #: crosshair price tag on the price axis
         self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
+        self.cursor_label.avoid = self.last_label
 
         scene = self.plot.scene()
         scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
@@ -529,6 +544,7 @@ class ChartWidget(QtWidgets.QWidget):
             self.last_label.set_colors(BUY_COLOR if price > self._last else SELL_COLOR)
         self._last = float(price)
         self.last_label.set_value(self._last, format_price(self._last, self._tick))
+        self.cursor_label._reposition()
 
     @property
     def last_price(self) -> float | None:
@@ -648,6 +664,7 @@ class ChartWidget(QtWidgets.QWidget):
             on_moved=on_moved, label_text=label_text,
         )
         line.sigPositionChangeFinished.connect(lambda *_: self._update_y_range())
+        line.sigLabelShown.connect(self.layout_labels)
         self._lines[oid] = line
         self.plot_item.addItem(line, ignoreBounds=True)
         if confirmed:
@@ -952,6 +969,51 @@ class ChartWidget(QtWidgets.QWidget):
             stack[edge] += 1
             m.setPos(x1, (y1 - off) if edge == 'top' else (y0 + off))
             m.setVisible(True)
+        self.layout_labels()
+
+    def layout_labels(self) -> None:
+        """Keep order labels readable when lines are close: a label that would overlap one
+        above it (or an edge marker) moves one column to the left.
+
+        Labels are right-aligned at the view's right edge; in pixels, each label takes the
+        first column whose occupants it does not overlap vertically.
+        """
+        vb_w = self.vb.width()
+        if not vb_w or vb_w < 10:
+            return
+        (y0, y1) = self.vb.viewRange()[1]
+        upp = self._y_units_per_pixel()
+        placed: list[tuple[int, float, float]] = []   # (column, top px, bottom px)
+        for m in self._markers.values():
+            if m.isVisible():
+                r = m.sceneBoundingRect()
+                top = self.vb.mapSceneToView(r.topLeft()).y()
+                placed.append((0, (y1 - top) / upp, (y1 - top) / upp + r.height()))
+        labels = [ln for ln in self._lines.values()
+                  if ln.label.isVisible() and y0 <= ln.price <= y1 and not ln.moving]
+        col_w = max((ln.label.boundingRect().width() for ln in labels), default=0) + 6
+        for ln in sorted(labels, key=lambda ln: -ln.price):
+            h = ln.label.boundingRect().height() or 16
+            mid = (y1 - ln.price) / upp
+            # near the top/bottom edge the label hangs below/above its line, never cut off
+            vb_h = (y1 - y0) / upp
+            if mid < h / 2:
+                anchor, top = (1, 0), mid
+            elif mid > vb_h - h / 2:
+                anchor, top = (1, 1), mid - h
+            else:
+                anchor, top = (1, 0.5), mid - h / 2
+            bottom = top + h
+            if ln.label.anchors[0] != anchor:
+                ln.label.anchors = [anchor, anchor]
+                ln.label.updatePosition()
+            col = 0
+            while any(c == col and t < bottom and top < b for c, t, b in placed):
+                col += 1
+            placed.append((col, top, bottom))
+            pos = LevelLine.LABEL_POS - col * col_w / vb_w
+            if abs(ln.label.orthoPos - pos) > 1e-9:
+                ln.label.setPosition(max(pos, 0.02))
 
     def _update_y_range(self) -> None:
         """Fit y to the visible bars + L1 (unless scaled by hand); lines outside get edge

@@ -136,6 +136,10 @@ class LevelLine(pg.InfiniteLine):
 
     #: emitted with ``(line, new_price)`` when a drag ends on a new price
     sigMoved = QtCore.Signal(object, float)
+    #: emitted when the label appears/disappears or its text changes (the chart re-stacks)
+    sigLabelShown = QtCore.Signal()
+    #: default position of the label along the line (right edge of the view)
+    LABEL_POS = 0.985
 
     def __init__(
         self,
@@ -181,7 +185,7 @@ class LevelLine(pg.InfiniteLine):
         self.setAcceptHoverEvents(True)
 
         self.label = pg.InfLineLabel(
-            self, text='', position=0.985, anchors=[(1, 0.5), (1, 0.5)],
+            self, text='', position=self.LABEL_POS, anchors=[(1, 0.5), (1, 0.5)],
         )
         self.label.setFont(_tag_font())
         self.label.setVisible(False)
@@ -372,10 +376,14 @@ class LevelLine(pg.InfiniteLine):
 
     def _refresh_label(self, *_args) -> None:
         show = self._confirmed and not self._staged
-        self.label.setFormat(self.label_text().replace('{', '{{').replace('}', '}}'))
+        text = self.label_text().replace('{', '{{').replace('}', '}}')
+        changed = self.label.isVisible() != show or self.label.format != text
+        self.label.setFormat(text)
         if self.label.isVisible() != show:
             self.label.setVisible(show)
         self.label.update()
+        if changed:
+            self.sigLabelShown.emit()
 
 
 class PositionLine(pg.InfiniteLine):
