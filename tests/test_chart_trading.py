@@ -122,3 +122,58 @@ def test_size_keys_and_field(env, qtbot, tmp_path):
     assert e.mode.size == 7.5
     assert e.status.size_text() == 'size 7.5'
     qtbot.waitUntil(lambda: e.chart.hasFocus(), timeout=1000)
+
+
+# -- item 6: cancel-all says what happened -----------------------------------------------------
+
+def _three(e) -> list[str]:
+    oids = [place(e, Qt.Key_F, p) for p in (99.0, 99.5, 100.0)]
+    for oid in oids:
+        e.mode.on_msg(st(e.book, oid, 'dark_submitted'))
+    return oids
+
+
+def test_cancel_all_counts_a_fill_during_the_cancel(env, tmp_path):
+    e = env
+    a, b, c = _three(e)
+    e.mode.cancel_all()
+    assert e.status.text().startswith('cancelling 3 orders')
+    e.mode.on_msg(st(e.book, a, 'dark_cancelled'))
+    # b triggered and filled at the venue while its cancel was in flight
+    e.mode.on_msg(st(e.book, b, 'broker_filled', brokerd_msg={'action': 'buy', 'price': 99.5,
+                                                              'size': 2}))
+    e.mode.on_msg(st(e.book, b, 'broker_executed'))
+    assert e.status.text().startswith('cancelling 3 orders')
+    e.mode.on_msg(st(e.book, c, 'dark_cancelled'))
+    assert e.status.text() == f'cancelled 2, 1 filled  ·  filled buy 2 @ 99.50 ({b[:6]})'
+    assert 'cancelled 3' not in e.status.text()
+    shot(e.window, 'cancel-counts', tmp_path)
+
+
+def test_cancel_all_counts_refusals_and_all_cancelled_keeps_spec_wording(env):
+    e = env
+    a, b, c = _three(e)
+    e.mode.cancel_all()
+    e.mode.on_msg(st(e.book, a, 'dark_cancelled'))
+    e.mode.on_msg(st(e.book, b, 'error', reason=f'cancel refused: {b} not yours'))
+    e.mode.on_msg(st(e.book, c, 'dark_cancelled'))
+    assert 'cancelled 2, 1 refused' in e.status.text()
+    x, y, z = _three(e)
+    e.mode.cancel_all()
+    for oid in (x, y, z):
+        e.mode.on_msg(st(e.book, oid, 'dark_cancelled'))
+    assert e.status.text() == 'cancelled 3 orders'
+
+
+def test_oids_are_short_everywhere(env):
+    import re
+    e = env
+    oid = place(e, Qt.Key_F, 100.0)
+    e.mode.on_msg(st(e.book, oid, 'dark_submitted'))
+    e.mode.cancel_all()
+    e.mode.on_msg(st(e.book, oid, 'error', reason=f'order {oid} is already closed'))
+    text = e.status.text()
+    assert f'order {oid[:6]} is already closed' in text
+    assert not re.search(r'[0-9a-f]{7,}', text), text
+    e.mode.on_msg(st(e.book, oid, 'broker_expired', reason=f'{oid} ran out of time'))
+    assert not re.search(r'[0-9a-f]{7,}', e.status.text()), e.status.text()

@@ -282,6 +282,15 @@ class StatusModel:
 
     # -- closing ----------------------------------------------------------------------------
 
+    def set_final(self, key: str, final_msg: str | None) -> bool:
+        """Change what group ``key`` will say once resolved (e.g. once outcomes are known:
+        ``cancelled 2, 1 filled``). Returns ``False`` if the group already finished."""
+        group = self._groups.get(key)
+        if group is None:
+            return False
+        group.final_msg = final_msg
+        return True
+
     def close_group(self, key: str) -> bool:
         """Resolve group ``key`` now, showing its ``final_msg``; open members are dropped.
 
@@ -590,6 +599,10 @@ class StatusBar(QtWidgets.QStatusBar):
     def show_error(self, msg: str) -> Closer:
         """Show ``msg`` in red until the next status (see :meth:`StatusModel.show_error`)."""
         return self.model.show_error(msg)
+
+    def set_final(self, key: str, final_msg: str | None) -> bool:
+        """Change a group's final message (see :meth:`StatusModel.set_final`)."""
+        return self.model.set_final(key, final_msg)
 
     def close_group(self, key: str) -> bool:
         """Resolve a group now (see :meth:`StatusModel.close_group`)."""

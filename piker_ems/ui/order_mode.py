@@ -20,6 +20,7 @@ Keys (held, not toggled):
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -101,6 +102,8 @@ class StatusSink(Protocol):
 
     def close_group(self, key: str) -> bool: ...
 
+    def set_final(self, key: str, final_msg: str | None) -> bool: ...
+
     def set_mode(self, text: str) -> None: ...
 
 
@@ -136,11 +139,26 @@ class Notifier:
 
 @dataclass
 class _CancelBatch:
-    """One ``c`` / Delete / ``cc`` request: its status group and the orders it covers."""
+    """One ``c`` / Delete / ``cc`` request: its status group and the orders it covers.
+
+    ``outcomes`` records how each order ended (``cancelled``, ``filled``, ``refused``...) so
+    the group's final message says what happened: ``cancelled 2, 1 filled``.
+    """
 
     key: str | None
     oids: list[str]
     t: float
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for oid in self.oids:
+            what = self.outcomes.get(oid, 'cancelled')
+            counts[what] = counts.get(what, 0) + 1
+        cancelled = counts.pop('cancelled', 0)
+        if not counts:
+            return f'cancelled {cancelled} orders'      # SPEC §8 wording
+        return ', '.join([f'cancelled {cancelled}'] + [f'{n} {w}' for w, n in counts.items()])
 
 
 @dataclass
@@ -198,6 +216,9 @@ class OrderMode:
         self._ctrl = False
         self._last_c: _CancelBatch | None = None
         self._pending: dict[str, _Pending] = {}
+        #: cancel batches still waiting on an oid, and how recently ended oids ended
+        self._batches: dict[str, list[_CancelBatch]] = {}
+        self._outcomes: dict[str, str] = {}
         self._filter: _FocusFilter | None = None
         #: this chart's position (symbol + account) as last reported, None before any
         self.position: BrokerdPosition | None = None
@@ -513,6 +534,13 @@ class OrderMode:
             oid: self.status.open_status(f'cancelling order {oid[:6]}', group_key=key)
             for oid in everything
         }
+        batch = _CancelBatch(key, everything, self.clock())
+        for oid in everything:
+            if oid in self._outcomes:
+                batch.outcomes[oid] = self._outcomes[oid]
+            else:
+                self._batches.setdefault(oid, []).append(batch)
+        self.status.set_final(key, batch.summary())
         todo_set = set(todo)
         to_send, done_already = [], []
         for oid in everything:
@@ -531,11 +559,26 @@ class OrderMode:
                 self.book.cancel(oid)
             except Exception as err:
                 log.warning('cancel %s failed: %s', oid, err)
-                self._resolve_cancel(oid)
+                self._resolve_cancel(oid, 'failed')
                 self.status.show_error(f'cancel {oid[:6]} failed: {_short(err)}')
-        return _CancelBatch(key, everything, self.clock())
+        return batch
 
-    def _resolve_cancel(self, oid: str) -> None:
+    def _record_outcome(self, oid: str, outcome: str) -> None:
+        """How ``oid`` ended (or why its cancel did not happen): every cancel batch waiting on
+        it updates its final message before its member closes."""
+        if outcome != 'refused':
+            self._outcomes[oid] = outcome
+            if len(self._outcomes) > 2000:          # a day of orders: keep the newest
+                for old in list(self._outcomes)[:1000]:
+                    del self._outcomes[old]
+        for batch in self._batches.pop(oid, []):
+            batch.outcomes[oid] = outcome
+            if batch.key is not None:
+                self.status.set_final(batch.key, batch.summary())
+
+    def _resolve_cancel(self, oid: str, outcome: str | None = None) -> None:
+        if outcome is not None:
+            self._record_outcome(oid, outcome)
         pend = self._pending.get(oid)
         if pend is None:
             return
@@ -552,10 +595,10 @@ class OrderMode:
         for close in closers:
             close()
 
-    def _forget(self, oid: str) -> None:
+    def _forget(self, oid: str, outcome: str | None = None) -> None:
         """The order is over: resolve whatever waits on it, remove its line."""
         self._resolve_submit(oid)
-        self._resolve_cancel(oid)
+        self._resolve_cancel(oid, outcome)
         self._pending.pop(oid, None)
         self.chart.remove_order_line(oid)
 
@@ -650,12 +693,13 @@ class OrderMode:
 
         if st.is_final(resp):
             # nothing more will come for this oid: resolve what waits on it, drop its line
-            self._forget(oid)
+            self._forget(oid, _outcome(resp))
             if st.is_error(resp):  # broker_errored: refused, failed or lost with its venue
                 self._show_refusal(msg)
             elif st.is_cancelled(resp) and resp not in _CANCEL_CONFIRMS:
                 reason = f': {msg.reason}' if msg.reason else ''
-                self.status.show_error(f'order {oid[:6]} {resp.removeprefix(st.BROKER_PREFIX)}{reason}')
+                self.status.show_error(short_oids(
+                    f'order {oid[:6]} {resp.removeprefix(st.BROKER_PREFIX)}{reason}'))
             elif resp == st.ALERT_TRIGGERED:
                 self._on_alert(msg)
             return
@@ -743,7 +787,7 @@ class OrderMode:
                 self.book.orders[oid] = order.model_copy(update={'price': old})
         elif pend is not None and pend.cancel:
             # cancelling something the EMS no longer holds (or may not touch)
-            self._resolve_cancel(oid)
+            self._resolve_cancel(oid, 'refused')
             if line is not None and not line.foreign:
                 self._forget(oid)
         else:
@@ -754,7 +798,29 @@ class OrderMode:
         oid = msg.oid
         reason = msg.reason or (msg.brokerd_msg or {}).get('reason') or 'refused'
         what = f'{msg.resp} {oid[:6]}' if oid and oid != '?' else msg.resp
-        self.status.show_error(f'{what}: {reason}')
+        self.status.show_error(short_oids(f'{what}: {reason}'))
+
+
+_OID_RE = re.compile(r'\b([0-9a-f]{6})[0-9a-f]{10,}\b|\b([0-9a-f]{6})[0-9a-f-]{30,}\b')
+
+
+def short_oids(text: str) -> str:
+    """Shorten every full oid (32 hex digits, or a dashed uuid) in ``text`` to its first 6
+    characters, the form used everywhere in the chart."""
+    return _OID_RE.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+def _outcome(resp: str) -> str:
+    """How a final status ended an order, in a cancel group's words."""
+    if resp in _CANCEL_CONFIRMS:
+        return 'cancelled'
+    if st.is_filled(resp):
+        return 'filled'
+    if resp == st.ALERT_TRIGGERED:
+        return 'triggered'
+    if st.is_error(resp):
+        return 'failed'
+    return resp.removeprefix(st.BROKER_PREFIX)
 
 
 def _default_lot(size: float) -> float:
@@ -766,7 +832,7 @@ def _default_lot(size: float) -> float:
 
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return short_oids(text[0]) if text else type(err).__name__
 
 
 class _FocusFilter(QtCore.QObject):
