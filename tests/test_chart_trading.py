@@ -177,3 +177,51 @@ def test_oids_are_short_everywhere(env):
     assert not re.search(r'[0-9a-f]{7,}', text), text
     e.mode.on_msg(st(e.book, oid, 'broker_expired', reason=f'{oid} ran out of time'))
     assert not re.search(r'[0-9a-f]{7,}', e.status.text()), e.status.text()
+
+
+# -- item 7: errors clear ---------------------------------------------------------------------
+
+def test_error_clears_on_next_status_after_a_moment(env):
+    e = env
+    a = place(e, Qt.Key_F, 99.0)
+    e.mode.on_msg(st(e.book, a, 'error', reason='price outside the band'))
+    assert 'price outside the band' in e.status.text()
+    b = place(e, Qt.Key_D, 101.0)          # opening a status clears it anyway (as before)
+    assert 'outside the band' not in e.status.text()
+    e.mode.on_msg(st(e.book, b, 'error', reason='no margin'))
+    e.clock.t += 1
+    e.mode.on_msg(st(e.book, b, 'dark_cancelled'))      # too soon: still readable
+    assert 'no margin' in e.status.text()
+    e.clock.t += 3
+    c = foreign_order('bot', 99.9)
+    e.mode.on_msg(st(e.book, c.oid, 'dark_submitted', req=c, owner='bot'))
+    assert 'no margin' not in e.status.text()
+
+
+def test_error_times_out_visibly(env, qtbot, tmp_path):
+    e = env
+    e.mode.on_msg(st(e.book, 'f' * 32, 'error', reason='venue refused the cancel'))
+    assert e.status.countdowns() == ['clears in 30s']
+    assert 'clears in 30s' in e.status._msg_label.text()       # shown in the bar
+    e.clock.t += 12.2
+    assert e.status.countdowns() == ['clears in 18s']
+    qtbot.waitUntil(lambda: 'clears in 18s' in e.status._msg_label.text(), timeout=2500)
+    shot(e.window, 'error-countdown', tmp_path)
+    e.clock.t += 18
+    e.status.model.expire()
+    assert e.status.text() == '' and e.status.countdowns() == []
+    # and the bar's own timer does it without help
+    e.status.model.clock = __import__('time').monotonic
+    e.status.model.error_ttl = 0.3
+    e.status.show_error('short-lived')
+    qtbot.waitUntil(lambda: e.status.text() == '', timeout=2000)
+
+
+def test_lasting_errors_do_not_time_out(env):
+    e = env
+    e.status.show_error('order mode off: lost the EMS', sticky=True)
+    assert e.status.countdowns() == []
+    e.clock.t += 600
+    e.status.model.expire()
+    e.status.clear_errors(0)
+    assert e.status.text() == 'order mode off: lost the EMS'

@@ -50,6 +50,8 @@ log = get_logger(__name__)
 #: Accepted values for ``level``: ``warn`` is used for timeouts, ``error`` for failures,
 #: ``fill`` for this client's fills and ``other`` for other clients' fills.
 LEVELS = ('info', 'warn', 'error', 'fill', 'other')
+#: Seconds an error message stays at most (it also clears on the next EMS status).
+ERROR_TTL = 30.0
 #: Separator between a group message and its members (and between members).
 MEMBER_SEP = ' | '
 #: Separator between independent entries (plain statuses, groups, final messages).
@@ -72,6 +74,8 @@ class Segment(NamedTuple):
     text: str
     level: str = 'info'
     kind: str = 'status'
+    #: ``clock()`` time at which this (error) message clears by itself, if it does
+    expires: float | None = None
 
 
 @dataclass(eq=False)
@@ -84,6 +88,9 @@ class _Entry:
     final_msg: str | None = None
     deadline: float | None = None
     timeout_msg: str | None = None
+    opened_at: float = 0.0
+    expires: float | None = None   # errors clear by themselves at this time
+    sticky: bool = False           # a lasting state (lost connection): only the next status
 
 
 @dataclass(eq=False)
@@ -110,9 +117,12 @@ class StatusModel:
         clock: Callable[[], float] = time.monotonic,
         *,
         max_members: int = 4,
+        error_ttl: float | None = ERROR_TTL,
     ) -> None:
         self.clock = clock
         self.max_members = max_members
+        #: errors clear by themselves after this many seconds (None: only on the next status)
+        self.error_ttl = error_ttl
         self._entries: list[_Entry] = []
         self._groups: dict[str, _Group] = {}
         self._done_groups: set[str] = set()
@@ -153,8 +163,12 @@ class StatusModel:
         *,
         level: str = 'info',
         keep_transient: bool = False,
+        sticky: bool = False,
     ) -> Closer | str:
         """Show ``msg`` and return its closer, or the new group's key for ``group_key=True``.
+
+        ``sticky`` (errors): a lasting state such as a lost connection; it neither times out
+        nor clears on :meth:`clear_errors`, only when the next status opens.
 
         ``keep_transient`` (plain statuses only): do not drop the transient messages shown
         now, e.g. a fill notice arriving right after ``submitted live-buy`` shows beside it.
@@ -208,18 +222,40 @@ class StatusModel:
             final_msg=final_msg,
             deadline=self._deadline(timeout),
             timeout_msg=timeout_msg,
+            opened_at=self.clock(),
+            expires=(self.clock() + self.error_ttl
+                     if level == 'error' and self.error_ttl is not None and not sticky
+                     else None),
+            sticky=sticky,
         )
         self._entries.append(entry)
         self._changed()
         return self._plain_closer(entry)
 
-    def show_error(self, msg: str) -> Closer:
-        """Show ``msg`` as an error (red in the widget) until the next status or its closer.
+    def clear_errors(self, min_age: float = 0.0) -> bool:
+        """Drop the error messages shown for at least ``min_age`` seconds.
+
+        Order mode calls this on every EMS status: an error stays until something new
+        happens (after a moment to read it), never for minutes. Returns whether anything
+        changed.
+        """
+        now = self.clock()
+        kept = [e for e in self._entries
+                if not (e.level == 'error' and not e.sticky and now - e.opened_at >= min_age)]
+        if len(kept) == len(self._entries):
+            return False
+        self._entries = kept
+        self._changed()
+        return True
+
+    def show_error(self, msg: str, sticky: bool = False) -> Closer:
+        """Show ``msg`` as an error (red in the widget) until the next status, its closer or
+        :attr:`error_ttl` seconds (shown as a countdown); ``sticky`` errors do not time out.
 
         Exists so failures (rejected orders, lost connections) stand out from progress text
         without the caller having to remember the flags.
         """
-        closer = self.open_status(msg, level='error')
+        closer = self.open_status(msg, level='error', sticky=sticky)
         assert callable(closer)
         return closer
 
@@ -312,6 +348,9 @@ class StatusModel:
         ``clock()``. Returns whether anything changed.
         """
         now = self.clock() if now is None else now
+        stale = [e for e in self._entries if e.expires is not None and e.expires <= now]
+        if stale:
+            self._entries = [e for e in self._entries if e not in stale]
         expired = [
             e for e in self._entries
             if e.live and e.deadline is not None and e.deadline <= now
@@ -326,15 +365,15 @@ class StatusModel:
                 entry.live = False
                 entry.deadline = None
                 self._replace(entry, text, 'warn')
-        if expired:
+        if expired or stale:
             self._changed()
-        return bool(expired)
+        return bool(expired or stale)
 
     def next_deadline(self) -> float | None:
         """The earliest pending deadline (in ``clock()`` time), so a view knows when to wake."""
         deadlines = [
             e.deadline for e in self._entries if e.live and e.deadline is not None
-        ]
+        ] + [e.expires for e in self._entries if e.expires is not None]
         return min(deadlines, default=None)
 
     def clear(self) -> None:
@@ -400,7 +439,7 @@ class StatusModel:
         limit = self.max_members if max_members is None else max_members
         out: list[list[Segment]] = []
         for entry in self._entries:
-            segs = [Segment(entry.text, entry.level, 'status')]
+            segs = [Segment(entry.text, entry.level, 'status', entry.expires)]
             if isinstance(entry, _Group) and entry.live:
                 members = list(entry.members.values())
                 shown = members[:max(0, limit)]
@@ -555,6 +594,11 @@ class StatusBar(QtWidgets.QStatusBar):
                       self.size_box):
             label.setFont(font)
 
+        #: re-renders once a second while an error shows its countdown
+        self._tick = QtCore.QTimer(self)
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(self._render)
+
         self._timer = QtCore.QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setTimerType(QtCore.Qt.PreciseTimer)
@@ -590,15 +634,16 @@ class StatusBar(QtWidgets.QStatusBar):
         *,
         level: str = 'info',
         keep_transient: bool = False,
+        sticky: bool = False,
     ) -> Closer | str:
         """Same as :meth:`StatusModel.open_status`; the bar re-renders on every change."""
         return self.model.open_status(
             msg, final_msg, clear_on_next, group_key, timeout, timeout_msg, level=level,
-            keep_transient=keep_transient)
+            keep_transient=keep_transient, sticky=sticky)
 
-    def show_error(self, msg: str) -> Closer:
+    def show_error(self, msg: str, sticky: bool = False) -> Closer:
         """Show ``msg`` in red until the next status (see :meth:`StatusModel.show_error`)."""
-        return self.model.show_error(msg)
+        return self.model.show_error(msg, sticky=sticky)
 
     def set_final(self, key: str, final_msg: str | None) -> bool:
         """Change a group's final message (see :meth:`StatusModel.set_final`)."""
@@ -703,8 +748,24 @@ class StatusBar(QtWidgets.QStatusBar):
         if not self.model.expire():
             self._arm_timer()   # woke a hair early: wait for the real deadline
 
+    def clear_errors(self, min_age: float = 0.0) -> bool:
+        """Drop errors shown for at least ``min_age`` s (see :meth:`StatusModel.clear_errors`)."""
+        return self.model.clear_errors(min_age)
+
+    def countdowns(self) -> list[str]:
+        """The visible ``clears in Ns`` notes of the errors shown (for tests and tools)."""
+        now = self.model.clock()
+        return [_countdown(seg.expires, now) for segs in self.model.segments()
+                for seg in segs if seg.expires is not None]
+
     def _render(self) -> None:
         full = self.model.text()
+        has_countdown = any(seg.expires is not None for segs in self.model.segments()
+                            for seg in segs)
+        if has_countdown and not self._tick.isActive():
+            self._tick.start()
+        elif not has_countdown and self._tick.isActive():
+            self._tick.stop()
         html_text, clipped = self._fit(self._msg_label.contentsRect().width() - 16)
         self._msg_label.setText(html_text)
         self._msg_label.setToolTip(full if clipped else '')
@@ -718,7 +779,7 @@ class StatusBar(QtWidgets.QStatusBar):
         """
         entries = self.model.segments()
         if width <= 0:          # not laid out yet; resizeEvent renders again
-            return _to_html(entries, False), False
+            return _to_html(entries, False, self.model.clock()), False
         metrics = self._msg_label.fontMetrics()
 
         def too_wide(shown: list[list[Segment]], elided: bool) -> bool:
@@ -733,7 +794,7 @@ class StatusBar(QtWidgets.QStatusBar):
                 elided = True
             if not too_wide(shown, elided):
                 clipped = elided or shown != entries
-                return _to_html(shown, elided), clipped
+                return _to_html(shown, elided, self.model.clock()), clipped
         plain = metrics.elidedText(render_plain(shown), QtCore.Qt.ElideRight, width)
         colour = _LEVEL_COLOURS[shown[0][0].level] if shown else _FG
         return f'<span style="color:{colour}; white-space:pre">{html.escape(plain)}</span>', True
@@ -744,7 +805,11 @@ class StatusBar(QtWidgets.QStatusBar):
         self._render()
 
 
-def _to_html(entries: list[list[Segment]], elided: bool) -> str:
+def _countdown(expires: float, now: float) -> str:
+    return f'clears in {max(0, math.ceil(expires - now))}s'
+
+
+def _to_html(entries: list[list[Segment]], elided: bool, now: float = 0.0) -> str:
     """Rich text for the message label: escaped, coloured per segment, spaces preserved."""
     def sep(text: str) -> str:
         return f'<span style="color:{_SEP_COLOUR}">{html.escape(text)}</span>'
@@ -767,7 +832,11 @@ def _to_html(entries: list[list[Segment]], elided: bool) -> str:
                 colour = _FG
             else:
                 colour = _DIM
-            pieces.append(f'<span style="color:{colour}">{html.escape(seg.text)}</span>')
+            piece = f'<span style="color:{colour}">{html.escape(seg.text)}</span>'
+            if seg.expires is not None:
+                piece += (f'<span style="color:{_DIM}; font-size:small">'
+                          f'  ({_countdown(seg.expires, now)})</span>')
+            pieces.append(piece)
         parts.append(sep(MEMBER_SEP).join(pieces))
     body = sep(ENTRY_SEP).join(parts)
     if elided:

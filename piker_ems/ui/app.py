@@ -276,7 +276,7 @@ class ChartApp:
         except FeedLost as err:
             if feed.stream.lost:     # brokerd died or hung (not our own teardown)
                 log.error('%s', err)
-            self.status.show_error(f'quotes stopped: {err}')
+            self.status.show_error(f'quotes stopped: {err}', sticky=True)
 
     def on_quote(self, quote: dict) -> None:
         """Fold one quote (its ticks) into the bars, L1 and last price."""
@@ -344,16 +344,16 @@ class ChartApp:
                         if self._close_requested:
                             break  # don't draw into a window that is closing
                         mode.on_msg(msg)
-                    self.status.show_error('emsd closed the connection: order mode off')
+                    self.status.show_error('emsd closed the connection: order mode off', sticky=True)
                 except EmsLost as err:
                     log.error('%s', err)
-                    self.status.show_error(f'order mode off: lost the EMS: {err}')
+                    self.status.show_error(f'order mode off: lost the EMS: {err}', sticky=True)
                 finally:
                     mode.disconnect()
                     self.mode = None
         except Exception as err:  # the chart stays useful without order mode
             log.exception('order mode failed')
-            self.status.show_error(f'order mode unavailable: {_one_line(err)}')
+            self.status.show_error(f'order mode unavailable: {_one_line(err)}', sticky=True)
         finally:
             starting()
 

@@ -48,6 +48,8 @@ CC_WINDOW = 1 / 6
 CANCEL_TIMEOUT = 5.0
 #: A submission/modify still unconfirmed after this many seconds shows a timeout message.
 SUBMIT_TIMEOUT = 5.0
+#: An error shown at least this long clears on the next EMS status (time to read it).
+ERROR_MIN_S = 3.0
 
 ORDER_KEYS: dict[int, str] = {Qt.Key_F: 'buy', Qt.Key_D: 'sell', Qt.Key_A: 'alert'}
 LIVE_KEYS = {Qt.Key_S, Qt.Key_Control}
@@ -690,6 +692,9 @@ class OrderMode:
         """React to one :class:`Status` (ours or, as a watcher, another client's)."""
         oid, resp, req = msg.oid, msg.resp, msg.req
         line = self.chart.get_line(oid)
+        clear = getattr(self.status, 'clear_errors', None)
+        if clear is not None:
+            clear(ERROR_MIN_S)     # something new happened: old errors go
 
         if st.is_final(resp):
             # nothing more will come for this oid: resolve what waits on it, drop its line
