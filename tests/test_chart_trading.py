@@ -225,3 +225,70 @@ def test_lasting_errors_do_not_time_out(env):
     e.status.model.expire()
     e.status.clear_errors(0)
     assert e.status.text() == 'order mode off: lost the EMS'
+
+
+# -- item 8: other clients' orders -------------------------------------------------------------
+
+def _load_foreign(e, owner='bot', price=100.0, size=3.0) -> Order:
+    from piker_ems.clearing._messages import Status
+    o = foreign_order(owner, price, 'buy', size)
+    e.mode.load([Status(oid=o.oid, resp='dark_submitted', req=o, owner=owner)], [])
+    return o
+
+
+def _hover(e, line) -> None:
+    """A real mouse move over the line (through the viewport)."""
+    from pyqtgraph.Qt import QtTest
+    vp = e.chart.plot.viewport()
+    pos = e.chart.plot.mapFromScene(e.chart.vb.mapViewToScene(QtCore.QPointF(e.x, line.price)))
+    QtTest.QTest.mouseMove(vp, pos)
+    QtTest.QTest.qWait(20)
+    QtWidgets.QApplication.processEvents()
+
+
+def test_hover_says_whose_order_and_what_you_may_do(env, qtbot, tmp_path):
+    e = env
+    o = _load_foreign(e, 'bot', 99.8)
+    line = e.chart.get_line(o.oid)
+    mine = place(e, Qt.Key_F, 99.3)
+    e.mode.on_msg(st(e.book, mine, 'dark_submitted'))
+    _hover(e, line)
+    qtbot.waitUntil(lambda: e.status.hint_text() != '', timeout=2000)
+    import html
+    assert e.status.hint_text() == "bot's dark buy 3 @ 99.80: view only"
+    assert e.status.hint_text() in html.unescape(e.status._msg_label.text())   # shown whole
+    assert line.toolTip() == (f"bot's dark buy 3 @ 99.80 ({o.oid[:6]}): view only; start the "
+                              "chart with --control-others to cancel or drag it")
+    shot(e.window, 'foreign-hover', tmp_path)
+    _hover(e, e.chart.get_line(mine))
+    qtbot.waitUntil(lambda: e.status.hint_text() == '', timeout=2000)   # ours: no hint
+
+
+def test_c_on_a_foreign_order_is_refused_explicitly(env, qtbot):
+    e = env
+    o = _load_foreign(e, 'bot', 99.8)
+    mine = place(e, Qt.Key_F, 99.3)
+    e.mode.on_msg(st(e.book, mine, 'dark_submitted'))
+    cursor(e, 99.8)
+    qtbot.keyPress(e.chart, Qt.Key_C)
+    assert e.book.cancels == []
+    assert e.status.text() == (f"bot's order {o.oid[:6]}: cancelling other clients' orders "
+                               "needs piker chart --control-others")
+    assert 'no order under the cursor' not in e.status.text()
+
+
+def test_dragging_a_foreign_order_is_refused_visibly_without_panning(env, qtbot):
+    from test_chart_view import drag
+    e = env
+    o = _load_foreign(e, 'bot', 99.8)
+    line = e.chart.get_line(o.oid)
+    assert not line.movable
+    x_before = e.chart.vb.viewRange()[0]
+
+    def at(y):
+        return e.chart.plot.mapFromScene(e.chart.vb.mapViewToScene(QtCore.QPointF(e.x, y)))
+    drag(e.chart.plot.viewport(), at(99.8), at(99.5))
+    assert line.price == 99.8 and e.book.updates == []
+    assert e.chart.vb.viewRange()[0] == x_before         # the view did not pan either
+    assert e.status.text() == (f"bot's order {o.oid[:6]}: dragging other clients' orders "
+                               "needs piker chart --control-others")

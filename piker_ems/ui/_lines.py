@@ -169,6 +169,11 @@ class LevelLine(pg.InfiniteLine):
         self.owner = owner
         self.foreign = bool(foreign)
         self.on_moved = on_moved
+        #: called with the line when a drag starts on it while it is not movable (another
+        #: client's order): the order mode says why instead of panning the view silently
+        self.on_drag_refused: Callable[['LevelLine'], None] | None = None
+        #: called with the line when the mouse starts or stops hovering it
+        self.on_hover: Callable[['LevelLine'], None] | None = None
         self._staged = bool(staged)
         self._confirmed = False
         self._hovered = False
@@ -247,14 +252,27 @@ class LevelLine(pg.InfiniteLine):
     def hoverEvent(self, ev) -> None:  # noqa: N802
         """Track hover for all lines; only movable ones accept drags."""
         hovering = not ev.isExit()
-        if hovering and self.movable:
+        if hovering and (self.movable or self.on_drag_refused is not None):
             ev.acceptDrags(QtCore.Qt.MouseButton.LeftButton)
         self.setMouseHover(hovering)
 
+    def mouseDragEvent(self, ev) -> None:  # noqa: N802
+        """Drag to modify; a drag on a line that may not move is refused visibly."""
+        if not self.movable and self.on_drag_refused is not None \
+                and ev.button() == QtCore.Qt.MouseButton.LeftButton:
+            ev.accept()            # no silent pan of the view underneath either
+            if ev.isStart():
+                self.on_drag_refused(self)
+            return
+        super().mouseDragEvent(ev)
+
     def setMouseHover(self, hover: bool) -> None:  # noqa: N802
         """Record the hover state (also used by tests / keyboard code)."""
+        changed = self._hovered != bool(hover)
         self._hovered = bool(hover)
         super().setMouseHover(hover)
+        if changed and self.on_hover is not None:
+            self.on_hover(self)
 
     # -- states --------------------------------------------------------------
     @property

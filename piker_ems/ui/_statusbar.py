@@ -477,7 +477,7 @@ _DIM = '#8a8a96'
 _RULE = '#2a2a31'
 _SEP_COLOUR = '#5e5e6a'
 _LEVEL_COLOURS = {'info': _FG, 'warn': '#e8a33c', 'error': '#ff5f5f',
-                  'fill': '#5ad1ff', 'other': '#7d8596'}
+                  'fill': '#5ad1ff', 'other': '#7d8596', 'hint': '#e6c642'}
 _PNL_UP, _PNL_DOWN = '#3ccf72', '#ef5350'
 _MODE_COLOURS = {'buy': '#3ccf72', 'sell': '#ef5350', 'alert': '#e6c642', None: '#a6a6b0'}
 
@@ -557,6 +557,10 @@ class StatusBar(QtWidgets.QStatusBar):
             QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
         self._msg_label.setMinimumWidth(0)
         self.addWidget(self._msg_label, 1)
+
+        #: what the order under the mouse is and what you may do with it (other clients'),
+        #: shown as the newest entry of the message area while hovering
+        self._hint = ''
 
         self._pnl_label = QtWidgets.QLabel(self)
         self._pnl_label.setObjectName('status_pnl')
@@ -710,6 +714,18 @@ class StatusBar(QtWidgets.QStatusBar):
             box.blockSignals(False)
         box.show()
 
+    def set_hint(self, text: str | None) -> None:
+        """Show what the order under the mouse is (``bot's dark buy 3 @ 100.00: view
+        only``); ``None`` hides it."""
+        text = text or ''
+        if text != self._hint:
+            self._hint = text
+            self._render()
+
+    def hint_text(self) -> str:
+        """The hover hint ('' when hidden)."""
+        return self._hint
+
     def size_text(self) -> str:
         """The size field as shown (``size 2``), '' while hidden."""
         return self.size_box.text() if self.size_box.isVisible() else ''
@@ -777,7 +793,7 @@ class StatusBar(QtWidgets.QStatusBar):
         marks it), then members of what remains are summarised as ``+N more``, and as a last
         resort the plain text is elided on the right.
         """
-        entries = self.model.segments()
+        entries = self._segments()
         if width <= 0:          # not laid out yet; resizeEvent renders again
             return _to_html(entries, False, self.model.clock()), False
         metrics = self._msg_label.fontMetrics()
@@ -787,7 +803,7 @@ class StatusBar(QtWidgets.QStatusBar):
             return metrics.horizontalAdvance(text) > width
 
         for limit in range(max(self.model.max_members, 0), -1, -1):
-            shown = self.model.segments(max_members=limit)
+            shown = self._segments(max_members=limit)
             elided = False
             while len(shown) > 1 and too_wide(shown, elided):
                 shown = shown[1:]
@@ -798,6 +814,13 @@ class StatusBar(QtWidgets.QStatusBar):
         plain = metrics.elidedText(render_plain(shown), QtCore.Qt.ElideRight, width)
         colour = _LEVEL_COLOURS[shown[0][0].level] if shown else _FG
         return f'<span style="color:{colour}; white-space:pre">{html.escape(plain)}</span>', True
+
+    def _segments(self, max_members: int | None = None) -> list[list[Segment]]:
+        """The model's entries plus the hover hint (newest, so it is the last one dropped)."""
+        entries = self.model.segments(max_members=max_members)
+        if self._hint:
+            entries.append([Segment(self._hint, 'hint', 'status')])
+        return entries
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         """Re-elide the messages for the new width."""

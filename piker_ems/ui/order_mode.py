@@ -269,6 +269,7 @@ class OrderMode:
         self.chart.sigKeyPressed.connect(self.on_key_press)
         self.chart.sigKeyReleased.connect(self.on_key_release)
         self.chart.sigClicked.connect(self.on_click)
+        self.chart.sigCursorMoved.connect(self._on_cursor)
         self._filter = _FocusFilter(self.reset_keys)
         self.chart.installEventFilter(self._filter)
         box = getattr(self.status, 'size_box', None)
@@ -282,6 +283,7 @@ class OrderMode:
             (self.chart.sigKeyPressed, self.on_key_press),
             (self.chart.sigKeyReleased, self.on_key_release),
             (self.chart.sigClicked, self.on_click),
+            (self.chart.sigCursorMoved, self._on_cursor),
             *(((box.valueChanged, self._on_size_field),)
               if (box := getattr(self.status, 'size_box', None)) is not None else ()),
         ):
@@ -472,8 +474,44 @@ class OrderMode:
 
     # -- cancel ---------------------------------------------------------------------------
 
+    # -- other clients' orders ------------------------------------------------------------
+
+    def describe_foreign(self, line: LevelLine, long: bool = False) -> str:
+        """Whose order ``line`` is and what this chart may do with it (the hover hint; the
+        ``long`` form, for the tooltip, says how to get permission)."""
+        tick = self.chart.tick_size
+        what = 'alert' if line.action == 'alert' else f'{line.exec_mode} {line.action}'
+        size = '' if line.action == 'alert' else f' {format_size(line.size)}'
+        head = f"{line.owner or '?'}'s {what}{size} @ {format_price(line.price, tick)}"
+        if self.control_others:
+            return f'{head}: c cancels, drag modifies'
+        if long:
+            return (f'{head} ({(line.oid or "?")[:6]}): view only; start the chart with '
+                    f'--control-others to cancel or drag it')
+        return f'{head}: view only'
+
+    def _refusal(self, line: LevelLine, action: str) -> str:
+        return (f"{line.owner or '?'}'s order {(line.oid or '?')[:6]}: {action} other "
+                f"clients' orders needs piker chart --control-others")
+
+    def _on_cursor(self, _x: float = 0.0, _price: float = 0.0) -> None:
+        set_hint = getattr(self.status, 'set_hint', None)
+        if set_hint is None:
+            return
+        foreign = [ln for ln in self.chart.lines_under_cursor() if ln.foreign]
+        set_hint(self.describe_foreign(foreign[0]) if foreign else None)
+
+    def _on_drag_refused(self, line: LevelLine) -> None:
+        self.status.show_error(self._refusal(line, 'dragging'))
+
     def _on_c(self, everyone: bool = False) -> None:
         now = self.clock()
+        if everyone and not self.control_others:
+            # refused outright: Shift+c / Shift+cc never cancels anything without permission
+            self._last_c = None
+            self.status.show_error("cancelling other clients' orders needs piker chart "
+                                   "--control-others (nothing was cancelled)")
+            return
         last = self._last_c
         if last is not None and now - last.t <= CC_WINDOW:
             self._last_c = None
@@ -488,9 +526,14 @@ class OrderMode:
 
     def cancel_under_cursor(self) -> _CancelBatch | None:
         """Cancel the orders whose lines are under the cursor (``c`` / Delete)."""
-        lines = [ln for ln in self.chart.lines_under_cursor() if self._controllable(ln)]
+        under = self.chart.lines_under_cursor()
+        lines = [ln for ln in under if self._controllable(ln)]
         if not lines:
-            self.status.open_status('no order under the cursor', clear_on_next=True)
+            theirs = [ln for ln in under if ln.foreign]
+            if theirs:
+                self.status.show_error(self._refusal(theirs[0], 'cancelling'))
+            else:
+                self.status.open_status('no order under the cursor', clear_on_next=True)
             return None
         return self.cancel_oids([ln.oid for ln in lines])
 
@@ -502,13 +545,12 @@ class OrderMode:
         ``absorb``: the batch of the first ``c`` of a ``cc`` (orders it already cancelled
         count in this batch's ``N`` instead of showing a second group).
         """
-        refused = everyone and not self.control_others
-        everyone = everyone and not refused
+        if everyone and not self.control_others:   # refused: no side effects at all
+            self.status.show_error("cancelling other clients' orders needs piker chart "
+                                   "--control-others (nothing was cancelled)")
+            return None
         oids = [ln.oid for ln in self.chart.lines() if ln.oid and (everyone or not ln.foreign)]
-        batch = self.cancel_oids(oids, absorb=absorb)
-        if refused:  # after the group opened, so the refusal stays visible beside it
-            self.status.show_error("cancelling other clients' orders needs piker chart --control-others")
-        return batch
+        return self.cancel_oids(oids, absorb=absorb)
 
     def cancel_oids(self, oids: Iterable[str], absorb: _CancelBatch | None = None) -> _CancelBatch | None:
         """Cancel ``oids`` under one status group ``cancelling N orders``.
@@ -686,6 +728,10 @@ class OrderMode:
             owner=owner, foreign=foreign, movable=not foreign or self.control_others,
             on_moved=self._on_line_moved,
         )
+        if foreign:
+            line.on_drag_refused = self._on_drag_refused
+            line.on_hover = lambda _ln: self._on_cursor()
+            line.setToolTip(self.describe_foreign(line, long=True))
         return line
 
     def on_status(self, msg: Status) -> None:
