@@ -292,3 +292,54 @@ def test_dragging_a_foreign_order_is_refused_visibly_without_panning(env, qtbot)
     assert e.chart.vb.viewRange()[0] == x_before         # the view did not pan either
     assert e.status.text() == (f"bot's order {o.oid[:6]}: dragging other clients' orders "
                                "needs piker chart --control-others")
+
+
+# -- item 9: narrow windows ---------------------------------------------------------------------
+
+def test_window_works_at_600_px(qtbot, tmp_path):
+    from _chart_helpers import make_bars
+    from piker_ems.ui.app import KEYS_HELP, ChartOptions, ChartWindow
+    w = ChartWindow(ChartOptions(FQSN))
+    qtbot.addWidget(w)
+    w.status.set_info('paper · pikerd in this chart')
+    w.status.set_pnl([('pos 2 @ 172.07', None), ('uPnL +0.02', 0.02), ('rPnL -1.20', -1.2),
+                      ('fees 0.12', None)])
+    w.status.set_size(2, 1)
+    w.status.set_mode('mode: live-sell')
+    w.status.show_error('dark-buy @ 0.00 refused: price must be > 0')
+    w.chart.update_bars(make_bars())
+    w.show()
+    qtbot.waitExposed(w)
+    assert w.minimumSizeHint().width() <= 600
+    w.resize(600, 480)
+    qtbot.waitUntil(lambda: w.width() == 600, timeout=2000)
+    QtWidgets.QApplication.processEvents()
+    shot(w, 'narrow-600', tmp_path)
+    bar = w.status
+    # what must stay whole: the mode, the size field, the position
+    assert bar._mode_label.isVisible() and bar._mode_label.width() >= bar._mode_label.sizeHint().width()
+    assert bar.size_box.isVisible() and bar.size_box.text() == 'size 2'
+    # an error takes the position summary's room while it shows...
+    assert not bar._pnl_label.isVisible()
+    qtbot.waitUntil(lambda: bar._msg_label.width() >= 250, timeout=2000)
+    assert 'dark-buy @ 0.00 refuse' in bar._msg_label.text()
+    assert bar._msg_label.toolTip() == 'dark-buy @ 0.00 refused: price must be > 0'
+    # ...then it is back, the PnL numbers outlasting the rest
+    bar.clear_errors()
+    qtbot.waitUntil(lambda: bar._pnl_label.isVisible(), timeout=2000)
+    QtWidgets.QApplication.processEvents()
+    shot(w, 'narrow-600-pnl', tmp_path)
+    assert 'uPnL +0.02' in bar._pnl_label.shown()
+    assert bar._pnl_label.toolTip() == 'pos 2 @ 172.07 · uPnL +0.02 · rPnL -1.20 · fees 0.12'
+    # what gives way: key hints and info elide, whole in their tooltips
+    assert w.help_label.shown() != KEYS_HELP and w.help_label.toolTip() == KEYS_HELP
+    assert w.help_label.geometry().right() <= w.chart.width()
+    # the account/connection info gives way, still in the mode label's tooltip
+    assert not bar._info_label.isVisible()
+    assert bar._mode_label.toolTip() == 'paper · pikerd in this chart'
+    # nothing spills past the window
+    for wid in (bar._mode_label, bar.size_box, bar._pnl_label, bar._msg_label):
+        assert wid.geometry().right() <= bar.width()
+    # two charts tile a 1920 px screen and then some
+    w.resize(960, 600)
+    qtbot.waitUntil(lambda: w.width() == 960, timeout=2000)

@@ -50,6 +50,10 @@ log = get_logger(__name__)
 #: Accepted values for ``level``: ``warn`` is used for timeouts, ``error`` for failures,
 #: ``fill`` for this client's fills and ``other`` for other clients' fills.
 LEVELS = ('info', 'warn', 'error', 'fill', 'other')
+#: The message area never gets narrower than this (pixels), however narrow the window.
+MSG_MIN_WIDTH = 110
+#: Below this width (pixels) an error takes the position summary's place until it clears.
+NARROW_WIDTH = 820
 #: Seconds an error message stays at most (it also clears on the next EMS status).
 ERROR_TTL = 30.0
 #: Separator between a group message and its members (and between members).
@@ -524,6 +528,89 @@ def _mono_font() -> QtGui.QFont:
     return font
 
 
+class FitLabel(QtWidgets.QLabel):
+    """A label showing as many of its parts as fit its width (the rest become ``…``; the
+    whole text is in the tooltip), so a narrow window shrinks it instead of being held wide.
+
+    ``parts`` are ``(text, colour)`` pairs joined by ``sep``, shown in order; when they do
+    not all fit, the least important go first (``priority``: part indices, most important
+    first; default: left to right). With ``keep_top`` the most important part is never
+    dropped (it sets the minimum width); otherwise the minimum is ``min_width`` and the one
+    part left is elided.
+    """
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None, sep: str = ' · ',
+                 min_width: int = 24, keep_top: bool = False) -> None:
+        super().__init__(parent)
+        self.setTextFormat(QtCore.Qt.RichText)
+        self._parts: list[tuple[str, str | None]] = []
+        self._priority: list[int] = []
+        self._sep = sep
+        self._min_width = min_width
+        self._keep_top = keep_top
+        self.setSizePolicy(QtWidgets.QSizePolicy.Preferred, QtWidgets.QSizePolicy.Preferred)
+
+    def set_parts(self, parts: list[tuple[str, str | None]],
+                  priority: list[int] | None = None) -> None:
+        self._parts = list(parts)
+        self._priority = list(priority) if priority is not None else list(range(len(parts)))
+        self.updateGeometry()
+        self._fit()
+
+    def plain(self) -> str:
+        """The whole text, as plain text."""
+        return self._sep.join(t for t, _ in self._parts)
+
+    def shown(self) -> str:
+        """What is visible now, as plain text."""
+        return QtGui.QTextDocumentFragment.fromHtml(self.text()).toPlainText()
+
+    def _margins(self) -> int:
+        m = self.contentsMargins()
+        return m.left() + m.right() + 2 * self.margin() + 20   # + the style sheet padding
+
+    def sizeHint(self) -> QtCore.QSize:  # noqa: N802
+        h = super().sizeHint().height()
+        return QtCore.QSize(self.fontMetrics().horizontalAdvance(self.plain()) + self._margins(), h)
+
+    def minimumSizeHint(self) -> QtCore.QSize:  # noqa: N802
+        w = self._min_width
+        if self._keep_top and self._parts:
+            top = self._parts[self._priority[0]][0]
+            w = max(w, self.fontMetrics().horizontalAdvance(top) + self._margins())
+        return QtCore.QSize(w, super().minimumSizeHint().height())
+
+    def resizeEvent(self, ev: QtGui.QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(ev)
+        self._fit()
+
+    def _fit(self) -> None:
+        fm = self.fontMetrics()
+        avail = self.width() - self._margins()
+        parts = self._parts
+
+        def text_of(keep: set[int]) -> str:
+            t = self._sep.join(parts[i][0] for i in range(len(parts)) if i in keep)
+            return t + (' …' if len(keep) < len(parts) else '')
+
+        k = len(parts)
+        while k > 1 and fm.horizontalAdvance(text_of(set(self._priority[:k]))) > avail:
+            k -= 1
+        keep = set(self._priority[:k])
+        shown = [parts[i] for i in range(len(parts)) if i in keep]
+        if len(shown) == 1 and fm.horizontalAdvance(shown[0][0]) > avail:
+            shown[0] = (fm.elidedText(shown[0][0], QtCore.Qt.ElideRight, max(avail, 0)),
+                        shown[0][1])
+        sep = f'<span style="color:{_SEP_COLOUR}">{html.escape(self._sep)}</span>'
+        body = sep.join(
+            f'<span style="color:{c or _FG}">{html.escape(t)}</span>' for t, c in shown)
+        if len(shown) < len(parts):
+            body += f'<span style="color:{_SEP_COLOUR}"> …</span>'
+        self.setText(f'<span style="white-space:pre">{body}</span>')
+        clipped = len(shown) < len(parts) or (shown and shown[0][0] not in self.plain())
+        self.setToolTip(self.plain() if clipped else '')
+
+
 class StatusBar(QtWidgets.QStatusBar):
     """The chart window's status bar: :class:`StatusModel` messages plus mode/info labels.
 
@@ -555,21 +642,22 @@ class StatusBar(QtWidgets.QStatusBar):
         self._msg_label.setTextFormat(QtCore.Qt.RichText)
         self._msg_label.setSizePolicy(
             QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
-        self._msg_label.setMinimumWidth(0)
+        # messages (errors!) keep a readable minimum even in a narrow window
+        self._msg_label.setMinimumWidth(MSG_MIN_WIDTH)
         self.addWidget(self._msg_label, 1)
+        self._msg_label.installEventFilter(self)   # re-fit the messages when it resizes
 
         #: what the order under the mouse is and what you may do with it (other clients'),
         #: shown as the newest entry of the message area while hovering
         self._hint = ''
 
-        self._pnl_label = QtWidgets.QLabel(self)
+        self._pnl_label = FitLabel(self, keep_top=True)
         self._pnl_label.setObjectName('status_pnl')
-        self._pnl_label.setTextFormat(QtCore.Qt.RichText)
         self._pnl_label.hide()
         self._pnl_plain = ''
         self.addPermanentWidget(self._pnl_label)
 
-        self._info_label = QtWidgets.QLabel(self)
+        self._info_label = FitLabel(self, min_width=0)
         self._info_label.setObjectName('status_info')
         self._info_label.hide()
         self.addPermanentWidget(self._info_label)
@@ -610,18 +698,20 @@ class StatusBar(QtWidgets.QStatusBar):
 
         # wide enough for the widest mode from the start, so switching modes never shifts
         # the layout (or clips the label before a relayout)
-        bold = QtGui.QFont(font)
-        bold.setBold(True)
-        widest = max(QtGui.QFontMetrics(bold).horizontalAdvance(t)
-                     for t in ('mode: live-sell', 'mode: dark-sell', 'mode: alert', 'mode: view'))
-        self._mode_label.setMinimumWidth(widest + 24)
+        # (measured as styled: bold live modes, padding and border included)
+        widest = 0
+        for t in ('mode: live-sell', 'mode: dark-sell', 'mode: alert', 'mode: view'):
+            self.set_mode(t)
+            self._mode_label.ensurePolished()
+            widest = max(widest, self._mode_label.sizeHint().width())
+        self._mode_label.setMinimumWidth(widest)
 
         self.model.subscribe(self._refresh)
         # a model may outlive its view: stop rendering into deleted labels
         self.destroyed.connect(functools.partial(self.model.unsubscribe, self._refresh))
         # the spin box's size hint is as wide as its 1e12 maximum: a sensible width instead
         self.size_box.setFixedWidth(
-            QtGui.QFontMetrics(font).horizontalAdvance('size 99999.999') + 14)
+            QtGui.QFontMetrics(font).horizontalAdvance('size 999.99') + 12)
         self.set_mode('mode: view')
         self._refresh()
 
@@ -676,8 +766,10 @@ class StatusBar(QtWidgets.QStatusBar):
 
         An empty text hides the label so it takes no space.
         """
-        self._info_label.setText(text or '')
+        self._info_label.set_parts([(t, _DIM) for t in (text or '').split(' · ') if t])
         self._info_label.setVisible(bool(text))
+        self._mode_label.setToolTip(text or '')
+        self._place_pnl()
 
     def set_pnl(self, parts: list[tuple[str, float | None]] | None) -> None:
         """Show the position summary (``pos 2 @ 100.05 · uPnL +1.20 · rPnL -0.40 ·
@@ -688,17 +780,29 @@ class StatusBar(QtWidgets.QStatusBar):
         """
         if not parts:
             self._pnl_plain = ''
-            self._pnl_label.clear()
-            self._pnl_label.hide()
+            self._pnl_label.set_parts([])
+            self._place_pnl()
             return
         self._pnl_plain = ' · '.join(t for t, _ in parts)
-        pieces = []
-        for text, value in parts:
-            colour = _FG if not value else (_PNL_UP if value > 0 else _PNL_DOWN)
-            pieces.append(f'<span style="color:{colour}">{html.escape(text)}</span>')
-        sep = f'<span style="color:{_SEP_COLOUR}"> · </span>'
-        self._pnl_label.setText(f'<span style="white-space:pre">{sep.join(pieces)}</span>')
-        self._pnl_label.show()
+        # narrow: the PnL numbers outlast "pos 2 @ 100.05" (the position line shows that)
+        priority = sorted(range(len(parts)), key=lambda i: (parts[i][1] is None, i))
+        self._pnl_label.set_parts([
+            (text, None if not value else (_PNL_UP if value > 0 else _PNL_DOWN))
+            for text, value in parts], priority)
+        self._place_pnl()
+
+    def _place_pnl(self) -> None:
+        """Show the position summary, except while an error needs its room in a narrow bar
+        (the error clears within :data:`ERROR_TTL`, then the summary is back)."""
+        error = any(seg.level == 'error' for segs in self.model.segments() for seg in segs)
+        narrow = self.width() < NARROW_WIDTH
+        want = bool(self._pnl_plain) and not (error and narrow)
+        if self._pnl_label.isVisible() != want:
+            self._pnl_label.setVisible(want)
+        # the account/connection info gives way in a narrow bar (it is in the mode's tooltip)
+        info = bool(self._info_label.plain()) and not narrow
+        if self._info_label.isVisible() != info:
+            self._info_label.setVisible(info)
 
     def set_size(self, size: float, lot: float) -> None:
         """Show the order size field with ``size``, stepping by ``lot``."""
@@ -743,8 +847,8 @@ class StatusBar(QtWidgets.QStatusBar):
         return self._mode_label.text()
 
     def info_text(self) -> str:
-        """The info label's text ('' when hidden)."""
-        return self._info_label.text()
+        """The info label's text (also while a narrow bar hides it; '' when unset)."""
+        return self._info_label.plain()
 
     # -- rendering --------------------------------------------------------------------------
 
@@ -775,6 +879,7 @@ class StatusBar(QtWidgets.QStatusBar):
                 for seg in segs if seg.expires is not None]
 
     def _render(self) -> None:
+        self._place_pnl()
         full = self.model.text()
         has_countdown = any(seg.expires is not None for segs in self.model.segments()
                             for seg in segs)
@@ -822,9 +927,18 @@ class StatusBar(QtWidgets.QStatusBar):
             entries.append([Segment(self._hint, 'hint', 'status')])
         return entries
 
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802
+        """The message label got a new width (e.g. the position summary hid): re-fit."""
+        if obj is getattr(self, '_msg_label', None) and ev.type() == QtCore.QEvent.Resize:
+            html_text, clipped = self._fit(self._msg_label.contentsRect().width() - 16)
+            self._msg_label.setText(html_text)
+            self._msg_label.setToolTip(self.model.text() if clipped else '')
+        return False
+
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         """Re-elide the messages for the new width."""
         super().resizeEvent(event)
+        self._place_pnl()
         self._render()
 
 

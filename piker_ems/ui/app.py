@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pyqtgraph.Qt import QtGui, QtWidgets
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from ..data._bars import BarAggregator
 from ..log import get_logger
 from ._chart import ChartWidget
 from ._exec import ScreenshotError
-from ._statusbar import StatusBar
+from ._statusbar import FitLabel, StatusBar
 from .order_mode import Notifier, OrderMode
 
 HISTORY_BARS = 600  # backfilled bars a chart opens with (when the backend has history)
@@ -77,11 +77,14 @@ class ChartWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(self.chart)
         self.setStatusBar(self.status)
         self.chart.info_label.setToolTip(KEYS_HELP)
-        self.help_label = QtWidgets.QLabel(KEYS_HELP, self.chart)
+        # the key hints elide (whole text in the tooltip): they must never hold the window wide
+        self.help_label = FitLabel(self.chart, min_width=0)
         self.help_label.setStyleSheet('color: #5d6577; background: transparent;')
         font = QtGui.QFont()
         font.setPointSizeF(8.5)
         self.help_label.setFont(font)
+        self.help_label.setAlignment(QtCore.Qt.AlignRight | QtCore.Qt.AlignVCenter)
+        self.help_label.set_parts([(t, '#5d6577') for t in KEYS_HELP.split(' · ')])
         header = self.chart.layout().itemAt(0).widget()
         header.layout().addWidget(self.help_label)
         self.on_close: Callable[[], None] | None = None
