@@ -272,8 +272,10 @@ def test_c_on_a_foreign_order_is_refused_explicitly(env, qtbot):
     cursor(e, 99.8)
     qtbot.keyPress(e.chart, Qt.Key_C)
     assert e.book.cancels == []
-    assert e.status.text() == (f"bot's order {o.oid[:6]}: cancelling other clients' orders "
-                               "needs piker chart --control-others")
+    assert e.status.text() == f"bot's order {o.oid[:6]}: not yours to cancel (--control-others)"
+    import html
+    assert e.status.hint_text()                                  # hovering it...
+    assert e.status.text() in html.unescape(e.status._msg_label.text())   # ...the refusal shows
     assert 'no order under the cursor' not in e.status.text()
 
 
@@ -290,8 +292,7 @@ def test_dragging_a_foreign_order_is_refused_visibly_without_panning(env, qtbot)
     drag(e.chart.plot.viewport(), at(99.8), at(99.5))
     assert line.price == 99.8 and e.book.updates == []
     assert e.chart.vb.viewRange()[0] == x_before         # the view did not pan either
-    assert e.status.text() == (f"bot's order {o.oid[:6]}: dragging other clients' orders "
-                               "needs piker chart --control-others")
+    assert e.status.text() == f"bot's order {o.oid[:6]}: not yours to drag (--control-others)"
 
 
 # -- item 9: narrow windows ---------------------------------------------------------------------

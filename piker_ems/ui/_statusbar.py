@@ -921,10 +921,11 @@ class StatusBar(QtWidgets.QStatusBar):
         return f'<span style="color:{colour}; white-space:pre">{html.escape(plain)}</span>', True
 
     def _segments(self, max_members: int | None = None) -> list[list[Segment]]:
-        """The model's entries plus the hover hint (newest, so it is the last one dropped)."""
+        """The hover hint, then the model's entries: when room is short the hint goes
+        first (errors and refusals matter more; the line's tooltip says it too)."""
         entries = self.model.segments(max_members=max_members)
         if self._hint:
-            entries.append([Segment(self._hint, 'hint', 'status')])
+            entries.insert(0, [Segment(self._hint, 'hint', 'status')])
         return entries
 
     def eventFilter(self, obj, ev) -> bool:  # noqa: N802

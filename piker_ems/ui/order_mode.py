@@ -491,8 +491,8 @@ class OrderMode:
         return f'{head}: view only'
 
     def _refusal(self, line: LevelLine, action: str) -> str:
-        return (f"{line.owner or '?'}'s order {(line.oid or '?')[:6]}: {action} other "
-                f"clients' orders needs piker chart --control-others")
+        return (f"{line.owner or '?'}'s order {(line.oid or '?')[:6]}: not yours to {action} "
+                f"(--control-others)")
 
     def _on_cursor(self, _x: float = 0.0, _price: float = 0.0) -> None:
         set_hint = getattr(self.status, 'set_hint', None)
@@ -502,15 +502,15 @@ class OrderMode:
         set_hint(self.describe_foreign(foreign[0]) if foreign else None)
 
     def _on_drag_refused(self, line: LevelLine) -> None:
-        self.status.show_error(self._refusal(line, 'dragging'))
+        self.status.show_error(self._refusal(line, 'drag'))
 
     def _on_c(self, everyone: bool = False) -> None:
         now = self.clock()
         if everyone and not self.control_others:
             # refused outright: Shift+c / Shift+cc never cancels anything without permission
             self._last_c = None
-            self.status.show_error("cancelling other clients' orders needs piker chart "
-                                   "--control-others (nothing was cancelled)")
+            self.status.show_error("Shift+cc refused: needs --control-others (nothing was "
+                                   "cancelled)")
             return
         last = self._last_c
         if last is not None and now - last.t <= CC_WINDOW:
@@ -531,7 +531,7 @@ class OrderMode:
         if not lines:
             theirs = [ln for ln in under if ln.foreign]
             if theirs:
-                self.status.show_error(self._refusal(theirs[0], 'cancelling'))
+                self.status.show_error(self._refusal(theirs[0], 'cancel'))
             else:
                 self.status.open_status('no order under the cursor', clear_on_next=True)
             return None
@@ -546,8 +546,8 @@ class OrderMode:
         count in this batch's ``N`` instead of showing a second group).
         """
         if everyone and not self.control_others:   # refused: no side effects at all
-            self.status.show_error("cancelling other clients' orders needs piker chart "
-                                   "--control-others (nothing was cancelled)")
+            self.status.show_error("Shift+cc refused: needs --control-others (nothing was "
+                                   "cancelled)")
             return None
         oids = [ln.oid for ln in self.chart.lines() if ln.oid and (everyone or not ln.foreign)]
         return self.cancel_oids(oids, absorb=absorb)
