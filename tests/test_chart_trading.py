@@ -309,6 +309,7 @@ def test_window_works_at_600_px(qtbot, tmp_path):
     w.status.set_mode('mode: live-sell')
     w.status.show_error('dark-buy @ 0.00 refused: price must be > 0')
     w.chart.update_bars(make_bars())
+    w.resize(1280, 760)                         # from a wide window (a trader's resize)
     w.show()
     qtbot.waitExposed(w)
     assert w.minimumSizeHint().width() <= 600

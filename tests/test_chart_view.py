@@ -213,8 +213,9 @@ def test_close_order_labels_do_not_overlap(chart, tmp_path):
     mid = round((y0 + y1) / 2, 2)
     lines = [chart.add_order_line(f'o{i}', mid + i * 0.01, 'buy' if i % 2 else 'sell',
                                   size=i + 1, confirmed=True) for i in range(4)]
-    lines.append(chart.add_order_line('far', y1 + 50, 'sell', size=9, confirmed=True))
-    lines.append(chart.add_order_line('top', y1 - 0.01, 'buy', size=5, owner='bot',
+    lines.append(chart.add_order_line('far', y1 + 50, 'sell', size=9, owner='a-long-name',
+                                      foreign=True, confirmed=True))   # a wide marker
+    lines.append(chart.add_order_line('top', y1 - 0.02, 'buy', size=5, owner='bot',
                                       foreign=True, confirmed=True))
     QtWidgets.QApplication.processEvents()
     shot(chart, 'close-labels', tmp_path)

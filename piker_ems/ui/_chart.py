@@ -991,7 +991,9 @@ class ChartWidget(QtWidgets.QWidget):
                 placed.append((0, (y1 - top) / upp, (y1 - top) / upp + r.height()))
         labels = [ln for ln in self._lines.values()
                   if ln.label.isVisible() and y0 <= ln.price <= y1 and not ln.moving]
-        col_w = max((ln.label.boundingRect().width() for ln in labels), default=0) + 6
+        col_w = max([ln.label.boundingRect().width() for ln in labels]
+                    + [m.boundingRect().width() for m in self._markers.values() if m.isVisible()],
+                    default=0) + 6
         for ln in sorted(labels, key=lambda ln: -ln.price):
             h = ln.label.boundingRect().height() or 16
             mid = (y1 - ln.price) / upp

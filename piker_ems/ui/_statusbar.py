@@ -938,6 +938,11 @@ class StatusBar(QtWidgets.QStatusBar):
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         """Re-elide the messages for the new width."""
+        # messages get a fair share of a wide bar: the PnL/info labels are capped (caps on
+        # maxima, so the window's minimum width never depends on its current width)
+        w = event.size().width()
+        self._pnl_label.setMaximumWidth(max(self._pnl_label.minimumSizeHint().width(), int(0.3 * w)))
+        self._info_label.setMaximumWidth(max(0, int(0.16 * w)))
         super().resizeEvent(event)
         self._place_pnl()
         self._render()
