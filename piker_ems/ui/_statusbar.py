@@ -942,7 +942,7 @@ class StatusBar(QtWidgets.QStatusBar):
         # maxima, so the window's minimum width never depends on its current width)
         w = event.size().width()
         self._pnl_label.setMaximumWidth(max(self._pnl_label.minimumSizeHint().width(), int(0.3 * w)))
-        self._info_label.setMaximumWidth(max(0, int(0.16 * w)))
+        self._info_label.setMaximumWidth(max(0, int(0.25 * w)))
         super().resizeEvent(event)
         self._place_pnl()
         self._render()
