@@ -1,4 +1,5 @@
-"""Regenerate ``docs/chart.png`` and ``docs/order-mode.png`` (headless, about 90 seconds).
+"""Regenerate ``docs/chart.png``, ``docs/order-mode.png`` and ``docs/chart-narrow.png``
+(headless, about 100 seconds).
 
     QT_QPA_PLATFORM=offscreen uv run python docs/make_screenshots.py [--port 6199] [--warmup 75]
 
@@ -33,7 +34,7 @@ def main() -> None:
     import trio
     from pyqtgraph.Qt import QtCore, QtTest
 
-    from piker_ems.clearing import Status
+    from piker_ems.clearing import Status, open_ems
     from piker_ems.ui._exec import run_qt
     from piker_ems.ui.app import ChartApp, ChartOptions
 
@@ -86,9 +87,23 @@ def main() -> None:
             place(Qt.Key_D, last + 0.30 * span)                        # dark sell above
             place(Qt.Key_D, last + 0.42 * span, live=True)             # resting live sell
             place(Qt.Key_A, last + 0.16 * span)                        # alert
+            # two more dark buys a tick apart: their labels step aside instead of overlapping
+            QtTest.QTest.keyClick(chart, Qt.Key_Plus)                 # size 2 -> 3
+            place(Qt.Key_F, last - 0.30 * span + tick)
+            QtTest.QTest.keyClick(chart, Qt.Key_Minus)
             await settle('broker_submitted', 4)
-            await settle('dark_submitted', 3)
+            await settle('dark_submitted', 4)
             await settle('alert_submitted')
+
+            # another client's order far below the market: an edge marker, not a squashed plot
+            async def bot_far_buy():
+                async with open_ems('btcusd.sim', mode='dark', name='bot') as (book, trades, _):
+                    oid = book.send('buy', round(last * 0.6, 2), 3)
+                    async for m in trades:
+                        if isinstance(m, Status) and m.oid == oid and m.resp == 'dark_submitted':
+                            return
+
+            await bot_far_buy()
             await trio.sleep(1.5)
             x = time.time() - 25
             chart.set_cursor(x, app.last_price - 0.08 * span)
@@ -106,6 +121,12 @@ def main() -> None:
             QtTest.QTest.keyRelease(chart, Qt.Key_D)
             QtTest.QTest.keyRelease(chart, Qt.Key_S)
             await trio.sleep(1)
+
+            # two charts side by side on a 1920 px screen: the window at 600 px
+            app.window.resize(600, 620)
+            await trio.sleep(1.5)
+            chart.set_cursor(time.time() - 20, app.last_price - 0.1 * span)
+            app.save_screenshot(args.out / 'chart-narrow.png')
             app.close()
 
         async def both() -> None:

@@ -158,6 +158,11 @@ def test_live_buy_fills_with_up_arrow(running):
     r.wait(lambda: chart.position_line.isVisible(), msg='no position')
     assert chart.position_line.size == 1
     assert chart.position_line.avg_price == fill.brokerd_msg['price']
+    # the fill notice and the position's PnL in the status bar (issue 12 item 3)
+    price = f"{fill.brokerd_msg['price']:.2f}"
+    assert f'filled buy 1 @ {price} ({oid[:6]})' in status.text()
+    r.wait(lambda: status.pnl_text().startswith(f'pos 1 @ {price} · uPnL '),
+           msg=f'no PnL: {status.pnl_text()!r}')
 
 
 def test_other_clients_order_drawn_foreign(running, qtbot):
@@ -288,3 +293,30 @@ def test_chart_opens_with_backfilled_history(running):
     assert len(bars) >= HISTORY_BARS            # history loaded, then live bars appended
     assert abs(bars['close'][-1] - running.last()) < 1.0  # history joins the live market
     assert (bars['time'][1:] > bars['time'][:-1]).all()
+
+
+def test_far_foreign_order_keeps_the_bars_tall(running, tmp_path):
+    """Issue 12 item 1 on the real stack: another client's order far from the market shows
+    as an edge marker; the bars keep most of the plot height (it was ~3 %)."""
+    r = running
+    chart = r.chart
+    price = round(r.last() * 0.6, 2)
+
+    async def other_places_far_buy():
+        async with open_ems(FQSN, mode='dark', name='bot') as (book, trades, _):
+            oid = book.send('buy', price, 3)
+            async for msg in trades:
+                if isinstance(msg, Status) and msg.oid == oid and msg.resp == 'dark_submitted':
+                    return oid
+
+    oid = r.call(other_places_far_buy)
+    r.wait(lambda: chart.get_line(oid) is not None, msg='foreign order not drawn')
+    r.wait(lambda: [m.textItem.toPlainText() for m in chart.edge_markers()]
+           == [f'▼ bot: 3 @ {price:.2f}'], msg='no edge marker')
+    (x0, x1), (y0, y1) = chart.vb.viewRange()
+    lo, hi = chart.bars.y_range(x0, x1)
+    assert (hi - lo) / (y1 - y0) >= 0.7
+    assert y0 > price
+    out = os.environ.get('PIKER_EMS_SHOTS') or str(tmp_path)
+    os.makedirs(out, exist_ok=True)
+    r.app.save_screenshot(os.path.join(out, 'app-far-order.png'))

@@ -16,7 +16,7 @@ from ._common import CliState, check_fqsn, run
 @click.command()
 @click.argument('fqsn')
 @click.option('--period', type=float, default=5.0, show_default=True, help='Bar period in seconds.')
-@click.option('--size', type=float, default=1.0, show_default=True, help='Size of orders placed with f/d (lots).')
+@click.option('--size', type=float, default=1.0, show_default=True, help='Starting size of orders placed with f/d (+/- change it).')
 @click.option('--account', default='paper', show_default=True,
               help="'paper' trades the paper engine; another account the broker's live endpoint.")
 @click.option('--name', default='chart', show_default=True,
@@ -38,6 +38,9 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
       left click: submit; release the key: unstage
     drag a line: modify      c / Delete: cancel under cursor      cc: cancel all yours
     Shift+cc (with --control-others): cancel every order on the symbol, others' too
+    +/- : order size up/down by one lot (or type it in the status bar's size field)
+    drag the plot: pan (stops following)   End: follow the newest bar again
+    drag/wheel the price axis: scale prices   R: prices fit the bars again
     """
     check_fqsn(fqsn)
     if period <= 0:

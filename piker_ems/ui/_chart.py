@@ -81,6 +81,8 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         self._text = ''
         self._value: float | None = None
         self._h = QtGui.QFontMetricsF(self._font).height() + 6
+        #: another tag this one must not cover (the cursor tag avoids the last price tag)
+        self.avoid: AxisLabel | None = None
         self.setZValue(100)
         self.setVisible(False)
         vb.sigTransformChanged.connect(self._reposition)
@@ -115,11 +117,23 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         if self._value is None or not math.isfinite(self._value):
             self.setVisible(False)
             return
-        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(0, self._value))
-        ay = self._axis.mapFromScene(scene_pt).y()
-        inside = 0 <= ay <= self._axis.boundingRect().height()
+        ay = self.axis_y(self._value)
+        inside = 0 <= ay <= self._axis.height()
+        other = self.avoid
+        if other is not None and other.isVisible() and other.value is not None:
+            # never cover the tag we must keep readable (the last price): sit just above or
+            # below it, on the side the cursor is
+            oy = other.axis_y(other.value)
+            gap = (self._h + other._h) / 2
+            if abs(ay - oy) < gap:
+                ay = oy - gap if ay <= oy else oy + gap
         self.setPos(0, ay)
         self.setVisible(inside)
+
+    def axis_y(self, value: float) -> float:
+        """The axis-local y of a view value."""
+        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(0, value))
+        return self._axis.mapFromScene(scene_pt).y()
 
     def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
         """Full axis width, one text line high, centred on the value."""
@@ -149,6 +163,74 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         )
 
 
+class _ChartViewBox(pg.ViewBox):
+    """The plot's view box: tells the chart when the *user* pans or zooms, and scales the
+    price axis by hand (drag or wheel over the price axis).
+
+    pyqtgraph forwards drags/wheels on an axis to its linked view box with ``axis=1`` (y);
+    those never move x. A drag in the plot pans x (and y once the user scaled y by hand).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.chart: 'ChartWidget | None' = None
+
+    def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802
+        chart = self.chart
+        if axis == 1 and chart is not None:
+            ev.accept()
+            if ev.button() != QtCore.Qt.MouseButton.LeftButton:
+                return
+            dy = ev.scenePos().y() - ev.lastScenePos().y()
+            # drag down: zoom out (a wider price range), up: zoom in, like trading screens
+            chart.scale_y(math.exp(0.01 * dy))
+            return
+        before = self.viewRange()[0]
+        super().mouseDragEvent(ev, axis=axis)
+        if chart is not None and self.viewRange()[0] != before:
+            chart._on_user_pan()
+
+    def wheelEvent(self, ev, axis=None) -> None:  # noqa: N802
+        chart = self.chart
+        if axis == 1 and chart is not None:
+            delta = ev.delta() if hasattr(ev, 'delta') else ev.angleDelta().y()
+            chart.scale_y(math.exp(-0.0015 * delta))
+            ev.accept()
+            return
+        super().wheelEvent(ev, axis=axis)
+        if chart is not None:
+            chart._on_user_zoom()
+
+
+class EdgeMarker(pg.TextItem):
+    """A tag at the top or bottom edge of the plot for a line priced outside the view.
+
+    Exists so an order (or the position) far from the market never squashes the price
+    scale: the range follows the bars, and what lies beyond it is summarised here, with its
+    price, pointing up or down to where it is.
+    """
+
+    def __init__(self, line, edge: str) -> None:
+        super().__init__(text='', anchor=(1, 0) if edge == 'top' else (1, 1))
+        self.line = line
+        self.edge = edge
+        self.setZValue(60)
+        self.setFont(_font(8, bold=True))
+
+    def refresh(self, text: str, color: QtGui.QColor, foreign: bool) -> None:
+        arrow = '▲' if self.edge == 'top' else '▼'
+        self.setText(f'{arrow} {text}')
+        if foreign:
+            self.fill = pg.mkBrush(QtGui.QColor(30, 34, 42, 235))
+            self.border = pg.mkPen(color, width=1)
+            self.setColor(color.lighter(120))
+        else:
+            self.fill = pg.mkBrush(color)
+            self.border = pg.mkPen(None)
+            self.setColor(TAG_TEXT_COLOR)
+        self.update()
+
+
 class ChartWidget(QtWidgets.QWidget):
     """One symbol's chart: bars, L1, last price, crosshair, orders, fills.
 
@@ -161,10 +243,16 @@ class ChartWidget(QtWidgets.QWidget):
       :meth:`lines_under_cursor`.
 
     The x axis follows the newest bars (keeping about ``follow_bars`` bars
-    in view) until the user pans the newest bar out of sight; it follows
-    again once the newest bar is panned back into view (or on double
-    click). Mouse pan/zoom act on x only: y is always auto-ranged to the
-    visible bars, the L1, the order lines and the position.
+    in view) until the user drags the plot; ``End``, the on-screen
+    ``latest`` button or a double click follow again. A wheel zoom keeps
+    following with the new span.
+
+    y follows the visible bars plus the L1 (bid/ask/last) only; order,
+    alert and position lines outside that range are drawn as
+    :class:`EdgeMarker` tags at the top/bottom edge with their price. The
+    price axis can be scaled by hand (drag it or turn the wheel over it);
+    then a drag in the plot pans y too. ``R``, a double click on the price
+    axis or a double click in the plot return to auto-range.
 
     Qt signals for the order mode: :attr:`sigCursorMoved` ``(x, price)``
     with the tick-snapped price, :attr:`sigClicked` ``(x, price, button)``
@@ -226,14 +314,19 @@ class ChartWidget(QtWidgets.QWidget):
         hl.addStretch(1)
         layout.addWidget(header)
 
+        self._vb = _ChartViewBox()
         self.plot = pg.PlotWidget(
             parent=self,
             background=BG_COLOR,
+            viewBox=self._vb,
             axisItems={'bottom': pg.DateAxisItem(orientation='bottom')},
         )
         layout.addWidget(self.plot, 1)
         self.plot_item: pg.PlotItem = self.plot.getPlotItem()
         self.vb: pg.ViewBox = self.plot_item.getViewBox()
+        self._vb.chart = self
+        self._y_manual = False
+        self._markers: dict[int, EdgeMarker] = {}
         self._setup_axes()
 
         self.vb.disableAutoRange()
@@ -271,6 +364,7 @@ class ChartWidget(QtWidgets.QWidget):
         #: crosshair price tag on the price axis
         self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
+        self.cursor_label.avoid = self.last_label
 
         scene = self.plot.scene()
         scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
@@ -278,6 +372,30 @@ class ChartWidget(QtWidgets.QWidget):
         self.vb.sigRangeChangedManually.connect(self._on_manual_range)
         self.vb.sigXRangeChanged.connect(self._on_x_range_changed)
         self.vb.sigResized.connect(lambda *_: self._update_y_range())
+        self.vb.sigResized.connect(lambda *_: self._place_follow_button())
+        self.vb.sigYRangeChanged.connect(lambda *_: self._update_edge_markers())
+
+        #: small on-screen control shown while not following: back to the newest bars
+        self.follow_button = QtWidgets.QToolButton(self.plot)
+        self.follow_button.setText('latest ⇥')
+        self.follow_button.setToolTip('follow the newest bars again (End)')
+        self.follow_button.setCursor(QtCore.Qt.CursorShape.PointingHandCursor)
+        self.follow_button.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.follow_button.setStyleSheet(
+            'QToolButton { color: #e6e9ef; background: rgba(58,64,78,220); border: 1px solid #5d6577;'
+            ' border-radius: 3px; padding: 1px 6px; font-size: 8pt; }'
+            ' QToolButton:hover { background: rgba(88,96,116,240); }')
+        self.follow_button.clicked.connect(lambda: self.follow_latest(True))
+        self.follow_button.hide()
+        #: small on-screen control shown while y is scaled by hand: back to auto-range
+        self.auto_y_button = QtWidgets.QToolButton(self.plot)
+        self.auto_y_button.setText('auto y')
+        self.auto_y_button.setToolTip('fit the price scale to the visible bars again (R, or double click the price axis)')
+        self.auto_y_button.setCursor(QtCore.Qt.CursorShape.PointingHandCursor)
+        self.auto_y_button.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.auto_y_button.setStyleSheet(self.follow_button.styleSheet())
+        self.auto_y_button.clicked.connect(lambda: self.set_y_auto(True))
+        self.auto_y_button.hide()
         self.plot.viewport().installEventFilter(self)
         # keyboard focus always lands on this widget (clicking the plot
         # focuses us via the proxy), so key events arrive exactly once in
@@ -426,6 +544,12 @@ class ChartWidget(QtWidgets.QWidget):
             self.last_label.set_colors(BUY_COLOR if price > self._last else SELL_COLOR)
         self._last = float(price)
         self.last_label.set_value(self._last, format_price(self._last, self._tick))
+        self.cursor_label._reposition()
+
+    @property
+    def last_price(self) -> float | None:
+        """The last traded price shown on the axis (None before the first)."""
+        return self._last
 
     # ---------------------------------------------------------------- cursor
     def cursor_price(self) -> float | None:
@@ -473,6 +597,8 @@ class ChartWidget(QtWidgets.QWidget):
 
     def _on_scene_clicked(self, ev) -> None:
         if not self.vb.sceneBoundingRect().contains(ev.scenePos()):
+            if ev.double() and self.price_axis_rect().contains(ev.scenePos()):
+                self.set_y_auto(True)
             return
         pt = self.vb.mapSceneToView(ev.scenePos())
         if ev.double() and ev.button() == QtCore.Qt.MouseButton.LeftButton:
@@ -480,10 +606,16 @@ class ChartWidget(QtWidgets.QWidget):
             self._user_span = False
             self._follow_span = self._follow_bars * self._period / (1 - _RIGHT_MARGIN)
             self.follow_latest(True)
+            self.set_y_auto(True)
             return
         if ev.isAccepted():
             return
         self.sigClicked.emit(float(pt.x()), self.snap(pt.y()), ev.button())
+
+    def price_axis_rect(self) -> QtCore.QRectF:
+        """The price axis' scene rectangle (its bounding rect also spans the grid lines)."""
+        ax = self.plot_item.getAxis('right')
+        return QtCore.QRectF(ax.scenePos(), QtCore.QSizeF(ax.width(), ax.height()))
 
     def eventFilter(self, obj, ev) -> bool:  # noqa: N802
         """Hide the crosshair when the mouse leaves the plot."""
@@ -492,7 +624,13 @@ class ChartWidget(QtWidgets.QWidget):
         return False
 
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802
-        """Forward key presses on the chart to :attr:`sigKeyPressed`."""
+        """View keys (``End`` follow, ``R`` auto y) act here; every key is also forwarded to
+        :attr:`sigKeyPressed` (order mode ignores keys it does not use)."""
+        if not ev.isAutoRepeat():
+            if ev.key() == QtCore.Qt.Key.Key_End:
+                self.follow_latest(True)
+            elif ev.key() == QtCore.Qt.Key.Key_R and not ev.modifiers():
+                self.set_y_auto(True)
         self.sigKeyPressed.emit(ev)
 
     def keyReleaseEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802
@@ -526,6 +664,7 @@ class ChartWidget(QtWidgets.QWidget):
             on_moved=on_moved, label_text=label_text,
         )
         line.sigPositionChangeFinished.connect(lambda *_: self._update_y_range())
+        line.sigLabelShown.connect(self.layout_labels)
         self._lines[oid] = line
         self.plot_item.addItem(line, ignoreBounds=True)
         if confirmed:
@@ -622,12 +761,14 @@ class ChartWidget(QtWidgets.QWidget):
     def _bar_center(self, t: float) -> float:
         return math.floor(t / self._period) * self._period + self._period / 2
 
-    def add_fill_arrow(self, action: str, t: float, price: float) -> pg.ArrowItem:
+    def add_fill_arrow(self, action: str, t: float, price: float,
+                       foreign: bool = False) -> pg.ArrowItem:
         """Mark a fill: up arrow (buy) / down arrow (sell) at the fill price.
 
-        ``t`` is the fill time (epoch s); the arrow is centred on its bar.
+        ``t`` is the fill time (epoch s); the arrow is centred on its bar. Another client's
+        fill (``foreign``) is drawn hollow and dimmed.
         """
-        arrow = make_fill_arrow(action, self._bar_center(t), price)
+        arrow = make_fill_arrow(action, self._bar_center(t), price, foreign=foreign)
         self._arrows.append(arrow)
         self.plot_item.addItem(arrow, ignoreBounds=True)
         return arrow
@@ -664,7 +805,38 @@ class ChartWidget(QtWidgets.QWidget):
     def follow_latest(self, enable: bool = True) -> None:
         """Turn following the newest bars on/off (on: jump to them now)."""
         self._follow = bool(enable)
+        self.follow_button.setVisible(not self._follow)
+        self._place_follow_button()
         if self._follow and len(self.bars.array):
+            self._apply_follow()
+
+    def _place_follow_button(self) -> None:
+        """Bottom left of the plot area (the right edge holds order tags and edge markers);
+        ``auto y`` above it."""
+        r = self.plot.mapFromScene(self.vb.sceneBoundingRect()).boundingRect()
+        x = r.left() + 6
+        y = r.bottom() - 6
+        for btn in (self.follow_button, self.auto_y_button):
+            if not btn.isVisible():
+                continue
+            btn.adjustSize()
+            btn.move(x, y - btn.height())
+            y -= btn.height() + 4
+
+    def _on_user_pan(self) -> None:
+        """The user dragged the plot: stop following at once (a pan must never snap back)."""
+        if self._follow:
+            self.follow_latest(False)
+
+    def _on_user_zoom(self) -> None:
+        """A wheel zoom: keep following (with the new span) if we were."""
+        if not self._follow:
+            return
+        a = self.bars.array
+        (x0, x1) = self.vb.viewRange()[0]
+        if len(a) and x1 > x0:
+            self._follow_span = x1 - x0
+            self._user_span = True
             self._apply_follow()
 
     def _set_x_window(self, last_bar_start: float) -> None:
@@ -688,6 +860,7 @@ class ChartWidget(QtWidgets.QWidget):
     def _on_x_range_changed(self, *_args) -> None:
         self._place_l1_labels()
         self._update_y_range()
+        self._update_edge_markers()
 
     def _place_l1_labels(self) -> None:
         # L1 labels sit just right of the newest bar, left of the order tags
@@ -707,29 +880,150 @@ class ChartWidget(QtWidgets.QWidget):
                 line.label.setPosition(rel)
 
     def _on_manual_range(self, *_args) -> None:
+        """Range changes from code paths other than our view box's handlers (e.g. a
+        programmatic emit in tools): panned so the newest bar is out of view stops following."""
         a = self.bars.array
         (x0, x1) = self.vb.viewRange()[0]
-        if len(a) == 0:
+        if len(a) == 0 or not self._follow:
             return
         last_c = float(a['time'][-1]) + self._period / 2
-        self._follow = x0 <= last_c <= x1
-        if self._follow:
-            self._follow_span = x1 - x0
-            self._user_span = True
+        if not (x0 <= last_c <= x1):
+            self.follow_latest(False)
 
     # ------------------------------------------------------------- y range
     def _y_items(self) -> Iterable[float]:
+        # the L1 only: order/position lines far away must never squash the bars
         for p in (self._bid, self._ask, self._last):
             if p is not None:
                 yield p
-        for ln in self._lines.values():
-            yield ln.price
+
+    @property
+    def y_auto(self) -> bool:
+        """True while y follows the visible bars + L1 (False once scaled by hand)."""
+        return not self._y_manual
+
+    def set_y_auto(self, enable: bool = True) -> None:
+        """Back to auto-range (``R``, double click on the price axis) or freeze y."""
+        self._y_manual = not enable
+        self.vb.setMouseEnabled(x=True, y=self._y_manual)
+        self.auto_y_button.setVisible(self._y_manual)
+        self._place_follow_button()
+        if enable:
+            self._update_y_range()
+
+    def scale_y(self, factor: float) -> None:
+        """Scale the price range by ``factor`` around its middle (> 1: zoom out); manual y."""
+        if not (math.isfinite(factor) and factor > 0):
+            return
+        (y0, y1) = self.vb.viewRange()[1]
+        mid, half = (y0 + y1) / 2, (y1 - y0) / 2 * factor
+        half = max(half, 2 * self._tick)
+        if not self._y_manual:
+            self.set_y_auto(False)
+        self.vb.setYRange(mid - half, mid + half, padding=0)
+
+    def edge_markers(self) -> list[EdgeMarker]:
+        """The visible edge markers (lines priced outside the view), top first."""
+        ms = [m for m in self._markers.values() if m.isVisible()]
+        return sorted(ms, key=lambda m: (m.edge != 'top', -m.line_price))
+
+    def _update_edge_markers(self) -> None:
+        (x0, x1), (y0, y1) = self.vb.viewRange()
+        upp = self._y_units_per_pixel()
+        lines = list(self._lines.values())
         if self.position_line.isVisible():
-            yield self.position_line.avg_price
+            lines.append(self.position_line)
+        wanted: dict[int, tuple] = {}
+        for ln in lines:
+            price = ln.avg_price if ln is self.position_line else ln.price
+            if ln is not self.position_line and ln.moving:
+                continue
+            if price > y1:
+                wanted[id(ln)] = (ln, 'top', price)
+            elif price < y0:
+                wanted[id(ln)] = (ln, 'bottom', price)
+        for key in list(self._markers):
+            m = self._markers[key]
+            if key not in wanted or wanted[key][1] != m.edge:
+                self.vb.removeItem(m)
+                del self._markers[key]
+        stack = {'top': 0, 'bottom': 0}
+        # nearest to the view first, so the stack reads outward like the prices
+        for ln, edge, price in sorted(wanted.values(), key=lambda w: abs(
+                w[2] - (y1 if w[1] == 'top' else y0))):
+            m = self._markers.get(id(ln))
+            if m is None:
+                m = EdgeMarker(ln, edge)
+                self._markers[id(ln)] = m
+                self.vb.addItem(m, ignoreBounds=True)
+            m.line_price = price
+            if ln is self.position_line:
+                text, color, foreign = ln.label_text(), QtGui.QColor(100, 170, 255), False
+            else:
+                text, color, foreign = ln.label_text(), ln.color(), ln.foreign
+                if not ln.confirmed and ln.action != 'alert':
+                    text += ' …'
+            m.refresh(text, color, foreign)
+            h = m.boundingRect().height() or 16
+            off = stack[edge] * (h + 2) * upp
+            stack[edge] += 1
+            m.setPos(x1, (y1 - off) if edge == 'top' else (y0 + off))
+            m.setVisible(True)
+        self.layout_labels()
+
+    def layout_labels(self) -> None:
+        """Keep order labels readable when lines are close: a label that would overlap one
+        above it (or an edge marker) moves one column to the left.
+
+        Labels are right-aligned at the view's right edge; in pixels, each label takes the
+        first column whose occupants it does not overlap vertically.
+        """
+        vb_w = self.vb.width()
+        if not vb_w or vb_w < 10:
+            return
+        (y0, y1) = self.vb.viewRange()[1]
+        upp = self._y_units_per_pixel()
+        placed: list[tuple[int, float, float]] = []   # (column, top px, bottom px)
+        for m in self._markers.values():
+            if m.isVisible():
+                r = m.sceneBoundingRect()
+                top = self.vb.mapSceneToView(r.topLeft()).y()
+                placed.append((0, (y1 - top) / upp, (y1 - top) / upp + r.height()))
+        labels = [ln for ln in self._lines.values()
+                  if ln.label.isVisible() and y0 <= ln.price <= y1 and not ln.moving]
+        col_w = max([ln.label.boundingRect().width() for ln in labels]
+                    + [m.boundingRect().width() for m in self._markers.values() if m.isVisible()],
+                    default=0) + 6
+        for ln in sorted(labels, key=lambda ln: -ln.price):
+            h = ln.label.boundingRect().height() or 16
+            mid = (y1 - ln.price) / upp
+            # near the top/bottom edge the label hangs below/above its line, never cut off
+            vb_h = (y1 - y0) / upp
+            if mid < h / 2:
+                anchor, top = (1, 0), mid
+            elif mid > vb_h - h / 2:
+                anchor, top = (1, 1), mid - h
+            else:
+                anchor, top = (1, 0.5), mid - h / 2
+            bottom = top + h
+            if ln.label.anchors[0] != anchor:
+                ln.label.anchors = [anchor, anchor]
+                ln.label.updatePosition()
+            col = 0
+            while any(c == col and t < bottom and top < b for c, t, b in placed):
+                col += 1
+            placed.append((col, top, bottom))
+            pos = LevelLine.LABEL_POS - col * col_w / vb_w
+            if abs(ln.label.orthoPos - pos) > 1e-9:
+                ln.label.setPosition(max(pos, 0.02))
 
     def _update_y_range(self) -> None:
-        """Fit y to the visible bars + L1 + order lines + position."""
+        """Fit y to the visible bars + L1 (unless scaled by hand); lines outside get edge
+        markers."""
         if self._in_y_update:
+            return
+        if self._y_manual:
+            self._update_edge_markers()
             return
         if any(ln.moving for ln in self._lines.values()):
             return  # don't rescale under a line being dragged
@@ -752,3 +1046,4 @@ class ChartWidget(QtWidgets.QWidget):
             self.vb.setYRange(lo - pad, hi + pad, padding=0)
         finally:
             self._in_y_update = False
+        self._update_edge_markers()

@@ -136,6 +136,10 @@ class LevelLine(pg.InfiniteLine):
 
     #: emitted with ``(line, new_price)`` when a drag ends on a new price
     sigMoved = QtCore.Signal(object, float)
+    #: emitted when the label appears/disappears or its text changes (the chart re-stacks)
+    sigLabelShown = QtCore.Signal()
+    #: default position of the label along the line (right edge of the view)
+    LABEL_POS = 0.985
 
     def __init__(
         self,
@@ -165,6 +169,11 @@ class LevelLine(pg.InfiniteLine):
         self.owner = owner
         self.foreign = bool(foreign)
         self.on_moved = on_moved
+        #: called with the line when a drag starts on it while it is not movable (another
+        #: client's order): the order mode says why instead of panning the view silently
+        self.on_drag_refused: Callable[['LevelLine'], None] | None = None
+        #: called with the line when the mouse starts or stops hovering it
+        self.on_hover: Callable[['LevelLine'], None] | None = None
         self._staged = bool(staged)
         self._confirmed = False
         self._hovered = False
@@ -181,7 +190,7 @@ class LevelLine(pg.InfiniteLine):
         self.setAcceptHoverEvents(True)
 
         self.label = pg.InfLineLabel(
-            self, text='', position=0.985, anchors=[(1, 0.5), (1, 0.5)],
+            self, text='', position=self.LABEL_POS, anchors=[(1, 0.5), (1, 0.5)],
         )
         self.label.setFont(_tag_font())
         self.label.setVisible(False)
@@ -243,14 +252,27 @@ class LevelLine(pg.InfiniteLine):
     def hoverEvent(self, ev) -> None:  # noqa: N802
         """Track hover for all lines; only movable ones accept drags."""
         hovering = not ev.isExit()
-        if hovering and self.movable:
+        if hovering and (self.movable or self.on_drag_refused is not None):
             ev.acceptDrags(QtCore.Qt.MouseButton.LeftButton)
         self.setMouseHover(hovering)
 
+    def mouseDragEvent(self, ev) -> None:  # noqa: N802
+        """Drag to modify; a drag on a line that may not move is refused visibly."""
+        if not self.movable and self.on_drag_refused is not None \
+                and ev.button() == QtCore.Qt.MouseButton.LeftButton:
+            ev.accept()            # no silent pan of the view underneath either
+            if ev.isStart():
+                self.on_drag_refused(self)
+            return
+        super().mouseDragEvent(ev)
+
     def setMouseHover(self, hover: bool) -> None:  # noqa: N802
         """Record the hover state (also used by tests / keyboard code)."""
+        changed = self._hovered != bool(hover)
         self._hovered = bool(hover)
         super().setMouseHover(hover)
+        if changed and self.on_hover is not None:
+            self.on_hover(self)
 
     # -- states --------------------------------------------------------------
     @property
@@ -372,10 +394,14 @@ class LevelLine(pg.InfiniteLine):
 
     def _refresh_label(self, *_args) -> None:
         show = self._confirmed and not self._staged
-        self.label.setFormat(self.label_text().replace('{', '{{').replace('}', '}}'))
+        text = self.label_text().replace('{', '{{').replace('}', '}}')
+        changed = self.label.isVisible() != show or self.label.format != text
+        self.label.setFormat(text)
         if self.label.isVisible() != show:
             self.label.setVisible(show)
         self.label.update()
+        if changed:
+            self.sigLabelShown.emit()
 
 
 class PositionLine(pg.InfiniteLine):
@@ -420,22 +446,34 @@ class PositionLine(pg.InfiniteLine):
         return f'pos {format_size(self.size)} @ {self.avg_price:.{dec}f}'
 
 
-def make_fill_arrow(action: str, x: float, price: float) -> pg.ArrowItem:
+def make_fill_arrow(action: str, x: float, price: float, foreign: bool = False) -> pg.ArrowItem:
     """Arrow marking a fill: tip at ``(x, price)``, up for buys, down for sells.
 
     A pixel-sized arrow (stays readable at any zoom) in the action's colour,
-    outlined dark so it stands out over bars.
+    outlined dark so it stands out over bars. Another client's fill
+    (``foreign``) is smaller, hollow and dimmed: only the outline in the
+    action's colour.
     """
     if action not in ('buy', 'sell'):
         raise ValueError(f'fill arrows are for buy/sell, got {action!r}')
-    arrow = pg.ArrowItem(
-        pos=(x, price),
-        angle=90 if action == 'buy' else -90,
-        headLen=12, headWidth=7, tailLen=7, tailWidth=3,
-        pen=pg.mkPen(TAG_TEXT_COLOR, width=1),
-        brush=pg.mkBrush(action_color(action)),
-    )
-    arrow.setZValue(25)
+    if foreign:
+        arrow = pg.ArrowItem(
+            pos=(x, price),
+            angle=90 if action == 'buy' else -90,
+            headLen=10, headWidth=6, tailLen=5, tailWidth=2,
+            pen=pg.mkPen(_dim(action_color(action), 0.8), width=1.2),
+            brush=pg.mkBrush(_with_alpha(QtGui.QColor(14, 17, 22), 200)),
+        )
+    else:
+        arrow = pg.ArrowItem(
+            pos=(x, price),
+            angle=90 if action == 'buy' else -90,
+            headLen=12, headWidth=7, tailLen=7, tailWidth=3,
+            pen=pg.mkPen(TAG_TEXT_COLOR, width=1),
+            brush=pg.mkBrush(action_color(action)),
+        )
+    arrow.setZValue(24 if foreign else 25)
+    arrow.foreign = bool(foreign)  # type: ignore[attr-defined]
     arrow.action = action  # type: ignore[attr-defined]
     arrow.price = float(price)  # type: ignore[attr-defined]
     return arrow

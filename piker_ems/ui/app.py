@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pyqtgraph.Qt import QtGui, QtWidgets
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from ..data._bars import BarAggregator
 from ..log import get_logger
 from ._chart import ChartWidget
 from ._exec import ScreenshotError
-from ._statusbar import StatusBar
+from ._statusbar import FitLabel, StatusBar
 from .order_mode import Notifier, OrderMode
 
 HISTORY_BARS = 600  # backfilled bars a chart opens with (when the backend has history)
@@ -29,7 +29,8 @@ log = get_logger(__name__)
 __all__ = ['ChartApp', 'ChartOptions', 'ChartWindow', 'main']
 
 TRADE_TICKS = ('trade', 'last')
-KEYS_HELP = 'f buy · d sell · a alert · +s/ctrl live · click submit · drag modify · c/del cancel · cc all'
+KEYS_HELP = ('f buy · d sell · a alert · +s/ctrl live · click submit · drag modify · c/del cancel'
+             ' · cc all · +/- size · End follow · R auto y')
 
 
 @dataclass
@@ -76,11 +77,14 @@ class ChartWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(self.chart)
         self.setStatusBar(self.status)
         self.chart.info_label.setToolTip(KEYS_HELP)
-        self.help_label = QtWidgets.QLabel(KEYS_HELP, self.chart)
+        # the key hints elide (whole text in the tooltip): they must never hold the window wide
+        self.help_label = FitLabel(self.chart, min_width=0)
         self.help_label.setStyleSheet('color: #5d6577; background: transparent;')
         font = QtGui.QFont()
         font.setPointSizeF(8.5)
         self.help_label.setFont(font)
+        self.help_label.setAlignment(QtCore.Qt.AlignRight | QtCore.Qt.AlignVCenter)
+        self.help_label.set_parts([(t, '#5d6577') for t in KEYS_HELP.split(' · ')])
         header = self.chart.layout().itemAt(0).widget()
         header.layout().addWidget(self.help_label)
         self.on_close: Callable[[], None] | None = None
@@ -151,7 +155,7 @@ class ChartApp:
         self._token = trio.lowlevel.current_trio_token()
         self.window.show()
         self.chart.setFocus()
-        self.status.set_info(f'{opts.account} · size {opts.size:g}')
+        self.status.set_info(f'{opts.account}')
         connecting = self.status.open_status('connecting to pikerd..')
         try:
             async with maybe_open_pikerd(
@@ -160,7 +164,7 @@ class ChartApp:
             ) as services:
                 connecting()
                 if services is not None:
-                    self.status.set_info(f'{opts.account} · size {opts.size:g} · pikerd in this chart')
+                    self.status.set_info(f'{opts.account} · pikerd in this chart')
                 # the app's work lives in this scope, *inside* the actor tree: cancelling it
                 # (window closed) lets tractor tear its actors down normally
                 with trio.CancelScope() as cs:
@@ -275,7 +279,7 @@ class ChartApp:
         except FeedLost as err:
             if feed.stream.lost:     # brokerd died or hung (not our own teardown)
                 log.error('%s', err)
-            self.status.show_error(f'quotes stopped: {err}')
+            self.status.show_error(f'quotes stopped: {err}', sticky=True)
 
     def on_quote(self, quote: dict) -> None:
         """Fold one quote (its ticks) into the bars, L1 and last price."""
@@ -310,6 +314,8 @@ class ChartApp:
                               bsize, asize)
         if self._last is not None:
             self.chart.set_last(self._last)
+        if self.mode is not None:
+            self.mode.update_pnl()
 
     # -- order mode -------------------------------------------------------------------------
 
@@ -325,8 +331,10 @@ class ChartApp:
                 control_others=opts.control_others,
             ) as (book, trades, positions):
                 self.book = book
+                symbol = self.feed.symbols.get(opts.fqsn) if self.feed is not None else None
                 mode = OrderMode(
                     self.chart, self.status, book, size=opts.size,
+                    lot_size=getattr(symbol, 'lot_size', None),
                     notify=Notifier(opts.notify), fqsn=opts.fqsn,
                     control_others=opts.control_others,
                 )
@@ -339,16 +347,16 @@ class ChartApp:
                         if self._close_requested:
                             break  # don't draw into a window that is closing
                         mode.on_msg(msg)
-                    self.status.show_error('emsd closed the connection: order mode off')
+                    self.status.show_error('emsd closed the connection: order mode off', sticky=True)
                 except EmsLost as err:
                     log.error('%s', err)
-                    self.status.show_error(f'order mode off: lost the EMS: {err}')
+                    self.status.show_error(f'order mode off: lost the EMS: {err}', sticky=True)
                 finally:
                     mode.disconnect()
                     self.mode = None
         except Exception as err:  # the chart stays useful without order mode
             log.exception('order mode failed')
-            self.status.show_error(f'order mode unavailable: {_one_line(err)}')
+            self.status.show_error(f'order mode unavailable: {_one_line(err)}', sticky=True)
         finally:
             starting()
 

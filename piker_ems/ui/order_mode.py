@@ -20,6 +20,7 @@ Keys (held, not toggled):
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -47,10 +48,15 @@ CC_WINDOW = 1 / 6
 CANCEL_TIMEOUT = 5.0
 #: A submission/modify still unconfirmed after this many seconds shows a timeout message.
 SUBMIT_TIMEOUT = 5.0
+#: An error shown at least this long clears on the next EMS status (time to read it).
+ERROR_MIN_S = 3.0
 
 ORDER_KEYS: dict[int, str] = {Qt.Key_F: 'buy', Qt.Key_D: 'sell', Qt.Key_A: 'alert'}
 LIVE_KEYS = {Qt.Key_S, Qt.Key_Control}
 CANCEL_KEY = Qt.Key_C
+#: step the order size up / down by one lot
+SIZE_UP_KEYS = {Qt.Key_Plus, Qt.Key_Equal, Qt.Key_BracketRight}
+SIZE_DOWN_KEYS = {Qt.Key_Minus, Qt.Key_Underscore, Qt.Key_BracketLeft}
 DELETE_KEYS = {Qt.Key_Delete, Qt.Key_Backspace}
 
 #: cancelled on request (the cancel group's answer); the other cancel-like final statuses
@@ -91,11 +97,14 @@ class StatusSink(Protocol):
 
     def open_status(self, msg: str, final_msg: str | None = None, clear_on_next: bool = False,
                     group_key: str | bool | None = None, timeout: float | None = None,
-                    timeout_msg: str | None = None) -> Any: ...
+                    timeout_msg: str | None = None, *, level: str = 'info',
+                    keep_transient: bool = False) -> Any: ...
 
     def show_error(self, msg: str) -> Any: ...
 
     def close_group(self, key: str) -> bool: ...
+
+    def set_final(self, key: str, final_msg: str | None) -> bool: ...
 
     def set_mode(self, text: str) -> None: ...
 
@@ -132,11 +141,26 @@ class Notifier:
 
 @dataclass
 class _CancelBatch:
-    """One ``c`` / Delete / ``cc`` request: its status group and the orders it covers."""
+    """One ``c`` / Delete / ``cc`` request: its status group and the orders it covers.
+
+    ``outcomes`` records how each order ended (``cancelled``, ``filled``, ``refused``...) so
+    the group's final message says what happened: ``cancelled 2, 1 filled``.
+    """
 
     key: str | None
     oids: list[str]
     t: float
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for oid in self.oids:
+            what = self.outcomes.get(oid, 'cancelled')
+            counts[what] = counts.get(what, 0) + 1
+        cancelled = counts.pop('cancelled', 0)
+        if not counts:
+            return f'cancelled {cancelled} orders'      # SPEC §8 wording
+        return ', '.join([f'cancelled {cancelled}'] + [f'{n} {w}' for w, n in counts.items()])
 
 
 @dataclass
@@ -172,9 +196,12 @@ class OrderMode:
         cancel_timeout: float = CANCEL_TIMEOUT,
         submit_timeout: float = SUBMIT_TIMEOUT,
         fqsn: str | None = None,
+        lot_size: float | None = None,
     ) -> None:
         if not size > 0:
             raise ValueError(f'order size must be > 0, got {size!r}')
+        #: sizes step by (and snap to) this; default: the launch size's own precision
+        self.lot_size = float(lot_size) if lot_size and lot_size > 0 else _default_lot(size)
         self.chart = chart
         self.status = status
         self.book = book
@@ -191,9 +218,49 @@ class OrderMode:
         self._ctrl = False
         self._last_c: _CancelBatch | None = None
         self._pending: dict[str, _Pending] = {}
+        #: cancel batches still waiting on an oid, and how recently ended oids ended
+        self._batches: dict[str, list[_CancelBatch]] = {}
+        self._outcomes: dict[str, str] = {}
         self._filter: _FocusFilter | None = None
+        #: this chart's position (symbol + account) as last reported, None before any
+        self.position: BrokerdPosition | None = None
         self.enabled = True
         self._apply_mode()
+        self._show_size()
+
+    # -- size -------------------------------------------------------------------------------
+
+    def set_size(self, size: float) -> float:
+        """Set the size of new buy/sell orders (snapped to the lot size, at least one lot);
+        updates the staged line and the status bar's size field. Returns the size set."""
+        lot = self.lot_size
+        try:
+            size = float(size)
+        except (TypeError, ValueError):
+            size = self.size
+        if not (size == size) or size <= 0:   # NaN / non-positive: keep one lot
+            size = lot
+        size = max(lot, snap_to_tick(size, lot))
+        self.size = size
+        staged = self.chart.staged_line
+        if staged is not None and staged.action != 'alert':
+            staged.set_size(size)
+        self._show_size()
+        return size
+
+    def step_size(self, lots: int) -> float:
+        """Step the size by ``lots`` lots (``+``/``-`` keys); never below one lot."""
+        return self.set_size(self.size + lots * self.lot_size)
+
+    def _show_size(self) -> None:
+        show = getattr(self.status, 'set_size', None)
+        if show is not None:
+            show(self.size, self.lot_size)
+
+    def _on_size_field(self, value: float) -> None:
+        if snap_to_tick(value, self.lot_size) != self.size:
+            self.set_size(value)
+        self.chart.setFocus()   # back to trading keys after typing a size
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -202,8 +269,12 @@ class OrderMode:
         self.chart.sigKeyPressed.connect(self.on_key_press)
         self.chart.sigKeyReleased.connect(self.on_key_release)
         self.chart.sigClicked.connect(self.on_click)
+        self.chart.sigCursorMoved.connect(self._on_cursor)
         self._filter = _FocusFilter(self.reset_keys)
         self.chart.installEventFilter(self._filter)
+        box = getattr(self.status, 'size_box', None)
+        if box is not None:
+            box.valueChanged.connect(self._on_size_field)
         return self
 
     def disconnect(self) -> None:
@@ -212,6 +283,9 @@ class OrderMode:
             (self.chart.sigKeyPressed, self.on_key_press),
             (self.chart.sigKeyReleased, self.on_key_release),
             (self.chart.sigClicked, self.on_click),
+            (self.chart.sigCursorMoved, self._on_cursor),
+            *(((box.valueChanged, self._on_size_field),)
+              if (box := getattr(self.status, 'size_box', None)) is not None else ()),
         ):
             try:
                 sig.disconnect(slot)
@@ -294,6 +368,12 @@ class OrderMode:
             return
         elif key in DELETE_KEYS:
             self.cancel_under_cursor()
+            return
+        elif key in SIZE_UP_KEYS:
+            self.step_size(+1)
+            return
+        elif key in SIZE_DOWN_KEYS:
+            self.step_size(-1)
             return
         elif key == Qt.Key_Escape:
             self.reset_keys()
@@ -394,8 +474,44 @@ class OrderMode:
 
     # -- cancel ---------------------------------------------------------------------------
 
+    # -- other clients' orders ------------------------------------------------------------
+
+    def describe_foreign(self, line: LevelLine, long: bool = False) -> str:
+        """Whose order ``line`` is and what this chart may do with it (the hover hint; the
+        ``long`` form, for the tooltip, says how to get permission)."""
+        tick = self.chart.tick_size
+        what = 'alert' if line.action == 'alert' else f'{line.exec_mode} {line.action}'
+        size = '' if line.action == 'alert' else f' {format_size(line.size)}'
+        head = f"{line.owner or '?'}'s {what}{size} @ {format_price(line.price, tick)}"
+        if self.control_others:
+            return f'{head}: c cancels, drag modifies'
+        if long:
+            return (f'{head} ({(line.oid or "?")[:6]}): view only; start the chart with '
+                    f'--control-others to cancel or drag it')
+        return f'{head}: view only'
+
+    def _refusal(self, line: LevelLine, action: str) -> str:
+        return (f"{line.owner or '?'}'s order {(line.oid or '?')[:6]}: not yours to {action} "
+                f"(--control-others)")
+
+    def _on_cursor(self, _x: float = 0.0, _price: float = 0.0) -> None:
+        set_hint = getattr(self.status, 'set_hint', None)
+        if set_hint is None:
+            return
+        foreign = [ln for ln in self.chart.lines_under_cursor() if ln.foreign]
+        set_hint(self.describe_foreign(foreign[0]) if foreign else None)
+
+    def _on_drag_refused(self, line: LevelLine) -> None:
+        self.status.show_error(self._refusal(line, 'drag'))
+
     def _on_c(self, everyone: bool = False) -> None:
         now = self.clock()
+        if everyone and not self.control_others:
+            # refused outright: Shift+c / Shift+cc never cancels anything without permission
+            self._last_c = None
+            self.status.show_error("Shift+cc refused: needs --control-others (nothing was "
+                                   "cancelled)")
+            return
         last = self._last_c
         if last is not None and now - last.t <= CC_WINDOW:
             self._last_c = None
@@ -410,9 +526,14 @@ class OrderMode:
 
     def cancel_under_cursor(self) -> _CancelBatch | None:
         """Cancel the orders whose lines are under the cursor (``c`` / Delete)."""
-        lines = [ln for ln in self.chart.lines_under_cursor() if self._controllable(ln)]
+        under = self.chart.lines_under_cursor()
+        lines = [ln for ln in under if self._controllable(ln)]
         if not lines:
-            self.status.open_status('no order under the cursor', clear_on_next=True)
+            theirs = [ln for ln in under if ln.foreign]
+            if theirs:
+                self.status.show_error(self._refusal(theirs[0], 'cancel'))
+            else:
+                self.status.open_status('no order under the cursor', clear_on_next=True)
             return None
         return self.cancel_oids([ln.oid for ln in lines])
 
@@ -424,13 +545,12 @@ class OrderMode:
         ``absorb``: the batch of the first ``c`` of a ``cc`` (orders it already cancelled
         count in this batch's ``N`` instead of showing a second group).
         """
-        refused = everyone and not self.control_others
-        everyone = everyone and not refused
+        if everyone and not self.control_others:   # refused: no side effects at all
+            self.status.show_error("Shift+cc refused: needs --control-others (nothing was "
+                                   "cancelled)")
+            return None
         oids = [ln.oid for ln in self.chart.lines() if ln.oid and (everyone or not ln.foreign)]
-        batch = self.cancel_oids(oids, absorb=absorb)
-        if refused:  # after the group opened, so the refusal stays visible beside it
-            self.status.show_error("cancelling other clients' orders needs piker chart --control-others")
-        return batch
+        return self.cancel_oids(oids, absorb=absorb)
 
     def cancel_oids(self, oids: Iterable[str], absorb: _CancelBatch | None = None) -> _CancelBatch | None:
         """Cancel ``oids`` under one status group ``cancelling N orders``.
@@ -458,6 +578,13 @@ class OrderMode:
             oid: self.status.open_status(f'cancelling order {oid[:6]}', group_key=key)
             for oid in everything
         }
+        batch = _CancelBatch(key, everything, self.clock())
+        for oid in everything:
+            if oid in self._outcomes:
+                batch.outcomes[oid] = self._outcomes[oid]
+            else:
+                self._batches.setdefault(oid, []).append(batch)
+        self.status.set_final(key, batch.summary())
         todo_set = set(todo)
         to_send, done_already = [], []
         for oid in everything:
@@ -476,11 +603,26 @@ class OrderMode:
                 self.book.cancel(oid)
             except Exception as err:
                 log.warning('cancel %s failed: %s', oid, err)
-                self._resolve_cancel(oid)
+                self._resolve_cancel(oid, 'failed')
                 self.status.show_error(f'cancel {oid[:6]} failed: {_short(err)}')
-        return _CancelBatch(key, everything, self.clock())
+        return batch
 
-    def _resolve_cancel(self, oid: str) -> None:
+    def _record_outcome(self, oid: str, outcome: str) -> None:
+        """How ``oid`` ended (or why its cancel did not happen): every cancel batch waiting on
+        it updates its final message before its member closes."""
+        if outcome != 'refused':
+            self._outcomes[oid] = outcome
+            if len(self._outcomes) > 2000:          # a day of orders: keep the newest
+                for old in list(self._outcomes)[:1000]:
+                    del self._outcomes[old]
+        for batch in self._batches.pop(oid, []):
+            batch.outcomes[oid] = outcome
+            if batch.key is not None:
+                self.status.set_final(batch.key, batch.summary())
+
+    def _resolve_cancel(self, oid: str, outcome: str | None = None) -> None:
+        if outcome is not None:
+            self._record_outcome(oid, outcome)
         pend = self._pending.get(oid)
         if pend is None:
             return
@@ -497,10 +639,10 @@ class OrderMode:
         for close in closers:
             close()
 
-    def _forget(self, oid: str) -> None:
+    def _forget(self, oid: str, outcome: str | None = None) -> None:
         """The order is over: resolve whatever waits on it, remove its line."""
         self._resolve_submit(oid)
-        self._resolve_cancel(oid)
+        self._resolve_cancel(oid, outcome)
         self._pending.pop(oid, None)
         self.chart.remove_order_line(oid)
 
@@ -529,7 +671,45 @@ class OrderMode:
             return
         if pos.account != getattr(self.book, 'account', pos.account):
             return
+        self.position = pos
         self.chart.set_position(pos.size, pos.avg_price)
+        self.update_pnl()
+
+    def pnl(self) -> tuple[float | None, float, float] | None:
+        """``(unrealized, realized, fees)`` of this chart's position (unrealized is None
+        without a last price or when flat); None before any position was reported."""
+        pos = self.position
+        if pos is None:
+            return None
+        last = getattr(self.chart, 'last_price', None)
+        upnl = None
+        if pos.size and last is not None:
+            upnl = pos.size * (last - pos.avg_price)
+        return upnl, pos.realized_pnl, pos.fees
+
+    def update_pnl(self) -> None:
+        """Refresh the status bar's position summary (called on positions and quotes)."""
+        set_pnl = getattr(self.status, 'set_pnl', None)
+        if set_pnl is None:
+            return
+        res = self.pnl()
+        if res is None:
+            return
+        pos = self.position
+        upnl, rpnl, fees = res
+        tick = self.chart.tick_size
+        money = lambda v: f'{v:+,.2f}'  # noqa: E731
+        if pos.size:
+            parts = [(f'pos {format_size(pos.size)} @ {format_price(pos.avg_price, tick)}', None)]
+            if upnl is not None:
+                parts.append((f'uPnL {money(upnl)}', upnl))
+        else:
+            parts = [('flat', None)]
+        if rpnl or not pos.size:
+            parts.append((f'rPnL {money(rpnl)}', rpnl))
+        if fees:
+            parts.append((f'fees {fees:,.2f}', None))
+        set_pnl(parts)
 
     def _draw(self, msg: Status) -> LevelLine | None:
         """Draw a line for an order we learned about from a status (snapshot, other client)."""
@@ -548,21 +728,29 @@ class OrderMode:
             owner=owner, foreign=foreign, movable=not foreign or self.control_others,
             on_moved=self._on_line_moved,
         )
+        if foreign:
+            line.on_drag_refused = self._on_drag_refused
+            line.on_hover = lambda _ln: self._on_cursor()
+            line.setToolTip(self.describe_foreign(line, long=True))
         return line
 
     def on_status(self, msg: Status) -> None:
         """React to one :class:`Status` (ours or, as a watcher, another client's)."""
         oid, resp, req = msg.oid, msg.resp, msg.req
         line = self.chart.get_line(oid)
+        clear = getattr(self.status, 'clear_errors', None)
+        if clear is not None:
+            clear(ERROR_MIN_S)     # something new happened: old errors go
 
         if st.is_final(resp):
             # nothing more will come for this oid: resolve what waits on it, drop its line
-            self._forget(oid)
+            self._forget(oid, _outcome(resp))
             if st.is_error(resp):  # broker_errored: refused, failed or lost with its venue
                 self._show_refusal(msg)
             elif st.is_cancelled(resp) and resp not in _CANCEL_CONFIRMS:
                 reason = f': {msg.reason}' if msg.reason else ''
-                self.status.show_error(f'order {oid[:6]} {resp.removeprefix(st.BROKER_PREFIX)}{reason}')
+                self.status.show_error(short_oids(
+                    f'order {oid[:6]} {resp.removeprefix(st.BROKER_PREFIX)}{reason}'))
             elif resp == st.ALERT_TRIGGERED:
                 self._on_alert(msg)
             return
@@ -598,14 +786,22 @@ class OrderMode:
         if action not in ('buy', 'sell'):
             return
         t = details.get('broker_time') or msg.time_ns / 1e9
-        self.chart.add_fill_arrow(action, float(t), float(price))
+        own = self._is_own(msg)
+        self.chart.add_fill_arrow(action, float(t), float(price), foreign=not own)
         pend = self._pending.get(msg.oid)
         if pend is not None and pend.modify_from is None:
             self._resolve_submit(msg.oid)
-        if not self._is_own(msg):
-            return
         size = details.get('size', 0)
         tick = self.chart.tick_size
+        what = f'{action} {format_size(size)} @ {format_price(price, tick)}'
+        if own:
+            self.status.open_status(f'filled {what} ({msg.oid[:6]})', clear_on_next=True,
+                                    level='fill', keep_transient=True)
+        else:
+            owner = msg.owner or (msg.req.owner if msg.req else None) or '?'
+            self.status.open_status(f'{owner} filled {what}', clear_on_next=True, level='other',
+                                    keep_transient=True)
+            return
         self.notify(f'{action} filled', f'{format_size(size)} {self.fqsn} @ {format_price(price, tick)}')
 
     def _on_alert(self, msg: Status) -> None:
@@ -642,7 +838,7 @@ class OrderMode:
                 self.book.orders[oid] = order.model_copy(update={'price': old})
         elif pend is not None and pend.cancel:
             # cancelling something the EMS no longer holds (or may not touch)
-            self._resolve_cancel(oid)
+            self._resolve_cancel(oid, 'refused')
             if line is not None and not line.foreign:
                 self._forget(oid)
         else:
@@ -653,12 +849,41 @@ class OrderMode:
         oid = msg.oid
         reason = msg.reason or (msg.brokerd_msg or {}).get('reason') or 'refused'
         what = f'{msg.resp} {oid[:6]}' if oid and oid != '?' else msg.resp
-        self.status.show_error(f'{what}: {reason}')
+        self.status.show_error(short_oids(f'{what}: {reason}'))
+
+
+_OID_RE = re.compile(r'\b([0-9a-f]{6})[0-9a-f]{10,}\b|\b([0-9a-f]{6})[0-9a-f-]{30,}\b')
+
+
+def short_oids(text: str) -> str:
+    """Shorten every full oid (32 hex digits, or a dashed uuid) in ``text`` to its first 6
+    characters, the form used everywhere in the chart."""
+    return _OID_RE.sub(lambda m: m.group(1) or m.group(2), text)
+
+
+def _outcome(resp: str) -> str:
+    """How a final status ended an order, in a cancel group's words."""
+    if resp in _CANCEL_CONFIRMS:
+        return 'cancelled'
+    if st.is_filled(resp):
+        return 'filled'
+    if resp == st.ALERT_TRIGGERED:
+        return 'triggered'
+    if st.is_error(resp):
+        return 'failed'
+    return resp.removeprefix(st.BROKER_PREFIX)
+
+
+def _default_lot(size: float) -> float:
+    """A lot size when the symbol gives none: 1, or the launch size's last decimal."""
+    from ._lines import tick_decimals
+    dec = tick_decimals(float(size)) if size != int(size) else 0
+    return 10.0 ** -dec
 
 
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return short_oids(text[0]) if text else type(err).__name__
 
 
 class _FocusFilter(QtCore.QObject):
