@@ -18,6 +18,7 @@ volatility = 0.0
 max_spread = 1
 tick_size = 0.01
 start_price = 100.0
+test_hooks = true
 """
 """A sim market that never moves on its own: bid 100.00 / ask 100.01, so fill prices are exact."""
 

@@ -46,6 +46,7 @@ from ..log import get_logger, setup_console
 from ..simvenue._clock import Clock, system_clock
 from ..simvenue._dialogue import Dialogue, DialogueEngine
 from ..simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
+from ..service._auth import guarded
 from ..service._state import owned
 from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
 
@@ -214,6 +215,7 @@ async def trades_dialogue(
     await engine.serve(ctx, since_ns)
 
 
+@guarded('admin')
 async def paper_stats(broker: str | None = None) -> dict[str, Any]:
     """RPC: the paper engine's counters for ``broker`` (default: this actor's broker).
 

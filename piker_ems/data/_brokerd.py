@@ -20,6 +20,7 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
+from ..service._auth import guarded
 from ..service._cache import SharedCache
 from ..service._ipc import HEARTBEAT_S, heartbeat as heartbeat_msg
 from ..service._state import actor_state, maybe_actor_state
@@ -161,8 +162,9 @@ async def history(symbol: str, period_s: float, count: int) -> list[list[float]]
     return [list(row) for row in await backfill(symbol.lower(), period_s, count)]
 
 
+@guarded('admin')
 async def feed_stats() -> dict:
-    """RPC: the bus's upstream counts."""
+    """RPC: the bus's upstream counts (for tests; admin only)."""
     return FeedBus.current().stats()
 
 

@@ -18,6 +18,7 @@ import trio
 
 from .. import config
 from ..log import get_logger, setup_console
+from ._auth import ensure_secret, guarded
 from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
@@ -191,18 +192,23 @@ def local_services() -> Services | None:
 
 
 # --- RPC endpoints run inside pikerd ---------------------------------------------------------
+# Each takes a signed ``auth`` argument (see ._auth): any participant may have a service started
+# (a client needs its brokerd and emsd), only an admin may stop one.
 
+@guarded()
 async def spawn_service(name: str, loglevel: str | None = None) -> bool:
     """RPC: start the named service inside pikerd (idempotent); True if it was started now."""
     services = _require_local()
     return await services.spawn(service_spec(name, loglevel=loglevel))
 
 
+@guarded('admin')
 async def cancel_service(name: str) -> bool:
     """RPC: stop the named service."""
     return await _require_local().cancel_service(name)
 
 
+@guarded()
 async def list_services() -> list[str]:
     """RPC: names of running services."""
     return _require_local().list()
@@ -243,6 +249,7 @@ async def _hosting_services(
     state = actor_state()
     if state.get('services') is not None:
         raise PikerdError('this actor already hosts pikerd')
+    ensure_secret()  # first start: the cluster secret (and so the local participant) exists
     async with open_supervisor() as (actor_n, service_n):
         services = Services(
             actor_n, service_n, registry=registry, loglevel=loglevel,
