@@ -45,6 +45,21 @@ def write_config(config_dir: Path, text: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def project_logs_reach_caplog():
+    """``setup_console`` (called by any in-process daemon or CLI a test ran) stops the project
+    logger propagating to the root, where pytest's ``caplog`` listens: undo that per test."""
+    import logging
+
+    logger = logging.getLogger('piker_ems')
+    saved = logger.propagate, logger.level
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)  # (setup_console may have left it at 'critical')
+    yield
+    logger.propagate, level = saved
+    logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_subactors():
     """Fail (and clean up) if a test leaves any child process running."""
     yield
