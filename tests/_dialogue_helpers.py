@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from piker_ems.clearing._messages import VenueSnapshot, parse_brokerd_msg
+from piker_ems.service._auth import endpoint_name, make_auth
 from piker_ems.service._ipc import is_heartbeat
 
 
@@ -27,7 +28,8 @@ test_hooks = true
 async def dialogue(portal, endpoint, **kwargs):
     """Open ``endpoint`` on ``portal`` and yield ``(stream, started snapshot)`` (a
     ``VenueSnapshot`` dict: positions, orders, fills, since_ns)."""
-    async with portal.open_context(endpoint, **kwargs) as (ctx, snapshot):
+    auth = make_auth(endpoint_name(endpoint))
+    async with portal.open_context(endpoint, auth=auth, **kwargs) as (ctx, snapshot):
         VenueSnapshot.model_validate(snapshot)
         async with ctx.open_stream() as stream:
             yield stream, snapshot

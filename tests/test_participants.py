@@ -14,13 +14,13 @@ from piker_ems.clearing import open_ems
 from piker_ems.clearing import _ems
 from piker_ems.service import Refused, find_service, open_pikerd
 from piker_ems.service._auth import (
-    AuthError, add_participant, call, credential_for, list_participants, make_auth, remove_participant,
+    AuthError, add_participant, call, credential_for, endpoint_name, list_participants, make_auth, remove_participant,
     secret_path, verify,
 )
 
 from _ems_helpers import SIM_CALM, collect_until, ems_stats, last_price, next_status
 from _proc import run_cli, start_pikerd, stop_hard
-from conftest import write_config
+from conftest import free_port, write_config
 
 FQSN = 'btcusd.sim'
 SIM_NO_HOOKS = SIM_CALM.replace('test_hooks = true\n', '')
@@ -63,13 +63,18 @@ def test_participants_store_only_a_hash(config_dir):
         verify(make_auth('x.y', credential_for('bob', token + 'x')), 'x.y', ['trade'])
     with pytest.raises(Refused, match="lacks the admin role"):
         verify(make_auth('x.y', credential_for('bob', token)), 'x.y', ['admin'])
-    # a credential is for one endpoint, once
+    # a credential is for one endpoint, once (replays are remembered by the serving actor)
     auth = make_auth('x.y', credential_for('bob', token))
     with pytest.raises(Refused, match='wrong token'):
         verify(auth, 'x.other', ['trade'])
-    verify(auth, 'x.y', ['trade'])
-    with pytest.raises(Refused, match='replayed'):
-        verify(auth, 'x.y', ['trade'])
+
+    async def in_an_actor():
+        async with tractor.open_root_actor(name='t', arbiter_addr=('127.0.0.1', free_port()), loglevel='critical'):
+            verify(auth, 'x.y', ['trade'])
+            with pytest.raises(Refused, match='replayed'):
+                verify(auth, 'x.y', ['trade'])
+
+    trio.run(in_an_actor)
     with pytest.raises(AuthError, match='needs its token'):
         credential_for('bob')
     assert remove_participant('bob') and 'bob' not in list_participants()
@@ -219,6 +224,23 @@ async def test_operator_and_test_calls_need_the_role(reg_addr, config_dir):
                 with pytest.raises(tractor.RemoteActorError, match='Refused'):
                     await brokerd.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol='btcusd', price=1.0)
             assert await last_price() > 1.0
+            # the service-to-service endpoints: a participant cannot open the venue dialogue
+            # (its orders would bypass emsd), a second Router, or a feed without a credential
+            from piker_ems.brokers import sim
+            from piker_ems.data import _brokerd
+            async with find_service('brokerd.sim') as brokerd:
+                for endpoint, kw in ((sim.trades_dialogue, {'auth': make_auth(endpoint_name(sim.trades_dialogue), bob)}),
+                                     (_brokerd.open_feed_stream, {'symbols': ['btcusd'], 'subscriber': 'x'})):
+                    with pytest.raises(BaseException) as err:
+                        async with brokerd.open_context(endpoint, **kw):
+                            pass
+                    assert refused(err.value)
+            async with find_service('emsd') as emsd:
+                with pytest.raises(BaseException) as err:
+                    async with emsd.open_context(_ems._setup_persistent_emsd,
+                                                 auth=make_auth(endpoint_name(_ems._setup_persistent_emsd), bob)):
+                        pass
+                assert 'lacks the admin role' in refused(err.value)
             async with find_service('emsd') as emsd:
                 with pytest.raises(tractor.RemoteActorError, match="lacks the admin role"):
                     await call(emsd, 'piker_ems.clearing._ems', 'ems_stats', bob)
@@ -273,3 +295,41 @@ def _piker() -> list[str]:
 
     return [script('piker')]
 
+
+
+# -- no registry poisoning ---------------------------------------------------------------------
+
+@pytest.mark.trio
+async def test_an_impostor_service_is_never_used_and_is_reported(reg_addr, config_dir, tmp_path, caplog):
+    import sys
+
+    from piker_ems.service import list_registry
+
+    write_config(config_dir, SIM_CALM)
+    other = tmp_path / 'other-config'
+    other.mkdir()
+    with trio.fail_after(T):
+        async with open_pikerd(reg_addr):
+            last = await last_price()
+            async with open_ems(FQSN, mode='dark', name='a') as (book, trades, _):
+                pass  # the genuine emsd runs
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).parent / '_impostor.py'), str(reg_addr[1]), 'emsd'],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                env={**os.environ, 'PIKER_EMS_CONFIG_DIR': str(other)},
+            )
+            try:
+                fake = (await trio.to_thread.run_sync(proc.stdout.readline)).strip()
+                while f'emsd.{fake}' not in await list_registry(reg_addr):
+                    await trio.sleep(0.05)
+                async with find_service('emsd') as portal:  # the newest entry is the impostor's
+                    assert portal is not None and portal.channel.uid[1] != fake
+                assert any(f"('emsd', '{fake}')" in r.getMessage() and 'not a genuine emsd' in r.getMessage()
+                           for r in caplog.records)
+                async with open_ems(FQSN, mode='dark', name='a') as (book, trades, _):
+                    oid = book.send('buy', round(last - 5, 2), 1)
+                    assert (await next_status(trades, oid)).resp == 'dark_submitted'
+                    assert (await ems_stats())['dark'] == 1  # in the genuine emsd
+            finally:
+                proc.kill()
+                proc.wait()

@@ -20,7 +20,7 @@ from _dialogue_helpers import drain
 import tractor
 import trio
 
-from piker_ems.service._auth import call
+from piker_ems.service._auth import call, endpoint_name, make_auth
 from piker_ems.brokers.sim._exchange import SimExchange
 from piker_ems.brokers.sim._venue import SimVenue
 from piker_ems.clearing._messages import VenueSnapshot
@@ -312,7 +312,7 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                 # first life: an open position and two resting orders, then kill -9
                 portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
                 try:
-                    async with portal.open_context(_paper.trades_dialogue, broker='sim') as (ctx, snap):
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim', auth=make_auth(endpoint_name(_paper.trades_dialogue))) as (ctx, snap):
                         assert snap['positions'] == snap['orders'] == []
                         async with ctx.open_stream() as stream:
                             await stream.send(order('buy', 101.0, size=2))
@@ -334,7 +334,7 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                 # second life: the same broker and config dir
                 portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
                 try:
-                    async with portal.open_context(_paper.trades_dialogue, broker='sim', since_ns=0) as (ctx, snap):
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim', since_ns=0, auth=make_auth(endpoint_name(_paper.trades_dialogue))) as (ctx, snap):
                         snap = VenueSnapshot.model_validate(snap)
                         assert {o.reqid: (o.oid, o.status) for o in snap.orders} == {
                             acks[0]['reqid']: (rest[0]['oid'], 'open'),
@@ -380,7 +380,7 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
             async with maybe_spawn_brokerd('sim') as portal:
                 async with open_feed('btcusd.sim'):
                     try:
-                        async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                        async with portal.open_context(sim.trades_dialogue, auth=make_auth(endpoint_name(sim.trades_dialogue))) as (ctx, snap):
                             async with ctx.open_stream() as stream:
                                 await stream.send(order('sell', 99.0, size=2))     # short 2 @ 100.00
                                 *_, fill, _, pos = await recv(stream, 5)
@@ -401,7 +401,7 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
                 st = await call(portal, 'piker_ems.brokers.sim', 'exchange_stats')
                 assert st['pid'] != first_pid and st['resting_orders'] == 1
                 async with open_feed('btcusd.sim'):
-                    async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                    async with portal.open_context(sim.trades_dialogue, auth=make_auth(endpoint_name(sim.trades_dialogue))) as (ctx, snap):
                         snap = VenueSnapshot.model_validate(snap)
                         assert [(o.reqid, o.oid, o.status) for o in snap.orders] == [(2, rest['oid'], 'open')]
                         assert [(p.size, p.avg_price) for p in snap.positions] == [(-2, 100.0)]

@@ -8,7 +8,7 @@ import trio
 
 from ..config import load_config
 from ..log import get_logger, setup_console
-from ..service._auth import Refused, guarded, verify
+from ..service._auth import Refused, act_as_service, guarded, verify
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
@@ -58,10 +58,12 @@ def current_router() -> Router:
     return router
 
 
+@guarded('admin')
 @tractor.context
 async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = None) -> None:
     """emsd's service task: own the Router (and its paper engines) until pikerd cancels us."""
     setup_console(loglevel, process_name='emsd')
+    act_as_service()
     state = actor_state()
     settings = load_config().get('emsd') or {}
     journal = open_journal(settings)

@@ -64,6 +64,11 @@ class Refused(PermissionError):
     """A guarded call was refused: unknown participant, bad credential or missing role."""
 
 
+class NotGenuine(Refused):
+    """Every registration of a service failed its identity challenge (an impostor, or this
+    client's own key is wrong)."""
+
+
 # --- the cluster secret -----------------------------------------------------------------------
 
 def secret_path() -> Path:
@@ -235,20 +240,32 @@ class use_credential:
         _current.reset(self._token)
 
 
-_default: Credential | None = None
+def set_default_credential(cred: Credential) -> None:
+    """The credential of this context and the tasks started from it (the CLI sets its
+    ``--participant``/``--token`` before ``trio.run``, whose tasks inherit it)."""
+    _current.set(cred)
 
 
-def set_default_credential(cred: Credential | None) -> None:
-    """The credential this process uses when nothing more specific is given (the CLI's
-    ``--participant``/``--token``)."""
-    global _default
-    _default = cred
+def local_credential() -> Credential:
+    """The local participant's credential, whatever this process's default is: services and
+    pikerd sign their own calls to each other with it (they run where the secret is)."""
+    return Credential(LOCAL, _local_key(ensure_secret()))
+
+
+def act_as_service() -> None:
+    """Called by each service task: calls this actor makes act as the local participant."""
+    from ._state import actor_state
+
+    actor_state()['credential'] = local_credential()
 
 
 def client_credential() -> Credential:
-    """The credential in use here (see :class:`use_credential`), else this process's default
-    (:func:`set_default_credential`), else :func:`credential_for` (env vars, or local)."""
-    return _current.get() or _default or credential_for()
+    """The credential in use here (see :class:`use_credential`), else the running service
+    actor's own (:func:`act_as_service`), else :func:`credential_for` (env vars, or local)."""
+    from ._state import maybe_actor_state
+
+    state = maybe_actor_state()
+    return _current.get() or (state or {}).get('credential') or credential_for()
 
 
 def _mac(key: bytes, participant: str, endpoint: str, ts: float, nonce: str) -> str:
@@ -275,18 +292,23 @@ class Principal:
     roles: frozenset[str]
 
 
-_seen_nonces: dict[str, float] = {}
-
-
 def _fresh(nonce: str, ts: float) -> bool:
+    """Whether ``nonce`` is new to this actor (replays are remembered per actor, for twice
+    the accepted clock skew). Outside an actor nothing is remembered (nothing serves RPCs)."""
+    from ._state import maybe_actor_state
+
+    state = maybe_actor_state()
+    if state is None:
+        return True
+    seen: dict[str, float] = state.setdefault('auth_nonces', {})
     now = time.time()
-    if len(_seen_nonces) > 10_000:
-        for n, t in list(_seen_nonces.items()):
+    if len(seen) > 10_000:
+        for n, t in list(seen.items()):
             if t < now - 2 * MAX_SKEW_S:
-                del _seen_nonces[n]
-    if nonce in _seen_nonces:
+                del seen[n]
+    if nonce in seen:
         return False
-    _seen_nonces[nonce] = ts
+    seen[nonce] = ts
     return True
 
 
@@ -332,8 +354,9 @@ def endpoint_name(fn: Callable) -> str:
 
 
 def guarded(*roles: str) -> Callable[[Callable], Callable]:
-    """Decorate a plain async RPC function: it takes ``auth`` and runs only for a caller with
-    one of ``roles`` (any authenticated participant when none are given)."""
+    """Decorate an async RPC function (plain, or a ``@tractor.context`` below this decorator):
+    it takes ``auth`` and runs only for a caller with one of ``roles`` (any authenticated
+    participant when none are given). ``functools.wraps`` keeps tractor's context marker."""
 
     def deco(fn: Callable) -> Callable:
         name = endpoint_name(fn)
@@ -349,6 +372,55 @@ def guarded(*roles: str) -> Callable[[Callable], Callable]:
         return wrapper
 
     return deco
+
+
+# --- services prove who they are (no registry poisoning) -------------------------------------
+
+AUTH_MODULE = 'piker_ems.service._auth'
+_CHALLENGE_RE = re.compile(r'^[0-9a-f]{32}$')
+
+
+def _proof(key: bytes, service: str, challenge: str) -> str:
+    # 'prove:' can never start a call's MAC message (participant names have no ':')
+    return hmac.new(key, f'prove:{service}:{challenge}'.encode(), hashlib.sha256).hexdigest()
+
+
+async def prove(challenge: str, participant: str) -> str:
+    """RPC (every service): answer ``challenge`` for ``participant`` with the key this cluster
+    holds for it, which an impostor (a process that merely registered the name) does not have."""
+    import tractor
+
+    if not isinstance(challenge, str) or not _CHALLENGE_RE.match(challenge):
+        raise Refused('prove: the challenge must be 32 hex digits')
+    known = _participant(participant)
+    if known is None:
+        raise Refused(f'prove: unknown participant {participant!r}')
+    return _proof(known[0], tractor.current_actor().name, challenge)
+
+
+async def is_genuine(portal: Any, name: str, cred: Credential | None = None, timeout: float = 5.0) -> str | None:
+    """Challenge the service behind ``portal`` to prove it is this cluster's ``name``.
+
+    Returns ``None`` if it proved it, else why not (one line, for the report).
+    """
+    import trio
+
+    cred = cred or client_credential()
+    challenge = secrets.token_hex(16)
+    try:
+        with trio.fail_after(timeout):
+            answer = await portal.run_from_ns(AUTH_MODULE, 'prove', challenge=challenge,
+                                              participant=cred.participant)
+    except trio.TooSlowError:
+        return f'no answer to the identity challenge within {timeout:g}s'
+    except Exception as err:  # noqa: BLE001 - a fake may fail in any way
+        return f'the identity challenge failed ({type(err).__name__})'
+    if not isinstance(answer, str) or not hmac.compare_digest(answer, _proof(cred.key, name, challenge)):
+        return WRONG_ANSWER
+    return None
+
+
+WRONG_ANSWER = 'wrong answer to the identity challenge'
 
 
 async def call(portal: Any, ns: str, fn: str, cred: Credential | None = None, **kwargs: Any) -> Any:

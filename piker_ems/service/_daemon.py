@@ -18,7 +18,7 @@ import trio
 
 from .. import config
 from ..log import get_logger, setup_console
-from ._auth import ensure_secret, guarded
+from ._auth import AUTH_MODULE, act_as_service, endpoint_name, ensure_secret, guarded, local_credential, make_auth
 from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
@@ -28,7 +28,7 @@ from ._state import actor_state, maybe_actor_state
 log = get_logger(__name__)
 
 DEATHSIG_MODULE = 'piker_ems.service._deathsig'
-PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon']
+PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon', 'piker_ems.service._auth']
 TRACTOR_QUIET = 'critical'
 
 __all__ = ['PikerdError', 'ServiceSpec', 'Services', 'local_services', 'maybe_open_pikerd', 'open_pikerd']
@@ -96,7 +96,8 @@ class Services:
             started = False
             try:
                 with cs:
-                    async with portal.open_context(target, **kwargs) as (ctx, first):
+                    auth = make_auth(endpoint_name(target), local_credential())  # pikerd's own call
+                    async with portal.open_context(target, auth=auth, **kwargs) as (ctx, first):
                         started = True
                         task_status.started((cs, first))
                         await ctx.result()
@@ -125,7 +126,7 @@ class Services:
             log.info('spawning %s', spec.name)
             portal = await self.actor_n.start_actor(
                 spec.name,
-                enable_modules=[DEATHSIG_MODULE, *spec.enable_modules],
+                enable_modules=[DEATHSIG_MODULE, AUTH_MODULE, *spec.enable_modules],
                 loglevel=self.tractor_loglevel,
                 debug_mode=self.debug_mode,
             )
@@ -297,6 +298,7 @@ async def open_pikerd(
             guard.cancel_scope.cancel()
 
 
+@guarded('admin')
 @tractor.context
 async def _embedded_pikerd(
     ctx: tractor.Context,
@@ -306,6 +308,7 @@ async def _embedded_pikerd(
 ) -> None:
     """Run pikerd's Services inside a child actor of someone else's tractor tree."""
     setup_console(loglevel)
+    act_as_service()
     actor = tractor.current_actor()
     async with _hosting_services(tuple(actor._arb_addr), loglevel, tractor_loglevel, debug_mode):
         await ctx.started(True)
@@ -320,6 +323,7 @@ async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> 
         )
         async with portal.open_context(
             _embedded_pikerd, loglevel=loglevel, tractor_loglevel=tractor_loglevel,
+            auth=make_auth(endpoint_name(_embedded_pikerd), local_credential()),
         ) as (ctx, _):
             try:
                 yield

@@ -116,6 +116,7 @@ async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
 # The RPC endpoints are defined here (not in ._exchange) because tractor resolves an endpoint by
 # its function's module, and brokerd enables this module, not its submodules.
 
+@guarded('admin')
 @tractor.context
 async def trades_dialogue(
     ctx: tractor.Context, loglevel: str | None = None, since_ns: int | None = None, **kw: Any,
