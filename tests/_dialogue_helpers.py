@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from piker_ems.clearing._messages import VenueSnapshot, parse_brokerd_msg
+from piker_ems.service._auth import endpoint_name, make_auth
 from piker_ems.service._ipc import is_heartbeat
 
 
@@ -18,6 +19,7 @@ volatility = 0.0
 max_spread = 1
 tick_size = 0.01
 start_price = 100.0
+test_hooks = true
 """
 """A sim market that never moves on its own: bid 100.00 / ask 100.01, so fill prices are exact."""
 
@@ -26,7 +28,8 @@ start_price = 100.0
 async def dialogue(portal, endpoint, **kwargs):
     """Open ``endpoint`` on ``portal`` and yield ``(stream, started snapshot)`` (a
     ``VenueSnapshot`` dict: positions, orders, fills, since_ns)."""
-    async with portal.open_context(endpoint, **kwargs) as (ctx, snapshot):
+    auth = make_auth(endpoint_name(endpoint))
+    async with portal.open_context(endpoint, auth=auth, **kwargs) as (ctx, snapshot):
         VenueSnapshot.model_validate(snapshot)
         async with ctx.open_stream() as stream:
             yield stream, snapshot

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import trio
 
+from piker_ems.service._auth import call
 from piker_ems.clearing import Status
 from piker_ems.data import open_feed
 from piker_ems.service import find_service
@@ -13,6 +14,7 @@ seed = 3
 rate = 20
 volatility = 0.3
 tick_size = 0.01
+test_hooks = true
 """
 
 
@@ -26,14 +28,14 @@ async def set_price(symbol: str, price: float) -> dict:
     """Print a trade at ``price`` in brokerd.sim's market for ``symbol``."""
     async with find_service('brokerd.sim') as portal:
         assert portal is not None, 'brokerd.sim is not running'
-        return await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+        return await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
 
 
 async def rpc(service: str, ns: str, fn: str, **kwargs):
     """Call an RPC on a named service."""
     async with find_service(service) as portal:
         assert portal is not None, f'{service} is not running'
-        return await portal.run_from_ns(ns, fn, **kwargs)
+        return await call(portal, ns, fn, **kwargs)
 
 
 async def ems_stats() -> dict:

@@ -13,6 +13,7 @@ import trio
 from _ems_helpers import SIM_CALM
 from _proc import port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
 from conftest import write_config
+from piker_ems.service._auth import call
 from piker_ems.testing import descendants
 
 
@@ -46,7 +47,7 @@ def sim_set_price(port: int, symbol: str, price: float) -> None:
     async def main():
         async with maybe_open_pikerd(('127.0.0.1', port), name='test.mover'):
             async with find_service('brokerd.sim') as portal:
-                await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+                await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
 
     trio.run(main)
 

@@ -13,6 +13,7 @@ import trio
 import feed_consumers
 from _proc import actor_pids, wait_gone
 from conftest import write_config
+from piker_ems.service._auth import call
 from piker_ems.testing import descendants
 from piker_ems.brokers import NoBrokerBackend, available_backends, get_brokermod
 from piker_ems.brokers.sim import SimConfig, SimMarket
@@ -27,7 +28,7 @@ FQSN = 'btcusd.sim'
 async def feed_stats() -> dict:
     async with find_service('brokerd.sim') as portal:
         assert portal is not None, 'brokerd.sim is not running'
-        return await portal.run_from_ns('piker_ems.data._brokerd', 'feed_stats')
+        return await call(portal, 'piker_ems.data._brokerd', 'feed_stats')
 
 
 class Consumer:

@@ -14,6 +14,7 @@ import pytest
 import tractor
 import trio
 
+from piker_ems.service._auth import call
 from piker_ems.clearing import _paper
 from piker_ems.service import find_service, maybe_open_pikerd
 from piker_ems.service._daemon import DEATHSIG_MODULE
@@ -58,11 +59,11 @@ async def paperboi(reg_addr):
 async def set_price(symbol: str, price: float) -> dict:
     async with find_service('brokerd.sim') as portal:
         assert portal is not None
-        return await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+        return await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
 
 
 async def stats(portal) -> dict:
-    return await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+    return await call(portal, 'piker_ems.clearing._paper', 'paper_stats')
 
 
 async def move_market(portal, symbol: str, price: float) -> None:

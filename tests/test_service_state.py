@@ -7,6 +7,7 @@ import pytest
 import tractor
 import trio
 
+from piker_ems.service._auth import call
 from piker_ems.data import _brokerd
 from piker_ems.service import local_services, maybe_spawn_brokerd, open_pikerd
 from piker_ems.service._state import actor_state, maybe_actor_state, spawn_lock
@@ -34,7 +35,7 @@ def test_state_belongs_to_the_actor_and_dies_with_it(reg_addr):
             assert not spawn_lock('brokerd.sim').locked()
             with trio.fail_after(15):
                 async with maybe_spawn_brokerd('sim') as portal:
-                    stats = await portal.run_from_ns('piker_ems.data._brokerd', 'feed_stats')
+                    stats = await call(portal, 'piker_ems.data._brokerd', 'feed_stats')
             assert stats == {'active': {}, 'started': {}}
             assert tractor.current_actor().name == 'pikerd'
 

@@ -13,6 +13,7 @@ import trio
 from _proc import (
     actor_pids, is_alive, parent_pid, port_open, start_pikerd, stop_hard, wait_gone, wait_until,
 )
+from piker_ems.service._auth import call
 from piker_ems.testing import descendants
 from piker_ems.data import open_feed
 from piker_ems.service import (
@@ -75,7 +76,7 @@ def test_brokerd_crash_is_noticed_and_respawned(reg_addr):
                 assert names(await list_registry(reg_addr)) == ['pikerd']
 
                 async with maybe_spawn_brokerd('sim') as portal:
-                    assert await portal.run_from_ns('piker_ems.data._brokerd', 'feed_stats') == {
+                    assert await call(portal, 'piker_ems.data._brokerd', 'feed_stats') == {
                         'active': {}, 'started': {},
                     }
                 [new_pid] = actor_pids('brokerd.sim')
@@ -230,7 +231,7 @@ def test_daemon_survives_the_thread_that_spawned_it(reg_addr, tmp_path):
                 async with maybe_open_pikerd(reg_addr, name='client'):
                     async with find_service('brokerd.sim') as portal:
                         assert portal is not None
-                        await portal.run_from_ns('piker_ems.data._brokerd', 'feed_stats')
+                        await call(portal, 'piker_ems.data._brokerd', 'feed_stats')
 
         trio.run(use_brokerd)
         assert is_alive(brokerd)

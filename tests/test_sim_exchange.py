@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from piker_ems.service._auth import call
 from piker_ems.brokers import sim
 from piker_ems.data import open_feed
 from piker_ems.service import maybe_open_pikerd, maybe_spawn_brokerd
@@ -43,11 +44,11 @@ async def exchange(reg_addr, symbol: str = 'btcusd'):
 
 
 async def stats(portal) -> dict:
-    return await portal.run_from_ns('piker_ems.brokers.sim', 'exchange_stats')
+    return await call(portal, 'piker_ems.brokers.sim', 'exchange_stats')
 
 
 async def set_price(portal, symbol: str, price: float) -> dict:
-    return await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+    return await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
 
 
 async def test_ack_int_reqids_and_fills(reg_addr, config_dir):

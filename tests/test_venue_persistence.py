@@ -20,6 +20,7 @@ from _dialogue_helpers import drain
 import tractor
 import trio
 
+from piker_ems.service._auth import call, endpoint_name, make_auth
 from piker_ems.brokers.sim._exchange import SimExchange
 from piker_ems.brokers.sim._venue import SimVenue
 from piker_ems.clearing._messages import VenueSnapshot
@@ -291,7 +292,7 @@ PAPER_MODULES = [DEATHSIG_MODULE, 'piker_ems.clearing._paper']
 
 async def _set_price(symbol: str, price: float) -> None:
     async with find_service('brokerd.sim') as portal:
-        await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
+        await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol=symbol, price=price)
 
 
 async def _kill(ctx, pid: int) -> None:
@@ -311,7 +312,7 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                 # first life: an open position and two resting orders, then kill -9
                 portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
                 try:
-                    async with portal.open_context(_paper.trades_dialogue, broker='sim') as (ctx, snap):
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim', auth=make_auth(endpoint_name(_paper.trades_dialogue))) as (ctx, snap):
                         assert snap['positions'] == snap['orders'] == []
                         async with ctx.open_stream() as stream:
                             await stream.send(order('buy', 101.0, size=2))
@@ -323,7 +324,7 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                                 await stream.send(msg)
                                 ack, _ = await recv(stream, 2)
                                 acks.append(ack)
-                            st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                            st = await call(portal, 'piker_ems.clearing._paper', 'paper_stats')
                             assert st['journal_path'] == str(db)
                             await _kill(ctx, st['pid'])
                 except* (trio.BrokenResourceError, trio.ClosedResourceError, tractor.ContextCancelled,
@@ -333,7 +334,7 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                 # second life: the same broker and config dir
                 portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
                 try:
-                    async with portal.open_context(_paper.trades_dialogue, broker='sim', since_ns=0) as (ctx, snap):
+                    async with portal.open_context(_paper.trades_dialogue, broker='sim', since_ns=0, auth=make_auth(endpoint_name(_paper.trades_dialogue))) as (ctx, snap):
                         snap = VenueSnapshot.model_validate(snap)
                         assert {o.reqid: (o.oid, o.status) for o in snap.orders} == {
                             acks[0]['reqid']: (rest[0]['oid'], 'open'),
@@ -344,13 +345,13 @@ async def test_paperboi_killed_restores_orders_positions_and_ids(reg_addr, confi
                         (p,) = snap.positions
                         assert (p.size, p.avg_price, p.fees) == (2, 100.01, pytest.approx(fill['fee']))
                         async with ctx.open_stream() as stream:
-                            st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                            st = await call(portal, 'piker_ems.clearing._paper', 'paper_stats')
                             assert (st['restored_orders'], st['resting_orders']) == (2, 2)
                             # the restored sell still fills on a crossing quote
                             with trio.fail_after(10):
                                 while st['feeds'].get('btcusd') != 'live':
                                     await trio.sleep(0.01)
-                                    st = await portal.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                                    st = await call(portal, 'piker_ems.clearing._paper', 'paper_stats')
                             await _set_price('btcusd', 101.5)
                             fill2, filled, pos = await recv(stream, 3)
                             assert (fill2['reqid'], fill2['price'], fill2['fill_id']) == (
@@ -379,7 +380,7 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
             async with maybe_spawn_brokerd('sim') as portal:
                 async with open_feed('btcusd.sim'):
                     try:
-                        async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                        async with portal.open_context(sim.trades_dialogue, auth=make_auth(endpoint_name(sim.trades_dialogue))) as (ctx, snap):
                             async with ctx.open_stream() as stream:
                                 await stream.send(order('sell', 99.0, size=2))     # short 2 @ 100.00
                                 *_, fill, _, pos = await recv(stream, 5)
@@ -388,7 +389,7 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
                                 await stream.send(rest)
                                 ack, _ = await recv(stream, 2)
                                 assert ack['reqid'] == 2
-                                st = await portal.run_from_ns('piker_ems.brokers.sim', 'exchange_stats')
+                                st = await call(portal, 'piker_ems.brokers.sim', 'exchange_stats')
                                 first_pid = st['pid']
                                 await _kill(ctx, first_pid)
                     except* (trio.BrokenResourceError, trio.ClosedResourceError, tractor.ContextCancelled,
@@ -397,10 +398,10 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
 
             # pikerd spawns a fresh brokerd.sim: the venue is still there
             async with maybe_spawn_brokerd('sim') as portal:
-                st = await portal.run_from_ns('piker_ems.brokers.sim', 'exchange_stats')
+                st = await call(portal, 'piker_ems.brokers.sim', 'exchange_stats')
                 assert st['pid'] != first_pid and st['resting_orders'] == 1
                 async with open_feed('btcusd.sim'):
-                    async with portal.open_context(sim.trades_dialogue) as (ctx, snap):
+                    async with portal.open_context(sim.trades_dialogue, auth=make_auth(endpoint_name(sim.trades_dialogue))) as (ctx, snap):
                         snap = VenueSnapshot.model_validate(snap)
                         assert [(o.reqid, o.oid, o.status) for o in snap.orders] == [(2, rest['oid'], 'open')]
                         assert [(p.size, p.avg_price) for p in snap.positions] == [(-2, 100.0)]
@@ -409,7 +410,7 @@ async def test_brokerd_sim_killed_its_exchange_comes_back(reg_addr, config_dir):
                             await stream.send(rest)        # re-sent: the same order
                             (dup,) = await recv(stream, 1)
                             assert (dup['name'], dup['reqid']) == ('ack', 2)
-                            await portal.run_from_ns('piker_ems.brokers.sim', 'set_price', symbol='btcusd', price=99.0)
+                            await call(portal, 'piker_ems.brokers.sim', 'set_price', symbol='btcusd', price=99.0)
                             fill, filled, pos = await recv(stream, 3)
                             assert (fill['reqid'], fill['price'], fill['fill_id']) == (2, 99.5, 'sim-2')
                             assert (pos['size'], pos['realized_pnl']) == (-1, pytest.approx(0.5))

@@ -18,9 +18,11 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
+from ..service._auth import client_credential, credential_for, make_auth, refusal, use_credential
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
+from ._orders import owner_name
 from ._messages import BrokerdPosition, Cancel, MsgError, Order, Status, parse_ems_msg, to_wire
 
 log = get_logger(__name__)
@@ -60,6 +62,9 @@ class OrderBook:
     """The latest request per oid: ours as sent, and others' as learned from statuses."""
     open_orders: list[dict] = field(default_factory=list)
     """The start-up snapshot: the last status (wire dict) of each order in this client's scope."""
+    owner: str = ''
+    """Who owns the orders this book places: ``participant/name`` (``name`` for ``local``)."""
+    participant: str = 'local'
 
     def _push(self, msg: dict) -> None:
         self._tx.send_nowait(msg)  # unbounded: never WouldBlock
@@ -261,6 +266,8 @@ async def open_ems(
     control_others: bool = False,
     on_disconnect: Literal['keep', 'cancel', 'cancel-dark'] = 'keep',
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    participant: str | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[tuple[OrderBook, TradesStream, list[BrokerdPosition]]]:
     """Connect to emsd (spawning it if needed) for ``fqsn`` and yield ``(book, trades, positions)``.
 
@@ -273,6 +280,12 @@ async def open_ems(
     fqsn, ``'all'``: everything on the broker); ``control_others`` lets this session cancel or
     modify watched orders. ``on_disconnect`` is what emsd does with this client's open orders
     when it leaves or dies: ``keep``, ``cancel`` or ``cancel-dark``.
+
+    ``participant`` and ``token`` say who this client acts for (default: ``$PIKER_EMS_PARTICIPANT``
+    / ``$PIKER_EMS_TOKEN``, else the local participant, whose key comes from the cluster secret
+    on this machine). Its orders are owned by ``participant/name`` (just ``name`` for the local
+    participant). A wrong token, or ``watch``/``control_others`` without the role, raises
+    :class:`~piker_ems.service.Refused`.
     """
     if mode not in MODES:
         raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
@@ -287,13 +300,22 @@ async def open_ems(
             if tractor.current_actor(err_on_no_runtime=False) is None:
                 await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
             name = name or tractor.current_actor().name
-            portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
-            ctx, first = await stack.enter_async_context(
-                portal.open_context(
-                    _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
-                    control_others=control_others, on_disconnect=on_disconnect,
+            cred = credential_for(participant, token) if participant or token else client_credential()
+            with use_credential(cred):
+                portal = await stack.enter_async_context(maybe_open_emsd(loglevel=loglevel))
+            try:
+                ctx, first = await stack.enter_async_context(
+                    portal.open_context(
+                        _ems._emsd_main, fqsn=fqsn, client=name, account=account, watch=watch,
+                        control_others=control_others, on_disconnect=on_disconnect,
+                        auth=make_auth(_ems.EMSD_MAIN, cred),
+                    )
                 )
-            )
+            except BaseException as err:
+                refused = refusal(err)
+                if refused is not None:
+                    raise refused from None
+                raise
             # tractor 0.1.0a5 relays an error from emsd (e.g. its ContextCancelled when pikerd
             # stops it) by raising it in a nursery around this block, which silently cancels
             # the caller's body. The error is also queued on the context's stream, where
@@ -304,6 +326,7 @@ async def open_ems(
             book = OrderBook(
                 fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
                 open_orders=list(first.get('orders', ())),
+                owner=owner_name(cred.participant, name), participant=cred.participant,
             )
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
             trades = TradesStream(status_rx, status_tx)

@@ -8,12 +8,13 @@ import trio
 
 from ..config import load_config
 from ..log import get_logger, setup_console
+from ..service._auth import Refused, act_as_service, guarded, verify
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ..statedb import state_path
 from ._journal import Journal
-from ._orders import ClientConn
+from ._orders import ClientConn, owner_name
 from ._router import MAX_DONE_ORDERS, Router
 from ._scan import ScanDirectory
 from ._venues import VenueDirectory
@@ -57,10 +58,12 @@ def current_router() -> Router:
     return router
 
 
+@guarded('admin')
 @tractor.context
 async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = None) -> None:
     """emsd's service task: own the Router (and its paper engines) until pikerd cancels us."""
     setup_console(loglevel, process_name='emsd')
+    act_as_service()
     state = actor_state()
     settings = load_config().get('emsd') or {}
     journal = open_journal(settings)
@@ -81,6 +84,15 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
     finally:
         if journal is not None:
             journal.close()
+
+
+EMSD_MAIN = 'piker_ems.clearing._ems._emsd_main'
+
+
+def verify_refusal(principal, what: str, role: str) -> Refused:
+    """A refusal (logged) of something the authenticated ``principal`` lacks ``role`` for."""
+    log.warning('refused %s: participant %r may not %s (no %s role)', EMSD_MAIN, principal.participant, what, role)
+    return Refused(f'participant {principal.participant!r} may not {what} (no {role} role)')
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
@@ -105,24 +117,39 @@ async def _emsd_main(
     watch: str | None = None,
     control_others: bool = False,
     on_disconnect: str = 'keep',
+    auth: dict | None = None,
 ) -> None:
     """One client connection: ensure feed and venue, send the start state, then serve commands.
+
+    ``auth`` is the client's signed credential (see :mod:`piker_ems.service._auth`): the
+    connection acts for that participant, its orders are owned by ``participant/client`` (the
+    bare ``client`` label for the local participant); ``watch`` needs the ``watch`` role,
+    ``control_others`` the ``control-others`` role, placing orders the ``trade`` role.
 
     ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
     positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
     """
+    principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
     _, broker = parse_fqsn(fqsn)
     if not client or client.startswith('@'):
         raise ValueError(f'client name {client!r} is reserved (names starting with @ are emsd\'s own)')
+    if '/' in client:
+        raise ValueError(f'client name {client!r} may not contain "/"')
+    if watch is not None and 'watch' not in principal.roles:
+        raise verify_refusal(principal, 'watch other clients\' orders', 'watch')
+    if control_others and 'control-others' not in principal.roles:
+        raise verify_refusal(principal, 'control other clients\' orders', 'control-others')
     fqsn = fqsn.strip().lower()
     if watch not in (None, 'symbol', 'all'):
         raise ValueError(f"watch must be None, 'symbol' or 'all', not {watch!r}")
     if on_disconnect not in ('keep', 'cancel', 'cancel-dark'):
         raise ValueError(f"on_disconnect must be keep, cancel or cancel-dark, not {on_disconnect!r}")
+    owner = owner_name(principal.participant, client)
     conn = ClientConn(
-        client, fqsn, broker, account, watch=watch,
+        owner, fqsn, broker, account, watch=watch,
         control_others=control_others, on_disconnect=on_disconnect,
+        participant=principal.participant, may_trade='trade' in principal.roles,
     )
     scan = router.scans.get(fqsn)
     await scan.wait_ready(CONNECT_WAIT_S)
@@ -138,7 +165,7 @@ async def _emsd_main(
             'orders': router.open_orders(
                 fqsn=None if watch == 'all' else conn.fqsn,
                 broker=broker,
-                owner=None if watch else client,
+                owner=None if watch else owner,
             ),
         })
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
@@ -151,6 +178,7 @@ async def _emsd_main(
         log.info('%r left', conn)
 
 
+@guarded('admin')
 async def ems_stats() -> dict:
     """RPC: counts for tests and the CLI."""
     router = current_router()
@@ -161,6 +189,7 @@ async def ems_stats() -> dict:
     return stats
 
 
+@guarded('watch', 'trade')
 async def ems_positions(account: str | None = None, open_venues: bool = True) -> list[dict]:
     """RPC: every position of every venue (all accounts, or ``account``), with the last price
     of the symbol when emsd scans it.

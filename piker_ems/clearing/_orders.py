@@ -26,6 +26,17 @@ class VenueUnavailable(RuntimeError):
 _client_ids = itertools.count(1)
 
 
+def owner_name(participant: str, label: str) -> str:
+    """The owner of a client's orders: the pair (participant, label) as one string.
+
+    ``participant/label``, except for the local participant (everyone who holds the cluster
+    secret on this machine), whose orders keep the bare label as before participants existed
+    (so journals of earlier versions stay theirs). Labels may not contain ``/``, so the two
+    forms never collide.
+    """
+    return label if participant == 'local' else f'{participant}/{label}'
+
+
 class ClientConn:
     """One connected client stream as seen by the Router.
 
@@ -44,9 +55,13 @@ class ClientConn:
         control_others: bool = False,
         on_disconnect: 'DisconnectPolicy' = 'keep',
         queue_size: int = CLIENT_QUEUE,
+        participant: str = 'local',
+        may_trade: bool = True,
     ) -> None:
         self.uid = next(_client_ids)
-        self.name = name
+        self.name = name  # the owner string: see owner_name()
+        self.participant = participant
+        self.may_trade = may_trade
         self.fqsn = fqsn
         self.broker = broker
         self.account = account

@@ -46,6 +46,7 @@ from ..log import get_logger, setup_console
 from ..simvenue._clock import Clock, system_clock
 from ..simvenue._dialogue import Dialogue, DialogueEngine
 from ..simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
+from ..service._auth import act_as_service, guarded
 from ..service._state import owned
 from ._messages import BrokerdCancel, BrokerdError, BrokerdOrder, to_wire
 
@@ -187,6 +188,7 @@ def _default_broker() -> str:
     return broker if prefix == 'paperboi' and dot and broker else 'sim'
 
 
+@guarded('admin')
 @tractor.context
 async def trades_dialogue(
     ctx: tractor.Context,
@@ -206,6 +208,7 @@ async def trades_dialogue(
     broker = (broker or _default_broker()).lower()
     get_brokermod(broker)  # an unknown broker fails the open with a readable error
     setup_console(loglevel, process_name=f'paperboi.{broker}')
+    act_as_service()  # its own feed subscriptions act as the local participant
     if kw:
         log.debug('paperboi.%s: ignoring dialogue options %r', broker, kw)
     engine = engine_for(broker)
@@ -214,6 +217,7 @@ async def trades_dialogue(
     await engine.serve(ctx, since_ns)
 
 
+@guarded('admin')
 async def paper_stats(broker: str | None = None) -> dict[str, Any]:
     """RPC: the paper engine's counters for ``broker`` (default: this actor's broker).
 

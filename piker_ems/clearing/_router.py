@@ -396,6 +396,12 @@ class Router:
         if queue is not None:  # an earlier request for this oid waits on its symbol: keep order
             queue.append((conn, msg))
             return
+        if not conn.may_trade:
+            # a watch-only participant: refused and logged, nothing executed
+            self.rejected_client_msgs += 1
+            log.warning('refused an order request from %r: no trade role', conn)
+            self.reply_error(conn, msg.oid, f'participant {conn.participant!r} may not trade (no trade role)')
+            return
         self._handle(conn, msg)
 
     def _handle(self, conn: ClientConn, msg: Order | Cancel) -> None:

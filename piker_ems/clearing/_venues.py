@@ -20,6 +20,7 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_spawn_brokerd
+from ..service._auth import AUTH_MODULE, endpoint_name, local_credential, make_auth
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
@@ -27,7 +28,7 @@ from ._orders import VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
 
-PAPER_MODULES = [DEATHSIG_MODULE, 'piker_ems.clearing._paper']
+PAPER_MODULES = [DEATHSIG_MODULE, AUTH_MODULE, 'piker_ems.clearing._paper']
 #: Commands a link holds while its dialogue is not open (beyond: refused at once).
 QUEUE_MAX = 10_000
 #: How long a dialogue may take to open before its queued commands are failed.
@@ -172,7 +173,8 @@ class VenueDirectory:
 
     async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
                      open_cs: trio.CancelScope) -> None:
-        async with portal.open_context(endpoint, loglevel=self.loglevel, **kwargs) as (ctx, first):
+        auth = make_auth(endpoint_name(endpoint), local_credential())  # emsd's own call
+        async with portal.open_context(endpoint, loglevel=self.loglevel, auth=auth, **kwargs) as (ctx, first):
             try:
                 async with ctx.open_stream() as stream:
                     try:

@@ -10,6 +10,7 @@ from ..log import LEVELS
 from ._common import CliState, Command, Group, run  # noqa: F401  (sets warning filters before tractor loads)
 from .chart import chart
 from .orders import cancel, order, orders
+from .participants import participants
 from .positions import positions
 from .quotes import quote
 from .services import services
@@ -61,3 +62,4 @@ cli.add_command(orders)
 cli.add_command(cancel)
 cli.add_command(positions)
 cli.add_command(chart)
+cli.add_command(participants)

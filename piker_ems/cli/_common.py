@@ -88,8 +88,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     from ..ui._exec import NoDisplay, ScreenshotError
 
+    from ..service._auth import AuthError, Refused
+
     return (NoBrokerBackend, SymbolNotFound, FqsnError, PikerdError, FeedLost, UserError, NoDisplay,
-            ScreenshotError)
+            ScreenshotError, Refused, AuthError)
 
 
 class UserError(Exception):
@@ -137,6 +139,7 @@ def run(fn: Callable[..., Awaitable[Any]], *args: Any, runner: Callable[..., Any
     import trio
 
     try:
+        _use_cli_credential()
         return (runner or trio.run)(fn, *args)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
@@ -158,6 +161,34 @@ def run(fn: Callable[..., Awaitable[Any]], *args: Any, runner: Callable[..., Any
             click.secho(f'error: {reason}', fg='red', err=True)
             sys.exit(EXIT_FAILED)
         raise
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value:
+        ctx.meta[f'piker_ems.{param.name}'] = value
+
+
+def participant_options(fn: Callable) -> Callable:
+    """``--participant NAME`` and ``--token TOKEN``: act as that participant (default: the local
+    participant, or ``$PIKER_EMS_PARTICIPANT`` / ``$PIKER_EMS_TOKEN``)."""
+    fn = click.option('--token', default=None, expose_value=False, callback=_remember, metavar='TOKEN',
+                      help="The participant's token (or $PIKER_EMS_TOKEN).")(fn)
+    fn = click.option('--participant', default=None, expose_value=False, callback=_remember, metavar='NAME',
+                      help='Act as this participant (default: the local one, or $PIKER_EMS_PARTICIPANT).')(fn)
+    return fn
+
+
+def _use_cli_credential() -> None:
+    """Make the command's ``--participant``/``--token`` this process's credential."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    participant = ctx.meta.get('piker_ems.participant')
+    token = ctx.meta.get('piker_ems.token')
+    if participant or token:
+        from ..service._auth import credential_for, set_default_credential
+
+        set_default_credential(credential_for(participant, token))
 
 
 def check_fqsn(fqsn: str) -> tuple[str, str]:

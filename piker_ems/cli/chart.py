@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ._common import CliState, check_fqsn, run
+from ._common import CliState, check_fqsn, participant_options, run
 
 
 @click.command()
@@ -27,6 +27,7 @@ from ._common import CliState, check_fqsn, run
 @click.option('--notify', is_flag=True, help='Desktop notifications on fills and alerts (needs notify-send).')
 @click.option('--control-others', is_flag=True,
               help="Let this chart cancel/drag other clients' orders (c under the cursor, Shift+cc for all).")
+@participant_options
 @click.pass_obj
 def chart(state: CliState, fqsn: str, period: float, size: float, account: str, name: str,
           screenshot: str | None, exit_after: float | None, notify: bool, control_others: bool) -> None:

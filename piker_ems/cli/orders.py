@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import click
 
-from ._common import CliState, UserError, check_fqsn, run
+from ._common import CliState, UserError, check_fqsn, participant_options, run
 
 EXIT_TIMEOUT = 3
 
@@ -132,6 +133,7 @@ async def _place(state: CliState, action: str, fqsn: str, price: float, size: fl
 @click.option('--timeout', type=float, default=None, help='Give up waiting after this many seconds (exit 3).')
 @click.option('--detach', is_flag=True, help='Exit 0 as soon as the order is accepted (it stays active).')
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per status per line.')
+@participant_options
 @click.pass_obj
 def order(state: CliState, action: str, fqsn: str, price: float, size: float | None, mode: str,
           account: str, name: str, timeout: float | None, detach: bool, as_json: bool) -> None:
@@ -172,12 +174,33 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
 @click.option('--count', '-n', type=click.IntRange(min=1), default=None,
               help='Stop after N new messages (the open orders printed first do not count).')
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per message per line.')
+@participant_options
 @click.pass_obj
 def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | None, as_json: bool) -> None:
     """Print the open orders on FQSN (each one's last status), then follow every new status
     on FQSN live, whoever placed the orders (position changes included)."""
     check_fqsn(fqsn)
     run(_follow, state, fqsn, watch_all, name, as_json, count)
+
+
+@asynccontextmanager
+async def _cancel_session(symbol: str, name: str, by_oid: bool, loglevel: str):
+    """An emsd session to cancel from: watching the whole broker to find an oid by its prefix,
+    or (for a participant without the watch role) only its own orders: then give the full oid."""
+    from ..clearing import open_ems
+    from ..service._auth import refusal
+
+    async with AsyncExitStack() as stack:
+        session = None
+        if by_oid:
+            try:
+                session = await stack.enter_async_context(open_ems(symbol, name=name, watch='all', loglevel=loglevel))
+            except Exception as err:
+                if refusal(err) is None:
+                    raise
+        if session is None:
+            session = await stack.enter_async_context(open_ems(symbol, name=name, loglevel=loglevel))
+        yield session
 
 
 async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> int:
@@ -194,15 +217,14 @@ async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str,
     async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.cancel',
                                  tractor_loglevel=state.tractor_loglevel):
         symbol = fqsn or 'any.sim'
-        async with open_ems(symbol, name=name, watch='all' if oid else None,
-                            loglevel=state.loglevel) as (book, trades, _):
+        async with _cancel_session(symbol, name, bool(oid), state.loglevel) as (book, trades, _):
             if oid:
                 matches = [o for o in book.orders if o.startswith(oid)]
                 if len(matches) > 1:
                     raise UserError(f'oid prefix {oid} is ambiguous: {", ".join(m[:12] for m in matches)}')
                 targets = matches or [oid]
             else:
-                targets = [o for o, req in book.orders.items() if req.owner == name]
+                targets = [o for o, req in book.orders.items() if req.owner == book.owner]
                 if not targets:
                     click.echo(f'no open orders of {name} on {fqsn}', err=True)
                     return 0
@@ -229,6 +251,7 @@ async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str,
 @click.option('--name', default='piker', show_default=True, help='Client name that owns the orders.')
 @click.option('--timeout', type=float, default=10.0, show_default=True)
 @click.option('--json', 'as_json', is_flag=True)
+@participant_options
 @click.pass_obj
 def cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> None:
     """Cancel order OID (a unique prefix is enough), or --all FQSN."""

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ._common import CliState, UserError, run
+from ._common import CliState, UserError, participant_options, run
 
 PRICE_TIMEOUT_S = 10.0
 CLIENT_NAME = 'piker.positions'
@@ -68,6 +68,7 @@ async def _last_prices(fqsns: list[str], loglevel: str) -> dict[str, float]:
 
 async def _positions(state: CliState, account: str | None) -> list[dict]:
     from ..service import maybe_open_emsd, maybe_open_pikerd, registry_is_up
+    from ..service._auth import call
 
     addr = state.registry
     if not await registry_is_up(addr):
@@ -76,7 +77,7 @@ async def _positions(state: CliState, account: str | None) -> list[dict]:
     async with maybe_open_pikerd(addr, loglevel=state.loglevel, name=CLIENT_NAME,
                                  tractor_loglevel=state.tractor_loglevel):
         async with maybe_open_emsd(loglevel=state.loglevel) as portal:
-            raw = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_positions', account=account)
+            raw = await call(portal, 'piker_ems.clearing._ems', 'ems_positions', account=account)
         missing = sorted({f"{p['symbol']}.{p['broker']}" for p in raw if p.get('last') is None and p.get('size')})
         prices = await _last_prices(missing, state.loglevel)
     rows = [with_pnl(p, p.get('last') if p.get('last') is not None else prices.get(f"{p['symbol']}.{p['broker']}"))
@@ -116,6 +117,7 @@ def check_account(account: str | None) -> None:
 @click.command()
 @click.option('--account', default=None, help="Only this account ('paper' is the paper engine); default: every account.")
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per position per line.')
+@participant_options
 @click.pass_obj
 def positions(state: CliState, account: str | None, as_json: bool) -> None:
     """List the positions of every account (paper and live) with realized and unrealized PnL.

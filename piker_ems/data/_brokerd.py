@@ -20,6 +20,7 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
+from ..service._auth import act_as_service, guarded
 from ..service._cache import SharedCache
 from ..service._ipc import HEARTBEAT_S, heartbeat as heartbeat_msg
 from ..service._state import actor_state, maybe_actor_state
@@ -135,10 +136,12 @@ class FeedBus:
         }
 
 
+@guarded('admin')
 @tractor.context
 async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel: str | None = None) -> None:
     """brokerd's service task: create the feed bus and keep it until pikerd cancels us."""
     setup_console(loglevel, process_name=f'brokerd.{broker}')
+    act_as_service()
     brokermod = get_brokermod(broker)
     state = actor_state()
     if state.get(_BUS_KEY) is not None:
@@ -153,6 +156,7 @@ async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel:
                 del state[_BUS_KEY]
 
 
+@guarded('watch', 'trade')
 async def history(symbol: str, period_s: float, count: int) -> list[list[float]]:
     """RPC: past bars from the backend's optional ``backfill`` (empty if it has none)."""
     backfill = getattr(FeedBus.current().brokermod, 'backfill', None)
@@ -161,11 +165,13 @@ async def history(symbol: str, period_s: float, count: int) -> list[list[float]]
     return [list(row) for row in await backfill(symbol.lower(), period_s, count)]
 
 
+@guarded('admin')
 async def feed_stats() -> dict:
-    """RPC: the bus's upstream counts."""
+    """RPC: the bus's upstream counts (for tests; admin only)."""
     return FeedBus.current().stats()
 
 
+@guarded('watch', 'trade')
 @tractor.context
 async def open_feed_stream(
     ctx: tractor.Context,

@@ -18,6 +18,7 @@ import trio
 
 from ..log import get_logger
 from ..service import maybe_spawn_brokerd
+from ..service._auth import call, endpoint_name, make_auth
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context
 from ..symbols import Symbol, parse_fqsn
 from . import _brokerd
@@ -144,6 +145,7 @@ async def _open_broker_feed(
         try:
             async with portal.open_context(
                 _brokerd.open_feed_stream, symbols=symbols, subscriber=subscriber,
+                auth=make_auth(endpoint_name(_brokerd.open_feed_stream)),
             ) as (ctx, firsts):
                 failed = False
                 try:
@@ -232,7 +234,7 @@ async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | 
 
     sym, broker = parse_fqsn(fqsn)
     async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
-        rows = await portal.run_from_ns(
-            'piker_ems.data._brokerd', 'history', symbol=sym, period_s=period_s, count=count,
+        rows = await call(
+            portal, 'piker_ems.data._brokerd', 'history', symbol=sym, period_s=period_s, count=count,
         )
     return np.array([tuple(r) for r in rows], dtype=BAR_DTYPE)

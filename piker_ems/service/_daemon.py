@@ -18,6 +18,7 @@ import trio
 
 from .. import config
 from ..log import get_logger, setup_console
+from ._auth import AUTH_MODULE, act_as_service, endpoint_name, ensure_secret, guarded, local_credential, make_auth
 from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
@@ -27,7 +28,7 @@ from ._state import actor_state, maybe_actor_state
 log = get_logger(__name__)
 
 DEATHSIG_MODULE = 'piker_ems.service._deathsig'
-PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon']
+PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon', 'piker_ems.service._auth']
 TRACTOR_QUIET = 'critical'
 
 __all__ = ['PikerdError', 'ServiceSpec', 'Services', 'local_services', 'maybe_open_pikerd', 'open_pikerd']
@@ -95,7 +96,8 @@ class Services:
             started = False
             try:
                 with cs:
-                    async with portal.open_context(target, **kwargs) as (ctx, first):
+                    auth = make_auth(endpoint_name(target), local_credential())  # pikerd's own call
+                    async with portal.open_context(target, auth=auth, **kwargs) as (ctx, first):
                         started = True
                         task_status.started((cs, first))
                         await ctx.result()
@@ -124,7 +126,7 @@ class Services:
             log.info('spawning %s', spec.name)
             portal = await self.actor_n.start_actor(
                 spec.name,
-                enable_modules=[DEATHSIG_MODULE, *spec.enable_modules],
+                enable_modules=[DEATHSIG_MODULE, AUTH_MODULE, *spec.enable_modules],
                 loglevel=self.tractor_loglevel,
                 debug_mode=self.debug_mode,
             )
@@ -191,18 +193,23 @@ def local_services() -> Services | None:
 
 
 # --- RPC endpoints run inside pikerd ---------------------------------------------------------
+# Each takes a signed ``auth`` argument (see ._auth): any participant may have a service started
+# (a client needs its brokerd and emsd), only an admin may stop one.
 
+@guarded()
 async def spawn_service(name: str, loglevel: str | None = None) -> bool:
     """RPC: start the named service inside pikerd (idempotent); True if it was started now."""
     services = _require_local()
     return await services.spawn(service_spec(name, loglevel=loglevel))
 
 
+@guarded('admin')
 async def cancel_service(name: str) -> bool:
     """RPC: stop the named service."""
     return await _require_local().cancel_service(name)
 
 
+@guarded()
 async def list_services() -> list[str]:
     """RPC: names of running services."""
     return _require_local().list()
@@ -243,6 +250,7 @@ async def _hosting_services(
     state = actor_state()
     if state.get('services') is not None:
         raise PikerdError('this actor already hosts pikerd')
+    ensure_secret()  # first start: the cluster secret (and so the local participant) exists
     async with open_supervisor() as (actor_n, service_n):
         services = Services(
             actor_n, service_n, registry=registry, loglevel=loglevel,
@@ -290,6 +298,7 @@ async def open_pikerd(
             guard.cancel_scope.cancel()
 
 
+@guarded('admin')
 @tractor.context
 async def _embedded_pikerd(
     ctx: tractor.Context,
@@ -299,6 +308,7 @@ async def _embedded_pikerd(
 ) -> None:
     """Run pikerd's Services inside a child actor of someone else's tractor tree."""
     setup_console(loglevel)
+    act_as_service()
     actor = tractor.current_actor()
     async with _hosting_services(tuple(actor._arb_addr), loglevel, tractor_loglevel, debug_mode):
         await ctx.started(True)
@@ -313,6 +323,7 @@ async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> 
         )
         async with portal.open_context(
             _embedded_pikerd, loglevel=loglevel, tractor_loglevel=tractor_loglevel,
+            auth=make_auth(endpoint_name(_embedded_pikerd), local_credential()),
         ) as (ctx, _):
             try:
                 yield

@@ -14,6 +14,7 @@ import tractor
 import trio
 
 from ..log import get_logger
+from ._auth import NotGenuine
 
 log = get_logger(__name__)
 
@@ -54,12 +55,43 @@ async def _registered(name: str, addr: tuple[str, int]) -> list[tuple[tuple[str,
     return out
 
 
+def _started_here(name: str, uid: tuple[str, str]) -> bool:
+    """Whether ``uid`` is the ``name`` this process's own pikerd started (no challenge needed)."""
+    from ._state import maybe_actor_state
+
+    state = maybe_actor_state()
+    services = state.get('services') if state is not None else None  # this actor's pikerd
+    portal = services.portal(name) if services is not None else None
+    return portal is not None and tuple(portal.channel.uid) == tuple(uid)
+
+
+async def _our_key_is_wrong(addr: tuple[str, int]) -> bool:
+    """Whether the registry itself (pikerd) answers our identity challenge wrongly: then a
+    service failing it says nothing about the service, and everything about our key."""
+    from ._auth import WRONG_ANSWER, is_genuine
+
+    try:
+        async with tractor.get_arbiter(*addr) as reg:
+            if not isinstance(reg, tractor.Portal) or reg.channel.uid is None:
+                return False  # we are the registry
+            return await is_genuine(reg, reg.channel.uid[0]) == WRONG_ANSWER
+    except Exception:  # noqa: BLE001 - a registry that cannot answer (an embedding app's) tells nothing
+        return False
+
+
 async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack) -> tractor.Portal | None:
-    """Connect to the newest live registration of ``name``; unregister dead ones on the way."""
+    """Connect to the newest live, *genuine* registration of ``name``; unregister dead ones on
+    the way, and skip (and report) any that cannot prove it is this cluster's service."""
+    from ._auth import client_credential, is_genuine
+
+    rejected = 0
     for uid, sockaddr in reversed(await _registered(name, addr)):
+        candidate = AsyncExitStack()
         try:
-            chan = await stack.enter_async_context(tractor._ipc._connect_chan(*sockaddr))
+            chan = await candidate.enter_async_context(tractor._ipc._connect_chan(*sockaddr))
+            portal = await candidate.enter_async_context(tractor._portal.open_portal(chan))
         except OSError:
+            await candidate.aclose()
             log.warning('dropping stale registry entry %s at %s', uid, sockaddr)
             try:
                 async with tractor.get_arbiter(*addr) as reg:
@@ -67,7 +99,24 @@ async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack)
             except Exception:  # the registry may itself be going away
                 log.debug('could not unregister %s', uid, exc_info=True)
             continue
-        return await stack.enter_async_context(tractor._portal.open_portal(chan))
+        why = None if _started_here(name, uid) else await is_genuine(portal, name)
+        if why is not None:
+            rejected += 1
+            await candidate.aclose()  # (no cancel scope around it: it exits the portal's nursery)
+            if rejected == 1 and await _our_key_is_wrong(addr):
+                raise NotGenuine(
+                    f'wrong token for participant {client_credential().participant!r} (or not this '
+                    f"cluster's secret): the registry at {addr[0]}:{addr[1]} does not recognise it"
+                )
+            log.error('IGNORED registry entry %s at %s:%s: not a genuine %s (%s)', uid, *sockaddr, name, why)
+            continue
+        stack.push_async_callback(candidate.aclose)
+        return portal
+    if rejected:
+        raise NotGenuine(
+            f'{name}: wrong token for participant {client_credential().participant!r} (or cluster secret), '
+            f'or an impostor: {rejected} registration(s) failed the identity challenge'
+        )
     return None
 
 
@@ -100,5 +149,10 @@ async def wait_for_service(name: str, timeout: float = 15.0, addr: tuple[str, in
             if trio.current_time() >= deadline:
                 raise trio.TooSlowError(f'{name} did not register within {timeout:g}s')
             # connect outside the timeout scope: the portal's nursery must not nest inside it
-            portal = await _connect_live(name, addr, stack)
+            try:
+                portal = await _connect_live(name, addr, stack)
+            except NotGenuine:
+                portal = None
+            if portal is None:  # only dead or impostor entries so far: wait for a real one
+                await trio.sleep(0.05)
         yield portal

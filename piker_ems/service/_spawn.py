@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import tractor
 
 from ..log import get_logger
+from ._auth import call
 from ._daemon import local_services, maybe_open_pikerd
 from ._registry import _connect_live, current_registry, find_service, wait_for_service
 from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceSpec, service_spec
@@ -36,9 +37,7 @@ async def _request_spawn(name: str, loglevel: str | None) -> None:
     async with find_service('pikerd') as pikerd:
         if pikerd is None:
             raise PikerdError('no pikerd is registered to spawn services')
-        await pikerd.run_from_ns(
-            'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel,
-        )
+        await call(pikerd, 'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel)
 
 
 @asynccontextmanager

@@ -19,6 +19,12 @@ so the quote feed and the simulated exchange (the live ``trades_dialogue``, see
     fee_bps = 0        # fee per fill, basis points of its notional (default 0)
     persist = true     # journal to <config dir>/state/sim-exchange.sqlite (default true)
     journal_sync = "normal"   # SQLite synchronous level; "full" also survives power loss
+
+Test hooks (``set_price``, ``exchange_stats``: RPCs that move the market or read the exchange's
+insides) are refused unless enabled, and then only for an ``admin`` participant::
+
+    [sim]
+    test_hooks = true  # tests only: never on a cluster others can reach
 """
 from __future__ import annotations
 
@@ -29,11 +35,14 @@ from typing import Any, AsyncIterator
 import tractor
 import trio
 
+from ...log import get_logger
+from ...service._auth import guarded
 from ...symbols import Symbol
 from ._market import SimConfig, SimMarket, sim_config
 from ._venue import SimVenue, current_venue
 
 name = 'sim'
+log = get_logger(__name__)
 
 __all__ = [
     'SimConfig', 'SimMarket', 'SimVenue', 'backfill', 'current_venue', 'exchange_stats', 'get_symbol_info', 'open_quote_stream',
@@ -85,14 +94,29 @@ async def backfill(symbol: str, period_s: float, count: int, end: float | None =
     return current_venue().market(symbol).history(period_s, count, end or time.time())
 
 
+def _test_hook(name: str) -> None:
+    """Refuse (and log) a test-only RPC unless ``[sim] test_hooks = true`` is configured."""
+    from ...config import load_config
+    from ...service._auth import Refused
+
+    if not (load_config().get('sim') or {}).get('test_hooks', False):
+        log.warning('refused %s: sim test hooks are off ([sim] test_hooks = true enables them)', name)
+        raise Refused(f'{name} is a test hook, off unless [sim] test_hooks = true')
+
+
+@guarded('admin')
 async def set_price(symbol: str, price: float, spread_ticks: int = 1) -> dict:
-    """RPC (on ``brokerd.sim``): print a trade at ``price``; for tests and demos."""
+    """RPC (on ``brokerd.sim``): print a trade at ``price``; for tests and demos.
+
+    A test hook: only with ``[sim] test_hooks = true``, and only for an admin."""
+    _test_hook('set_price')
     return current_venue().market(symbol).set_price(price, spread_ticks)
 
 
 # The RPC endpoints are defined here (not in ._exchange) because tractor resolves an endpoint by
 # its function's module, and brokerd enables this module, not its submodules.
 
+@guarded('admin')
 @tractor.context
 async def trades_dialogue(
     ctx: tractor.Context, loglevel: str | None = None, since_ns: int | None = None, **kw: Any,
@@ -104,8 +128,12 @@ async def trades_dialogue(
     await serve_trades_dialogue(ctx, loglevel=loglevel, since_ns=since_ns, **kw)
 
 
+@guarded('admin')
 async def exchange_stats() -> dict:
-    """RPC (on ``brokerd.sim``): the exchange's counters, open orders and received requests."""
+    """RPC (on ``brokerd.sim``): the exchange's counters, open orders and received requests.
+
+    A test hook: only with ``[sim] test_hooks = true``, and only for an admin."""
+    _test_hook('exchange_stats')
     from ._exchange import exchange_stats as stats
 
     return stats()
