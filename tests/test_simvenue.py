@@ -292,3 +292,11 @@ def test_engines_live_on_the_running_actor_and_die_with_it(reg_addr):
     trio.run(main)
     (p1, v1), (p2, v2) = seen
     assert p1 is not p2 and v1 is not v2
+
+
+def test_average_price_has_no_float_residue():
+    """Seen by a trader after a restart: a position of 3 at 171.39000000000001."""
+    pos = Position('paper', 'btcusd')
+    pos.apply('buy', 2.0, 171.93)
+    pos.apply('buy', 1.0, 170.31)
+    assert (pos.size, pos.avg_price) == (3.0, 171.39)

@@ -63,7 +63,7 @@ class Position:
         elif (old > 0) == (qty > 0):
             avg = (abs(old) * avg + abs(qty) * price) / abs(new)
         # else: reduced without crossing: the average stays
-        nxt = replace(self, size=new, avg_price=avg, realized_pnl=clean(pnl), fees=clean(self.fees + fee))
+        nxt = replace(self, size=new, avg_price=clean(avg), realized_pnl=clean(pnl), fees=clean(self.fees + fee))
         nxt.check()
         return nxt
 
