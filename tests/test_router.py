@@ -260,3 +260,26 @@ def test_a_modify_refused_by_the_venue_restores_the_working_price():
     last = a.statuses('o1')[-1]
     assert (last.resp, last.req.price) == ('error', 101) and 'off the band' in last.reason
     assert rig.router.orders['o1'].state == 'working'
+
+
+def test_a_failing_event_is_contained_and_the_next_order_is_still_handled(monkeypatch):
+    """One order whose handling raises (a bug) must not stop a venue's teardown, a relay or a
+    client loop: the Router logs it, counts it and goes on with the next order."""
+    from piker_ems.clearing import _machine
+
+    rig = Rig()
+    a = rig.client('a')
+    rig.send(a, live('o1'))
+    rig.send(a, live('o2'))
+    real = _machine.OrderMachine._on_venue_down
+
+    def broken_for_o1(self, ev, fx, now):
+        if self.oid == 'o1':
+            raise RuntimeError('handler bug')
+        return real(self, ev, fx, now)
+
+    monkeypatch.setattr(_machine.OrderMachine, '_on_venue_down', broken_for_o1)
+    rig.venues.lose(LIVE, 'gone')  # must not raise
+    assert rig.router.apply_failures == 1
+    assert a.resps('o1') == [] and a.resps('o2') == ['broker_disconnected']
+    assert rig.router.orders['o1'].state == 'pending_new'  # the failed event changed nothing

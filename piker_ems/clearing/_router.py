@@ -161,6 +161,7 @@ class Router:
         self.illegal_events = 0   # venue events the order's state did not accept (all dropped)
         self.late_events = 0      # ... of which arrived after the order's final status
         self.unknown_events = 0
+        self.apply_failures = 0   # events whose handling raised (bugs), logged with tracebacks
         venues.bind(self)
         scans.bind(self)
 
@@ -172,7 +173,17 @@ class Router:
         Write-ahead: the order's new state is journaled after the machine accepted the event
         and before any status leaves for a client or any command for the venue.
         An event the machine does not accept is logged and counted, and nothing is relayed.
+        Any other failure (a bug) is logged with its traceback and counted: no caller (a
+        relay, a scan, a client loop, a venue's teardown) can be killed by one event.
         """
+        try:
+            return self._apply_effects(st, event, requester)
+        except Exception:
+            self.apply_failures += 1
+            log.exception('applying %s to order %s failed', type(event).__name__, st.oid)
+            return False
+
+    def _apply_effects(self, st: OrderState, event: M.Event, requester: ClientConn | None) -> bool:
         try:
             fx = st.machine.apply(event, self.clock())
         except M.IllegalEvent as err:
@@ -342,10 +353,7 @@ class Router:
                 if conn.on_disconnect == 'cancel-dark' and not st.machine.dark:
                     continue
                 log.info('%r left with policy %s: cancelling %s', conn, conn.on_disconnect, st.oid)
-                try:
-                    self._apply(st, M.CancelRequest(requester=None))
-                except Exception:
-                    log.exception('disconnect policy could not cancel %s', st.oid)
+                self._apply(st, M.CancelRequest(requester=None))
         self._release_scan(conn.fqsn)
 
     def positions_for(self, broker: str, account: str) -> list[dict]:
@@ -815,5 +823,6 @@ class Router:
             'rejected_broker_msgs': self.rejected_broker_msgs,
             'illegal_events': self.illegal_events,
             'late_events': self.late_events,
+            'apply_failures': self.apply_failures,
             'unknown_events': self.unknown_events,
         }

@@ -148,10 +148,13 @@ class VenueDirectory:
                 del self.links[link.key]
             reason = link.lost or 'the dialogue closed'
             # queued commands never left: their requests failed (the rest is reconciled)
-            for cmd in link.drain_failed():
-                self.sink.on_send_failed(link, cmd, f'trades dialogue {link.name}: {reason}')
-            if link.lost:  # (an orderly stop of emsd is no loss to report)
-                self.sink.on_venue_lost(link, reason)
+            try:
+                for cmd in link.drain_failed():
+                    self.sink.on_send_failed(link, cmd, f'trades dialogue {link.name}: {reason}')
+                if link.lost:  # (an orderly stop of emsd is no loss to report)
+                    self.sink.on_venue_lost(link, reason)
+            except Exception:  # a sink bug must not take emsd's service nursery down with it
+                log.exception('handling the end of trades dialogue %s failed', link.name)
 
     async def _open_and_relay(self, link: VenueLink, open_cs: trio.CancelScope) -> None:
         broker, kind = link.key
