@@ -25,11 +25,15 @@ class Sink:
 
 
 class FakeStream:
-    def __init__(self):
+    def __init__(self, expect: int = 0):
         self.sent = []
+        self.expect = expect
+        self.all_sent = trio.Event()  # set once ``expect`` messages went out
 
     async def send(self, msg):
         self.sent.append(msg)
+        if len(self.sent) >= self.expect:
+            self.all_sent.set()
 
 
 def order(oid):
@@ -38,7 +42,7 @@ def order(oid):
 
 async def test_commands_queue_while_opening_and_go_out_in_order(monkeypatch):
     gate = trio.Event()
-    stream = FakeStream()
+    stream = FakeStream(expect=100)
 
     async def open_and_relay(self, link, open_cs):
         await gate.wait()  # a slow spawn
@@ -61,8 +65,8 @@ async def test_commands_queue_while_opening_and_go_out_in_order(monkeypatch):
         assert venues.link(('sim', 'paper')) is link  # one dialogue per venue
         gate.set()
         with trio.fail_after(5):
-            while len(stream.sent) < 100:
-                await trio.sleep(0)
+            await stream.all_sent.wait()
+        assert link.queued == 0
         assert [m['oid'] for m in stream.sent] == [f'o{i}' for i in range(100)]
         n.cancel_scope.cancel()
     assert sink.failed == [] and sink.lost == []

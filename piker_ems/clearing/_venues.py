@@ -45,7 +45,6 @@ class VenueLink:
         self.positions: dict[tuple[str, str], BrokerdPosition] = {}
         self.snapshot: VenueSnapshot | None = None  # what the venue reported when it opened
         self.tx, self.rx = trio.open_memory_channel[Any](math.inf)
-        self.queued = 0
         self.opened = trio.Event()
         self.relay_scope = trio.CancelScope()
         self.sent = 0
@@ -54,6 +53,11 @@ class VenueLink:
     @property
     def name(self) -> str:
         return '.'.join(self.key)
+
+    @property
+    def queued(self) -> int:
+        """Commands taken but not yet sent (what the queue holds)."""
+        return self.rx.statistics().current_buffer_used
 
     @property
     def closed(self) -> bool:
@@ -65,7 +69,6 @@ class VenueLink:
             raise VenueUnavailable(f'trades dialogue {self.name} is {"lost: " + self.lost if self.lost else "closed"}')
         if self.queued >= QUEUE_MAX:
             raise VenueUnavailable(f'trades dialogue {self.name} has {QUEUE_MAX} requests queued')
-        self.queued += 1
         self.tx.send_nowait(cmd)
 
     def lose(self, reason: str) -> None:
@@ -206,7 +209,6 @@ class VenueDirectory:
         """Send queued commands in order; a failed send loses the dialogue."""
         while True:
             cmd = await link.rx.receive()
-            link.queued -= 1
             try:
                 await stream.send(to_wire(cmd))
                 link.sent += 1
