@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from piker_ems.testing import descendants
@@ -135,3 +136,31 @@ def run_script(name: str, *args: str, timeout: float = 20.0) -> subprocess.Compl
 def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Run the real ``piker`` console script and capture its output."""
     return run_script('piker', *args, timeout=timeout)
+
+
+@contextmanager
+def pikerd_process(port: int, log: Path):
+    """A real ``pikerd`` process for the duration of the block; on exit it must stop cleanly on
+    SIGTERM (exit 0, every child gone), else it is killed hard."""
+    proc = start_pikerd(port, log)
+    try:
+        yield proc
+        kids = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        wait_gone(kids)
+    finally:
+        if proc.poll() is None:
+            stop_hard(proc)
+
+
+def cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``piker --port PORT ARGS...`` as a user runs it."""
+    return run_cli('--port', str(port), *args, timeout=timeout)
+
+
+def json_lines(out: str) -> list[dict]:
+    """The JSON objects of a ``--json`` output, one per line."""
+    import json
+
+    return [json.loads(line) for line in out.splitlines() if line.strip()]

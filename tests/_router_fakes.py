@@ -13,20 +13,8 @@ from piker_ems.clearing._darkbook import DarkBook
 from piker_ems.clearing._messages import BrokerdPosition, Status, to_wire
 from piker_ems.clearing._orders import ClientConn, VenueUnavailable
 from piker_ems.clearing._router import Router
+from piker_ems.simvenue._clock import FakeClock
 from piker_ems.symbols import Symbol
-
-
-class FakeClock:
-    """Nanoseconds that only move when a test moves them."""
-
-    def __init__(self, start_ns: int = 1_700_000_000_000_000_000) -> None:
-        self.now = start_ns
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1e9)
 
 
 class FakeLink:

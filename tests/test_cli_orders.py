@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from _ems_helpers import SIM_CALM
-from _proc import port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
+from _proc import cli, json_lines, pikerd_process, port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
 from conftest import write_config
 from piker_ems.service._auth import call
 from piker_ems.testing import descendants
@@ -20,24 +20,8 @@ from piker_ems.testing import descendants
 @pytest.fixture
 def pikerd(reg_addr, tmp_path, config_dir):
     write_config(config_dir, SIM_CALM)
-    proc = start_pikerd(reg_addr[1], tmp_path / 'pikerd.log')
-    try:
+    with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log'):
         yield reg_addr[1]
-        kids = descendants(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        wait_gone(kids)
-    finally:
-        if proc.poll() is None:
-            stop_hard(proc)
-
-
-def cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return run_cli('--port', str(port), *args, timeout=timeout)
-
-
-def json_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def sim_set_price(port: int, symbol: str, price: float) -> None:

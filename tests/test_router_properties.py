@@ -619,9 +619,7 @@ class RouterMachine(RuleBasedStateMachine):
             oid, resp = status.oid, status.resp
             where = f'{conn!r} got {resp} for {oid} via {ctx[0]}'
             info = self.orders.get(oid)
-            if ctx[0] == '_deliver':  # route's delivery half (statuses journaled, then sent)
-                ctx = ('route',) + tuple(ctx[1:])
-            if ctx[0] == 'route':
+            if ctx[0] == '_deliver':  # an order's status, to its owner and watchers
                 if info is None:
                     self.violations.append(f'{where}: an order no client submitted')
                     continue
@@ -647,10 +645,10 @@ class RouterMachine(RuleBasedStateMachine):
                 if conn is not ctx[2]:
                     self.violations.append(f'{where}: refused request of {ctx[2]!r}')
             else:
-                self.violations.append(f'{where}: pushed outside route/_reply/reply_error')
+                self.violations.append(f'{where}: pushed outside _deliver/_reply/reply_error')
             key = (conn.uid, oid)
             if key in self.final_seen:
-                if resp != S.ERROR or ctx[0] == 'route' or self.credits[key] <= 0:
+                if resp != S.ERROR or ctx[0] == '_deliver' or self.credits[key] <= 0:
                     self.violations.append(f'{where} after its final {self.final_seen[key]}')
                 else:
                     self.credits[key] -= 1
@@ -661,7 +659,7 @@ class RouterMachine(RuleBasedStateMachine):
         finals: dict[str, int] = defaultdict(int)
         filled: dict[str, float] = defaultdict(float)
         for ctx, status in self.monitor.log:
-            if ctx[0] not in ('route', '_deliver'):
+            if ctx[0] != '_deliver':
                 continue
             if S.is_final(status.resp):
                 finals[status.oid] += 1
