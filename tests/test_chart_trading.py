@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 from pyqtgraph.Qt import QtCore, QtWidgets  # noqa: E402
 
 from piker_ems.clearing._messages import BrokerdPosition, Order  # noqa: E402
-from test_order_mode import FQSN, cursor, env, place, st  # noqa: E402,F401
+from test_order_mode import FQSN, _three, cursor, env, place, st  # noqa: E402,F401
 
 Qt = QtCore.Qt
 
@@ -125,13 +125,6 @@ def test_size_keys_and_field(env, qtbot, tmp_path):
 
 
 # -- item 6: cancel-all says what happened -----------------------------------------------------
-
-def _three(e) -> list[str]:
-    oids = [place(e, Qt.Key_F, p) for p in (99.0, 99.5, 100.0)]
-    for oid in oids:
-        e.mode.on_msg(st(e.book, oid, 'dark_submitted'))
-    return oids
-
 
 def test_cancel_all_counts_a_fill_during_the_cancel(env, tmp_path):
     e = env
