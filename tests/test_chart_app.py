@@ -188,8 +188,8 @@ def test_other_clients_order_drawn_foreign(running, qtbot):
     chart.set_cursor(time.time(), r.last() + 5)
     qtbot.keyPress(chart, Qt.Key_C)
     qtbot.keyPress(chart, Qt.Key_C)
-    assert status.text().startswith('cancelling 1 orders')
-    r.wait(lambda: status.text() == 'cancelled 1 orders')
+    assert status.text().startswith('cancelling 1 order')
+    r.wait(lambda: status.text() == 'cancelled 1 order')
     assert chart.get_line(oid) is not None           # cc left the other client's order alone
     assert r.call(ems_stats)['dark'] == 1
 

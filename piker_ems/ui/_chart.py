@@ -163,6 +163,79 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         )
 
 
+class TimeTag(QtWidgets.QGraphicsObject):
+    """The crosshair's time on the time axis (``14:05:10``; with the date when the view
+    spans more than a day), so a bar's time is read where the eye already is."""
+
+    def __init__(self, axis: pg.AxisItem, vb: pg.ViewBox) -> None:
+        super().__init__(axis)
+        self._axis = axis
+        self._vb = vb
+        self._font = _font(8.5, bold=True)
+        self._text = ''
+        self._value: float | None = None
+        self.setZValue(100)
+        self.setVisible(False)
+        vb.sigTransformChanged.connect(self._reposition)
+        vb.sigResized.connect(self._reposition)
+        axis.geometryChanged.connect(self._reposition)
+
+    @property
+    def value(self) -> float | None:
+        return self._value
+
+    def text(self) -> str:
+        return self._text
+
+    def set_value(self, x: float | None, text: str = '') -> None:
+        """Point the tag at time ``x`` showing ``text``; ``None`` hides it."""
+        self._value = x
+        if text != self._text:
+            self.prepareGeometryChange()
+            self._text = text
+            self.update()
+        self._reposition()
+
+    def _reposition(self, *_args) -> None:
+        if self._value is None or not math.isfinite(self._value):
+            self.setVisible(False)
+            return
+        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(self._value, 0))
+        ax = self._axis.mapFromScene(scene_pt).x()
+        half = self.boundingRect().width() / 2
+        # stay whole at the axis' ends
+        x = min(max(ax, half), max(half, self._axis.width() - half))
+        self.setPos(x, 0)
+        self.setVisible(0 <= ax <= self._axis.width())
+
+    def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
+        w = QtGui.QFontMetricsF(self._font).horizontalAdvance(self._text) + 10
+        h = max(self._axis.height(), QtGui.QFontMetricsF(self._font).height() + 4)
+        return QtCore.QRectF(-w / 2, 0, w, h)
+
+    def paint(self, p: QtGui.QPainter, *args) -> None:
+        r = self.boundingRect()
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        p.setBrush(_CURSOR_TAG_BG)
+        p.drawRect(r)
+        p.setPen(_CURSOR_TAG_FG)
+        p.setFont(self._font)
+        p.drawText(r, int(QtCore.Qt.AlignmentFlag.AlignCenter), self._text)
+
+
+class PriceAxis(pg.AxisItem):
+    """The price axis: every label with the tick size's decimals (``170.00 170.50 171.00``,
+    never ``170 170.5 171``), like the last price tag and the order labels."""
+
+    def __init__(self, chart: 'ChartWidget', **kwargs) -> None:
+        super().__init__(orientation='right', **kwargs)
+        self._chart = chart
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        tick = self._chart.tick_size
+        return [format_price(v * scale, tick) for v in values]
+
+
 class _ChartViewBox(pg.ViewBox):
     """The plot's view box: tells the chart when the *user* pans or zooms, and scales the
     price axis by hand (drag or wheel over the price axis).
@@ -288,6 +361,9 @@ class ChartWidget(QtWidgets.QWidget):
         self._ask: float | None = None
         self._last: float | None = None
         self._cursor: tuple[float, float] | None = None   # raw view (x, y)
+        # where the mouse is on screen: when the view moves under a still mouse (zoom, pan,
+        # new bars while following) the crosshair is re-derived from it, never left stale
+        self._cursor_scene: QtCore.QPointF | None = None
         self._in_y_update = False
 
         self.setStyleSheet(
@@ -319,7 +395,8 @@ class ChartWidget(QtWidgets.QWidget):
             parent=self,
             background=BG_COLOR,
             viewBox=self._vb,
-            axisItems={'bottom': pg.DateAxisItem(orientation='bottom')},
+            axisItems={'bottom': pg.DateAxisItem(orientation='bottom'),
+                        'right': PriceAxis(self)},
         )
         layout.addWidget(self.plot, 1)
         self.plot_item: pg.PlotItem = self.plot.getPlotItem()
@@ -365,6 +442,8 @@ class ChartWidget(QtWidgets.QWidget):
         self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
         self.cursor_label.avoid = self.last_label
+        #: crosshair time tag on the time axis
+        self.time_tag = TimeTag(self.plot_item.getAxis('bottom'), self.vb)
 
         scene = self.plot.scene()
         scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
@@ -374,6 +453,7 @@ class ChartWidget(QtWidgets.QWidget):
         self.vb.sigResized.connect(lambda *_: self._update_y_range())
         self.vb.sigResized.connect(lambda *_: self._place_follow_button())
         self.vb.sigYRangeChanged.connect(lambda *_: self._update_edge_markers())
+        self.vb.sigTransformChanged.connect(self._refresh_cursor)
 
         #: small on-screen control shown while not following: back to the newest bars
         self.follow_button = QtWidgets.QToolButton(self.plot)
@@ -460,7 +540,8 @@ class ChartWidget(QtWidgets.QWidget):
         col = BUY_COLOR if b['close'] >= b['open'] else SELL_COLOR
         c = col.name()
         vol = float(b['volume']) if 'volume' in a.dtype.names else float('nan')
-        when = time.strftime('%H:%M:%S', time.localtime(float(b['time'])))
+        # the date too: history spans days, and a time alone cannot say which
+        when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(b['time'])))
         self.info_label.setText(
             f'<span style="color:#8a93a6">{when}</span>&nbsp;&nbsp; '
             f'<span style="color:#8a93a6">O</span> <span style="color:{c}">{fp(b["open"])}</span>&nbsp; '
@@ -568,6 +649,10 @@ class ChartWidget(QtWidgets.QWidget):
         Public so tests and keyboard-driven code can position the cursor.
         """
         self._cursor = (float(x), float(price))
+        self._cursor_scene = self.vb.mapViewToScene(QtCore.QPointF(float(x), float(price)))
+        self._show_cursor(float(x), float(price))
+
+    def _show_cursor(self, x: float, price: float) -> None:
         snapped = self.snap(price)
         self._vline.setPos(x)
         self._hline.setPos(snapped)
@@ -575,14 +660,41 @@ class ChartWidget(QtWidgets.QWidget):
         # while staging, the staged line *is* the horizontal crosshair
         self._hline.setVisible(self._staged is None)
         self.cursor_label.set_value(snapped, format_price(snapped, self._tick))
+        self.time_tag.set_value(x, self.time_text(x))
         if self._staged is not None:
             self._staged.setPos(snapped)
         self._update_info(x)
         self.sigCursorMoved.emit(float(x), snapped)
 
+    def _refresh_cursor(self, *_args) -> None:
+        """The view moved under a still mouse: the crosshair (lines, price and time tags, the
+        staged line, the OHLC readout) follows what is now under the mouse."""
+        if self._cursor_scene is None or self._cursor is None:
+            return
+        pt = self.vb.mapSceneToView(self._cursor_scene)
+        x, y = float(pt.x()), float(pt.y())
+        if (x, y) == self._cursor:
+            return
+        self._cursor = (x, y)
+        self._show_cursor(x, y)
+
+    def time_text(self, x: float) -> str:
+        """The crosshair's time tag: the bar's time, with the date when the view spans days."""
+        t = math.floor(x / self._period) * self._period
+        (x0, x1) = self.vb.viewRange()[0]
+        fmt = '%H:%M:%S' if self._period < 60 else '%H:%M'
+        if x1 - x0 > 86_400 or time.localtime(x0).tm_yday != time.localtime(x1).tm_yday:
+            fmt = '%a %d %b ' + fmt
+        try:
+            return time.strftime(fmt, time.localtime(t))
+        except (OverflowError, OSError, ValueError):
+            return ''
+
     def clear_cursor(self) -> None:
         """Hide the crosshair (mouse left the chart)."""
         self._cursor = None
+        self._cursor_scene = None
+        self.time_tag.set_value(None)
         self._vline.setVisible(False)
         self._hline.setVisible(False)
         self.cursor_label.set_value(None)
