@@ -295,6 +295,26 @@ def test_chart_opens_with_backfilled_history(running):
     assert (bars['time'][1:] > bars['time'][:-1]).all()
 
 
+def test_a_second_chart_of_the_symbol_gets_the_same_bars(running):
+    """Issue 12 item 10 through the chart app: after the chart drew live bars, a second chart
+    asking brokerd for the history gets exactly this chart's bars (same times, OHLC, volume)."""
+    import numpy as np
+
+    from piker_ems.data import fetch_history
+
+    r = running
+    agg = r.app.aggregator
+    t_open = float(agg.array['time'][-1])
+    r.wait(lambda: agg.array['time'][-1] >= t_open + 3, msg='no live bars')
+    hist = r.call(fetch_history, FQSN, 1.0, 300)
+    mine = agg.array.copy()
+    closed = min(mine['time'][-1], hist.bars['time'][-1])
+    ours, theirs = mine[mine['time'] < closed][-250:], hist.bars[hist.bars['time'] < closed]
+    theirs = theirs[np.isin(theirs['time'], ours['time'])]
+    assert len(theirs) == len(ours) == 250
+    assert np.array_equal(ours, theirs)
+
+
 def test_far_foreign_order_keeps_the_bars_tall(running, tmp_path):
     """Issue 12 item 1 on the real stack: another client's order far from the market shows
     as an edge marker; the bars keep most of the plot height (it was ~3 %)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import tractor
 import trio
@@ -223,10 +223,28 @@ async def open_feed(
             n.cancel_scope.cancel()
 
 
-async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | None = None):
-    """Past OHLCV bars of ``fqsn`` as a ``BAR_DTYPE`` array (empty if the backend has none).
+@dataclass
+class History:
+    """Bars from :func:`fetch_history`.
 
-    Asks ``brokerd.<broker>`` (spawning it if needed) for its backend's ``backfill``.
+    ``through``: the time of the newest quote already folded into ``bars`` (None when the
+    symbol was not streamed): quotes up to then are in the bars and must not be folded again.
+    """
+
+    bars: Any   # numpy array of BAR_DTYPE
+    through: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.bars)
+
+
+async def fetch_history(
+    fqsn: str, period_s: float, count: int, loglevel: str | None = None,
+) -> History:
+    """Past OHLCV bars of ``fqsn`` (empty if the backend has none).
+
+    Asks ``brokerd.<broker>`` (spawning it if needed). While the symbol is streamed (a feed is
+    open), every caller gets the same bars: brokerd keeps one store per symbol and period.
     """
     import numpy as np
 
@@ -234,7 +252,8 @@ async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | 
 
     sym, broker = parse_fqsn(fqsn)
     async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
-        rows = await call(
+        reply = await call(
             portal, 'piker_ems.data._brokerd', 'history', symbol=sym, period_s=period_s, count=count,
         )
-    return np.array([tuple(r) for r in rows], dtype=BAR_DTYPE)
+    bars = np.array([tuple(r) for r in reply['bars']], dtype=BAR_DTYPE)
+    return History(bars, reply.get('through'))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from ..data._bars import BarAggregator
+from ..data._bars import BarAggregator, fold_quote
 from ..log import get_logger
 from ._chart import ChartWidget
 from ._exec import ScreenshotError
@@ -28,7 +28,6 @@ log = get_logger(__name__)
 
 __all__ = ['ChartApp', 'ChartOptions', 'ChartWindow', 'main']
 
-TRADE_TICKS = ('trade', 'last')
 KEYS_HELP = ('f buy · d sell · a alert · +s/ctrl live · click submit · drag modify · c/del cancel'
              ' · cc all · +/- size · End follow · R auto y')
 
@@ -119,6 +118,7 @@ class ChartApp:
         self.quotes = 0
         self._l1: tuple | None = None
         self._last: float | None = None
+        self._through: float | None = None   # quotes up to then are in the loaded history
         self._cs: Any = None
         self._token: Any = None
         self._close_requested = False
@@ -253,7 +253,8 @@ class ChartApp:
                 hist = await fetch_history(
                     self.opts.fqsn, self.opts.period, HISTORY_BARS, loglevel=self.opts.loglevel)
                 if len(hist):
-                    self.aggregator.load(hist)
+                    self.aggregator.load(hist.bars)
+                    self._through = hist.through
         except Exception as err:  # history is a nicety: the live chart works without it
             log.warning('no history for %s: %r', self.opts.fqsn, err)
 
@@ -282,17 +283,17 @@ class ChartApp:
             self.status.show_error(f'quotes stopped: {err}', sticky=True)
 
     def on_quote(self, quote: dict) -> None:
-        """Fold one quote (its ticks) into the bars, L1 and last price."""
+        """Fold one quote (its ticks) into the bars, L1 and last price.
+
+        Quotes brokerd had already folded into the history we loaded (buffered while it was
+        fetched) update L1 and last only: counting them again would make our bars differ
+        from every other chart's.
+        """
         self.quotes += 1
-        ts = quote.get('time') or time.time()
-        traded = False
-        for tick in quote.get('ticks') or ():
-            if tick.get('type') in TRADE_TICKS and tick.get('price') is not None:
-                self.aggregator.update(ts, tick['price'], tick.get('size') or 0.0, is_trade=True)
-                traded = True
+        ts = quote.get('time')
+        if self._through is None or ts is None or ts > self._through:
+            fold_quote(self.aggregator, quote, now=time.time())
         bid, ask = quote.get('bid'), quote.get('ask')
-        if not traded and _finite(bid) and _finite(ask):
-            self.aggregator.update(ts, (bid + ask) / 2, is_trade=False)
         self._l1 = (bid, ask, quote.get('bsize'), quote.get('asize'))
         last = quote.get('last')
         if _finite(last):
