@@ -97,6 +97,8 @@ class Running:
 
     def close(self) -> None:
         self.app.window.close()                      # the real path: closeEvent -> cancel
+        if self.app.close_dialog is not None:        # orders rest in our pikerd: it asks
+            self.app.close_dialog.button_for('cancel').click()
         self.qtbot.waitUntil(lambda: self.guest.done, timeout=15_000)
         self.guest.result()
 
