@@ -10,6 +10,8 @@ os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -273,6 +275,62 @@ def test_cli_no_display_one_line(reg_addr):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert '--screenshot' in lines[0] and 'QT_QPA_PLATFORM=offscreen' in lines[0]
+
+
+def _plugin_missing_a_library(tmp_path) -> Path:
+    """A copy of Qt's xcb platform plugin whose dependency ``libxcb-icccm.so.4`` is renamed
+    to a library no system has: what a fresh Debian install looks like to Qt."""
+    import PyQt5
+
+    real = Path(PyQt5.__file__).parent / 'Qt5' / 'plugins' / 'platforms' / 'libqxcb.so'
+    data = real.read_bytes()
+    assert b'libxcb-icccm.so.4' in data
+    plugins = tmp_path / 'platforms'
+    plugins.mkdir()
+    (plugins / 'libqxcb.so').write_bytes(data.replace(b'libxcb-icccm.so.4', b'libxcb-icczz.so.4'))
+    return plugins
+
+
+def test_cli_missing_xcb_libraries_one_line(tmp_path, reg_addr):
+    """Issue 12 item 15: Qt would abort ('no Qt platform plugin could be initialized');
+    the chart names what is missing and the package to install, in one line, exit 2."""
+    env = _env(DISPLAY=':99', QT_QPA_PLATFORM='xcb',
+               QT_QPA_PLATFORM_PLUGIN_PATH=str(_plugin_missing_a_library(tmp_path)))
+    # what happens without the check: Qt itself aborts the process
+    qt = subprocess.run(
+        [sys.executable, '-c', 'from PyQt5 import QtWidgets; QtWidgets.QApplication([])'],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert qt.returncode < 0 or qt.returncode == 134, qt
+    assert 'platform plugin' in qt.stderr
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert 'libxcb-icczz.so.4' in lines[0] and 'apt-get install libxcb-icczz4' in lines[0]
+
+
+def test_cli_unreachable_x_display_one_line(reg_addr):
+    """A DISPLAY nobody serves: Qt would abort ('could not connect to display'); one line."""
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN],
+        env=_env(DISPLAY=':97'), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "X display ':97'" in lines[0], res.stderr
+
+
+def test_debian_package_names():
+    from piker_ems.ui._exec import debian_package
+    assert [debian_package(n) for n in (
+        'libxcb-icccm.so.4', 'libxcb-keysyms.so.1', 'libxcb-xinerama.so.0',
+        'libxcb-render-util.so.0', 'libxkbcommon-x11.so.0', 'libX11-xcb.so.1', 'libdbus-1.so.3',
+    )] == ['libxcb-icccm4', 'libxcb-keysyms1', 'libxcb-xinerama0', 'libxcb-render-util0',
+           'libxkbcommon-x11-0', 'libx11-xcb1', 'libdbus-1-3']
 
 
 @pytest.mark.parametrize('fqsn,needle', [('btcusd', 'broker suffix'), ('btcusd.nope', 'nope')])
