@@ -33,10 +33,10 @@ BOOT_MS = 20_000
 class Running:
     """A ChartApp running as a trio guest, plus helpers to drive it."""
 
-    def __init__(self, qtbot, reg_addr, name: str = 'chart') -> None:
+    def __init__(self, qtbot, reg_addr, name: str = 'chart', **opts) -> None:
         self.qtbot = qtbot
         self.app = ChartApp(ChartOptions(FQSN, period=1.0, registry=reg_addr, loglevel='error',
-                                         name=name))
+                                         name=name, **opts))
         qtbot.addWidget(self.app.window)
         self.guest = start_guest(self.app.run)
         self.seen: list = []
@@ -81,9 +81,9 @@ class Running:
             raise box['error']
         return box['value']
 
-    def place(self, key, price: float, live: bool = False) -> str:
+    def place(self, key, price: float, live: bool = False, chart=None) -> str:
         """Hold the order key (and s), click at ``price``, release; returns the new line's oid."""
-        chart, qtbot = self.chart, self.qtbot
+        chart, qtbot = chart or self.chart, self.qtbot
         before = {ln.oid for ln in chart.lines()}
         x = time.time()
         chart.set_cursor(x, price)
@@ -98,9 +98,12 @@ class Running:
         return oid
 
     def close(self) -> None:
-        self.app.window.close()                      # the real path: closeEvent -> cancel
-        if self.app.close_dialog is not None:        # orders rest in our pikerd: it asks
-            self.app.close_dialog.button_for('cancel').click()
+        if self.app.background:
+            self.app.stop_background()
+        else:
+            self.app.window.close()                  # the real path: closeEvent -> cancel
+            if self.app.close_dialog is not None:    # orders rest in our pikerd: it asks
+                self.app.close_dialog.button_for('cancel').click()
         self.qtbot.waitUntil(lambda: self.guest.done, timeout=15_000)
         self.guest.result()
 

@@ -84,7 +84,6 @@ class HelpOverlay(QtWidgets.QFrame):
         title = QtWidgets.QLabel('keys   (? or Esc to close)')
         title.setStyleSheet('color: #e6e9ef; font-weight: bold;')
         grid.addWidget(title, 0, 0, 1, 2)
-        self.on_hidden: Callable[[], None] | None = None
         self.rows: list[tuple[str, str]] = list(KEYS_TABLE)
         for i, (keys, what) in enumerate(self.rows, start=1):
             k = QtWidgets.QLabel(keys)
@@ -117,10 +116,6 @@ class HelpOverlay(QtWidgets.QFrame):
     def mousePressEvent(self, ev) -> None:  # noqa: N802
         self.hide()
 
-    def hideEvent(self, ev) -> None:  # noqa: N802
-        super().hideEvent(ev)
-        if self.on_hidden is not None:
-            self.on_hidden()
 
 
 class CloseDialog(QtWidgets.QMessageBox):
@@ -200,7 +195,6 @@ class ChartWindow(QtWidgets.QMainWindow):
         self._shortcuts = []
         for keys, fn in (
             ('Ctrl+Q', self.close),                      # the same path as the window's close
-            ('?', self.toggle_help),
             ('Ctrl+T', self._focus_add),
             ('Ctrl+PgDown', lambda: self._step_tab(1)),
             ('Ctrl+PgUp', lambda: self._step_tab(-1)),
@@ -209,11 +203,6 @@ class ChartWindow(QtWidgets.QMainWindow):
             sc.setContext(QtCore.Qt.WindowShortcut)
             sc.activated.connect(fn)
             self._shortcuts.append(sc)
-        # Esc hides the help; only while it shows (order mode uses Esc otherwise)
-        self._esc = QtWidgets.QShortcut(QtGui.QKeySequence('Esc'), self)
-        self._esc.activated.connect(lambda: self.set_help(False))
-        self._esc.setEnabled(False)
-        self.help.on_hidden = lambda: self._esc.setEnabled(False)
         self.tabs.currentChanged.connect(lambda _i: self._focus_chart())
         for fqsn in opts.fqsns:
             self.add_page(fqsn)
@@ -222,6 +211,8 @@ class ChartWindow(QtWidgets.QMainWindow):
     # -- pages ----------------------------------------------------------------------------
     def add_page(self, fqsn: str) -> SymbolPage:
         page = SymbolPage(fqsn, self.opts.period, self.tabs)
+        # '?' by its text, whatever the keyboard layout (Shift+/ on most)
+        page.chart.sigKeyPressed.connect(self._chart_key)
         self.pages.append(page)
         self.tabs.addTab(page, fqsn)
         return page
@@ -289,7 +280,15 @@ class ChartWindow(QtWidgets.QMainWindow):
 
     def set_help(self, shown: bool) -> None:
         self.help.set_shown(shown)
-        self._esc.setEnabled(shown)
+
+    def _chart_key(self, ev: QtGui.QKeyEvent) -> None:
+        """``?`` (by its text, whatever the keyboard layout) toggles the help, Esc hides it."""
+        if ev.isAutoRepeat():
+            return
+        if ev.text() == '?':
+            self.toggle_help()
+        elif ev.key() == QtCore.Qt.Key_Escape and self.help.isVisible():
+            self.set_help(False)
 
     # -- events ---------------------------------------------------------------------------
     def resizeEvent(self, ev) -> None:  # noqa: N802

@@ -415,7 +415,8 @@ class ChartApp:
             return False
         mine = [ln for ln in resting if not ln.foreign]
         theirs = len(resting) - len(mine)
-        text = (f'{orders(len(resting))} rest in the pikerd this chart runs'
+        verb = 'rests' if len(resting) == 1 else 'rest'
+        text = (f'{orders(len(resting))} {verb} in the pikerd this chart runs'
                 + (f' ({theirs} of other clients)' if theirs else '') + '.')
         detail = ('Closing the chart stops pikerd: its dark orders and alerts (and paper orders) '
                   'would no longer be watched or filled.\n\nKeep pikerd running in the '
