@@ -112,3 +112,26 @@ def test_counts_read_as_english(env, qtbot):
     assert e.status.text().startswith('cancelling 1 order |')
     e.mode.on_msg(st(e.book, b, 'dark_cancelled'))
     assert e.status.text() == 'cancelled 1 order'
+
+
+# -- extras: the volume pane ----------------------------------------------------------------------
+
+def test_volume_pane_under_the_bars_follows_them(chart, qtbot):
+    import numpy as np
+    bars = make_bars(230)
+    bars['volume'] = np.arange(len(bars)) % 7 + 1.0
+    bars['volume'][-3] = 50.0
+    chart.update_bars(bars)
+    QtWidgets.QApplication.processEvents()
+    vol = chart.volume
+    assert np.array_equal(vol.array['volume'], bars['volume'])
+    # under the price plot, the same x range, fitted to the visible columns
+    assert chart.volume_plot.geometry().top() >= chart.plot.geometry().bottom()
+    assert chart.volume_vb.viewRange()[0] == chart.vb.viewRange()[0]
+    assert chart.volume_vb.viewRange()[1][1] == 50.0 * 1.12
+    # panned back to where the big column is out of view: the pane rescales
+    x0, x1 = chart.vb.viewRange()[0]
+    chart.vb.setXRange(x0 - 60 * chart.period, x1 - 60 * chart.period, padding=0)
+    QtWidgets.QApplication.processEvents()
+    assert chart.volume_vb.viewRange()[0] == chart.vb.viewRange()[0]
+    assert chart.volume_vb.viewRange()[1][1] == 7.0 * 1.12

@@ -17,7 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from ._bars import OHLCBarsItem
+from ._bars import OHLCBarsItem, VolumeItem
 from ._lines import (
     BUY_COLOR,
     SELL_COLOR,
@@ -236,6 +236,16 @@ class PriceAxis(pg.AxisItem):
         return [format_price(v * scale, tick) for v in values]
 
 
+class VolumeAxis(pg.AxisItem):
+    """The volume pane's axis: compact sizes (``12,500``, ``100k``, ``2.5M``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(orientation='right', **kwargs)
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        return [format_size(v * scale) if v > 0 else '' for v in values]
+
+
 class _ChartViewBox(pg.ViewBox):
     """The plot's view box: tells the chart when the *user* pans or zooms, and scales the
     price axis by hand (drag or wheel over the price axis).
@@ -398,7 +408,14 @@ class ChartWidget(QtWidgets.QWidget):
             axisItems={'bottom': pg.DateAxisItem(orientation='bottom'),
                         'right': PriceAxis(self)},
         )
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.plot, 5)
+        #: the volume pane under the price bars (time axis at its bottom), x linked
+        self.volume_plot = pg.PlotWidget(
+            parent=self, background=BG_COLOR,
+            axisItems={'bottom': pg.DateAxisItem(orientation='bottom'), 'right': VolumeAxis()},
+        )
+        self.volume_plot.setMinimumHeight(48)
+        layout.addWidget(self.volume_plot, 1)
         self.plot_item: pg.PlotItem = self.plot.getPlotItem()
         self.vb: pg.ViewBox = self.plot_item.getViewBox()
         self._vb.chart = self
@@ -415,6 +432,24 @@ class ChartWidget(QtWidgets.QWidget):
         #: the OHLC bars
         self.bars = OHLCBarsItem(period_s=self._period)
         self.plot_item.addItem(self.bars)
+
+        vpi = self.volume_plot.getPlotItem()
+        self.volume_vb: pg.ViewBox = vpi.getViewBox()
+        vpi.hideButtons()
+        vpi.setMenuEnabled(False)
+        vpi.showAxis('right')
+        vpi.hideAxis('left')
+        vpi.showGrid(x=True, y=False, alpha=0.07)
+        self.volume_vb.setMouseEnabled(x=False, y=False)
+        self.volume_vb.disableAutoRange()
+        self.volume_vb.setXLink(self.vb)
+        #: volume columns, coloured like their bars
+        self.volume = VolumeItem(self._period)
+        vpi.addItem(self.volume)
+        self._vvline = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(
+            _CROSSHAIR_COLOR, width=1, style=QtCore.Qt.PenStyle.DashLine, cosmetic=True))
+        self._vvline.setVisible(False)
+        vpi.addItem(self._vvline, ignoreBounds=True)
 
         # L1: bid and ask lines with small labels
         self._bid_line = self._make_l1_line(_BID_COLOR, anchor=(0, 0))
@@ -442,8 +477,8 @@ class ChartWidget(QtWidgets.QWidget):
         self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
         self.cursor_label.avoid = self.last_label
-        #: crosshair time tag on the time axis
-        self.time_tag = TimeTag(self.plot_item.getAxis('bottom'), self.vb)
+        #: crosshair time tag on the time axis (under the volume pane)
+        self.time_tag = TimeTag(self.volume_plot.getPlotItem().getAxis('bottom'), self.volume_vb)
 
         scene = self.plot.scene()
         scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
@@ -503,7 +538,19 @@ class ChartWidget(QtWidgets.QWidget):
             ax.setTickFont(tick_font)
             ax.setStyle(tickLength=-5, tickTextOffset=6)
         pi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
-        pi.getAxis('bottom').setHeight(26)
+        # the time axis is the volume pane's; here only its grid lines
+        pi.getAxis('bottom').setStyle(showValues=False, tickLength=0)
+        pi.getAxis('bottom').setHeight(1)
+        vpi = self.volume_plot.getPlotItem()
+        for name in ('right', 'bottom'):
+            ax = vpi.getAxis(name)
+            ax.setPen(pg.mkPen(_AXIS_COLOR))
+            ax.setTextPen(pg.mkPen(_AXIS_TEXT))
+            ax.setTickFont(tick_font)
+            ax.setStyle(tickLength=-5, tickTextOffset=6)
+        vpi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
+        vpi.getAxis('right').setStyle(maxTickLevel=0)
+        vpi.getAxis('bottom').setHeight(26)
 
     def _make_l1_line(self, color: QtGui.QColor, anchor: tuple[float, float]) -> pg.InfiniteLine:
         pen = pg.mkPen(color, width=1, style=QtCore.Qt.PenStyle.DotLine)
@@ -579,8 +626,10 @@ class ChartWidget(QtWidgets.QWidget):
         return self._period
 
     def update_bars(self, array: np.ndarray) -> None:
-        """Redraw the bars from the aggregator's array (call on every tick)."""
+        """Redraw the bars (and volume) from the aggregator's array (call on every tick)."""
         self.bars.set_data(array)
+        self.volume.set_data(array)
+        self._update_volume_range()
         if self._follow and len(array):
             self._apply_follow()
         self._place_l1_labels()
@@ -655,8 +704,10 @@ class ChartWidget(QtWidgets.QWidget):
     def _show_cursor(self, x: float, price: float) -> None:
         snapped = self.snap(price)
         self._vline.setPos(x)
+        self._vvline.setPos(x)
         self._hline.setPos(snapped)
         self._vline.setVisible(True)
+        self._vvline.setVisible(True)
         # while staging, the staged line *is* the horizontal crosshair
         self._hline.setVisible(self._staged is None)
         self.cursor_label.set_value(snapped, format_price(snapped, self._tick))
@@ -694,6 +745,7 @@ class ChartWidget(QtWidgets.QWidget):
         """Hide the crosshair (mouse left the chart)."""
         self._cursor = None
         self._cursor_scene = None
+        self._vvline.setVisible(False)
         self.time_tag.set_value(None)
         self._vline.setVisible(False)
         self._hline.setVisible(False)
@@ -969,7 +1021,14 @@ class ChartWidget(QtWidgets.QWidget):
     def _apply_follow(self) -> None:
         self._set_x_window(float(self.bars.array['time'][-1]))
 
+    def _update_volume_range(self) -> None:
+        """The volume pane fits the visible columns (0 at the bottom)."""
+        (x0, x1) = self.vb.viewRange()[0]
+        top = self.volume.max_volume(x0, x1)
+        self.volume_vb.setYRange(0.0, (top or 1.0) * 1.12, padding=0)
+
     def _on_x_range_changed(self, *_args) -> None:
+        self._update_volume_range()
         self._place_l1_labels()
         self._update_y_range()
         self._update_edge_markers()
