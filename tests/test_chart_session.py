@@ -159,7 +159,7 @@ def test_two_symbols_as_tabs_each_with_its_own_order_mode(qtbot, reg_addr, sim_c
         assert btc.chart.get_line(oid) is None                # drawn on its own tab only
         assert eth.book.orders[oid].symbol == 'ethusd.sim'
         # each tab says its symbol is live; the window title says where pikerd runs
-        assert r.app.window.tabs.tabText(1) == '● ethusd.sim'
+        assert r.app.window.tabs.tabText(1) == '● ethusd.sim · paper'
         assert 'paper · pikerd in this chart · ok' in r.app.window.windowTitle()
         # a third symbol without restarting: typed in the tab bar's field
         field = r.app.window.add_field

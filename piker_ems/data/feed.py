@@ -132,6 +132,32 @@ def _remote_reason(err: tractor.RemoteActorError) -> str:
     return tb[-1] if tb else str(err)
 
 
+async def _abandon_draining(ctx: tractor.Context) -> None:
+    """:func:`abandon_context`, reading (and dropping) the quotes still arriving meanwhile.
+
+    Nobody reads the feed any more, but brokerd keeps sending until our cancel reaches it:
+    once the context's buffer is full, tractor 0.1.0a5's message loop blocks on it (stalling
+    every context on the channel, including the cancel's own answer), and closing the buffer
+    under that blocked send crashes the actor (``BrokenResourceError``). A process that closes
+    a feed and lives on (a chart tab, a chart that leaves pikerd running) must not die of it.
+    """
+    async def drain() -> None:
+        chan = ctx._recv_chan
+        if chan is None:
+            return
+        try:
+            async for _ in chan:
+                pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as n:
+            n.start_soon(drain)
+            await abandon_context(ctx)
+            n.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def _open_broker_feed(
     broker: str,
@@ -163,7 +189,7 @@ async def _open_broker_feed(
                             await ctx.result()
                             finished = True
                     if not finished:
-                        await abandon_context(ctx)
+                        await _abandon_draining(ctx)
         except BaseExceptionGroup as eg:
             # once the feed is lost the consumer already got FeedLost; tractor re-raises the
             # remote side's failure beside it at context exit: keep only the local story

@@ -80,6 +80,7 @@ class HelpOverlay(QtWidgets.QFrame):
         grid = QtWidgets.QGridLayout(self)
         grid.setContentsMargins(18, 14, 18, 14)
         grid.setHorizontalSpacing(18)
+        grid.setColumnStretch(1, 1)
         grid.setVerticalSpacing(4)
         title = QtWidgets.QLabel('keys   (? or Esc to close)')
         title.setStyleSheet('color: #e6e9ef; font-weight: bold;')
@@ -175,10 +176,13 @@ class ChartWindow(QtWidgets.QMainWindow):
         self.tabs = QtWidgets.QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.tabs.setStyleSheet(
-            'QTabBar::tab { background: #16161b; color: #8a93a6; padding: 3px 12px;'
+            'QTabWidget { background: #0e1116; } QTabWidget::pane { border: none; }'
+            ' QTabBar { background: #0e1116; }'
+            ' QTabBar::tab { background: #16161b; color: #8a93a6; padding: 3px 12px;'
             ' border: 1px solid #2a2e38; border-bottom: none; }'
             ' QTabBar::tab:selected { background: #0e1116; color: #e6e9ef; }')
         self.setCentralWidget(self.tabs)
+        self.setStyleSheet('QMainWindow { background: #0e1116; }')
         self.pages: list[SymbolPage] = []
         #: type a symbol and Enter: a new tab (Ctrl+T focuses it)
         self.add_field = QtWidgets.QLineEdit(self.tabs)
@@ -198,6 +202,8 @@ class ChartWindow(QtWidgets.QMainWindow):
             ('Ctrl+T', self._focus_add),
             ('Ctrl+PgDown', lambda: self._step_tab(1)),
             ('Ctrl+PgUp', lambda: self._step_tab(-1)),
+            ('Ctrl+Tab', lambda: self._step_tab(1)),
+            ('Ctrl+Shift+Tab', lambda: self._step_tab(-1)),
         ):
             sc = QtWidgets.QShortcut(QtGui.QKeySequence(keys), self)
             sc.setContext(QtCore.Qt.WindowShortcut)
@@ -249,9 +255,10 @@ class ChartWindow(QtWidgets.QMainWindow):
             return
         mark = {'ok': '●', 'connecting': '○', 'lost': '✕'}.get(state, '○')
         colour = {'ok': '#4caf78', 'connecting': '#8a93a6', 'lost': '#e05561'}.get(state, '#8a93a6')
-        self.tabs.setTabText(i, f'{mark} {page.fqsn}')
+        # the account too: the status bar's info gives way in a narrow window, the tab does not
+        self.tabs.setTabText(i, f'{mark} {page.fqsn} · {self.opts.account}')
         self.tabs.tabBar().setTabTextColor(i, QtGui.QColor(colour))
-        self.tabs.setTabToolTip(i, f'{page.fqsn}: {state}')
+        self.tabs.setTabToolTip(i, f'{page.fqsn} on {self.opts.account}: {state}')
 
     def _step_tab(self, step: int) -> None:
         n = self.tabs.count()

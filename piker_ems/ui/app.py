@@ -443,8 +443,8 @@ class ChartApp:
         host, port = self.opts.registry or ('127.0.0.1', 0)
         line = (f'pikerd keeps running in the background (pid {os.getpid()}, registry '
                 f'{host}:{port}): stop it with `kill {os.getpid()}`')
-        log.warning('%s', line)
-        print(line, file=sys.stderr, flush=True)
+        log.info('%s', line)
+        print(line, file=sys.stderr, flush=True)   # whatever the log level: the user must know
         self.window.hide()
         self.close()
 
