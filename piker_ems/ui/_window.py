@@ -109,7 +109,7 @@ class HelpOverlay(QtWidgets.QFrame):
         parent = self.parentWidget()
         if parent is None:
             return
-        w = min(parent.width() - 20, 640)
+        w = min(parent.width() - 20, 780)
         self.setFixedWidth(max(w, 200))
         self.adjustSize()
         self.move((parent.width() - self.width()) // 2, max(10, (parent.height() - self.height()) // 3))
@@ -186,8 +186,9 @@ class ChartWindow(QtWidgets.QMainWindow):
         self.pages: list[SymbolPage] = []
         #: type a symbol and Enter: a new tab (Ctrl+T focuses it)
         self.add_field = QtWidgets.QLineEdit(self.tabs)
-        self.add_field.setPlaceholderText('+ symbol (ctrl+t)')
-        self.add_field.setFixedWidth(130)
+        self.add_field.setPlaceholderText('+ symbol')
+        self.add_field.setToolTip('type a symbol (e.g. ethusd.sim) and Enter: a new tab (Ctrl+T)')
+        self.add_field.setFixedWidth(120)
         self.add_field.setStyleSheet(
             'QLineEdit { background: #16161b; color: #e6e9ef; border: 1px solid #2a2e38;'
             ' padding: 1px 4px; }')

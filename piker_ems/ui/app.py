@@ -364,7 +364,9 @@ class ChartApp:
         if self.background:
             where = 'pikerd in the background'
         for s in self.sessions:
-            s.status.set_info(f'{self.opts.account} · {where} · {s.state}')
+            # the tab's dot says 'ok'; trouble is spelled out here too
+            state = '' if s.state == 'ok' else f' · {s.state}'
+            s.status.set_info(f'{self.opts.account} · {where}{state}')
         cur = self.window.page
         state = next((s.state for s in self.sessions if s.page is cur), '')
         self.window.setWindowTitle(
