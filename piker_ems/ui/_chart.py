@@ -56,7 +56,36 @@ def _font(point_size: float, bold: bool = False) -> QtGui.QFont:
     return f
 
 
-class AxisLabel(QtWidgets.QGraphicsObject):
+class _AxisTag(QtWidgets.QGraphicsObject):
+    """A tag drawn on an axis at a view value, kept in place as the view moves."""
+
+    def __init__(self, axis: pg.AxisItem, vb: pg.ViewBox, font: QtGui.QFont | None = None) -> None:
+        super().__init__(axis)
+        self._axis = axis
+        self._vb = vb
+        self._font = font or _font(8.5, bold=True)
+        self._text = ''
+        self._value: float | None = None
+        self.setZValue(100)
+        self.setVisible(False)
+        vb.sigTransformChanged.connect(self._reposition)
+        vb.sigResized.connect(self._reposition)
+        axis.geometryChanged.connect(self._reposition)
+
+    @property
+    def value(self) -> float | None:
+        """The view value the tag points at (None: hidden)."""
+        return self._value
+
+    def text(self) -> str:
+        """The tag's text."""
+        return self._text
+
+    def _reposition(self, *_args) -> None:
+        raise NotImplementedError
+
+
+class AxisLabel(_AxisTag):
     """A filled price tag pinned to the (right) price axis at a view y value.
 
     Exists so values that matter at a glance -- the last price and the
@@ -72,31 +101,13 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         fg: QtGui.QColor = QtGui.QColor(14, 17, 22),
         font: QtGui.QFont | None = None,
     ) -> None:
-        super().__init__(axis)
-        self._axis = axis
-        self._vb = vb
         self._bg = QtGui.QColor(bg)
         self._fg = QtGui.QColor(fg)
-        self._font = font or _font(8.5, bold=True)
-        self._text = ''
-        self._value: float | None = None
-        self._h = QtGui.QFontMetricsF(self._font).height() + 6
         #: another tag this one must not cover (the cursor tag avoids the last price tag)
         self.avoid: AxisLabel | None = None
-        self.setZValue(100)
-        self.setVisible(False)
-        vb.sigTransformChanged.connect(self._reposition)
-        vb.sigResized.connect(self._reposition)
-        axis.geometryChanged.connect(self._reposition)
-
-    @property
-    def value(self) -> float | None:
-        """The view y value the tag points at (None: hidden)."""
-        return self._value
-
-    def text(self) -> str:
-        """The tag's text."""
-        return self._text
+        f = font or _font(8.5, bold=True)
+        self._h = QtGui.QFontMetricsF(f).height() + 6
+        super().__init__(axis, vb, f)
 
     def set_value(self, y: float | None, text: str | None = None) -> None:
         """Point the tag at ``y`` showing ``text``; ``None`` hides it."""
@@ -163,29 +174,9 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         )
 
 
-class TimeTag(QtWidgets.QGraphicsObject):
+class TimeTag(_AxisTag):
     """The crosshair's time on the time axis (``14:05:10``; with the date when the view
     spans more than a day), so a bar's time is read where the eye already is."""
-
-    def __init__(self, axis: pg.AxisItem, vb: pg.ViewBox) -> None:
-        super().__init__(axis)
-        self._axis = axis
-        self._vb = vb
-        self._font = _font(8.5, bold=True)
-        self._text = ''
-        self._value: float | None = None
-        self.setZValue(100)
-        self.setVisible(False)
-        vb.sigTransformChanged.connect(self._reposition)
-        vb.sigResized.connect(self._reposition)
-        axis.geometryChanged.connect(self._reposition)
-
-    @property
-    def value(self) -> float | None:
-        return self._value
-
-    def text(self) -> str:
-        return self._text
 
     def set_value(self, x: float | None, text: str = '') -> None:
         """Point the tag at time ``x`` showing ``text``; ``None`` hides it."""
@@ -528,27 +519,21 @@ class ChartWidget(QtWidgets.QWidget):
     # ------------------------------------------------------------------ setup
     def _setup_axes(self) -> None:
         pi = self.plot_item
+        vpi = self.volume_plot.getPlotItem()
         pi.showAxis('right')
         pi.hideAxis('left')
         tick_font = _font(8.5)
-        for name in ('right', 'bottom'):
-            ax = pi.getAxis(name)
-            ax.setPen(pg.mkPen(_AXIS_COLOR))
-            ax.setTextPen(pg.mkPen(_AXIS_TEXT))
-            ax.setTickFont(tick_font)
-            ax.setStyle(tickLength=-5, tickTextOffset=6)
-        pi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
+        for item in (pi, vpi):   # the price plot and the volume pane: the same look
+            for name in ('right', 'bottom'):
+                ax = item.getAxis(name)
+                ax.setPen(pg.mkPen(_AXIS_COLOR))
+                ax.setTextPen(pg.mkPen(_AXIS_TEXT))
+                ax.setTickFont(tick_font)
+                ax.setStyle(tickLength=-5, tickTextOffset=6)
+            item.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)   # same width: x lines up
         # the time axis is the volume pane's; here only its grid lines
         pi.getAxis('bottom').setStyle(showValues=False, tickLength=0)
         pi.getAxis('bottom').setHeight(1)
-        vpi = self.volume_plot.getPlotItem()
-        for name in ('right', 'bottom'):
-            ax = vpi.getAxis(name)
-            ax.setPen(pg.mkPen(_AXIS_COLOR))
-            ax.setTextPen(pg.mkPen(_AXIS_TEXT))
-            ax.setTickFont(tick_font)
-            ax.setStyle(tickLength=-5, tickTextOffset=6)
-        vpi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
         vpi.getAxis('right').setStyle(maxTickLevel=0)
         vpi.getAxis('bottom').setHeight(26)
 
