@@ -75,7 +75,8 @@ async def order_path(n: int, cfg) -> dict:
                                 res[name][mode].append(rtt)
                     from piker_ems.service import find_service
                     async with find_service('emsd') as portal:
-                        stats = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_stats')
+                        from piker_ems.service._auth import call
+                        stats = await call(portal, 'piker_ems.clearing._ems', 'ems_stats')
                     res[name]['journal'] = stats.get('journal')
 
             for name in CONFIGS:

@@ -154,9 +154,10 @@ async def run(n: int) -> dict:
                 res['measure_s'] = time.perf_counter() - t_meas
                 # check that nothing was left resting at the paper engine
                 from piker_ems.service import find_service
+                from piker_ems.service._auth import call
 
                 async with find_service('paperboi.sim') as pp:
-                    stats = await pp.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                    stats = await call(pp, 'piker_ems.clearing._paper', 'paper_stats')
                 res['resting'] = stats['resting_orders']
             await an.cancel()
     res['total_s'] = time.perf_counter() - t_start
