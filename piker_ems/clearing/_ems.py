@@ -10,10 +10,11 @@ from ..config import load_config
 from ..log import get_logger, setup_console
 from ..service._auth import Refused, act_as_service, guarded, verify
 from ..service._state import actor_state
-from ..service._ipc import open_supervisor, send_with_heartbeats
+from ..service._ipc import HEARTBEAT_S, heartbeat, open_supervisor
 from ..symbols import parse_fqsn
 from ..statedb import state_path
 from ._journal import Journal
+from ._messages import pack_snapshot
 from ._orders import ClientConn, owner_name
 from ._router import MAX_DONE_ORDERS, Router
 from ._scan import ScanDirectory
@@ -25,6 +26,8 @@ log = get_logger(__name__)
 CONNECT_WAIT_S = 15.0
 #: How often the journal drops old finished orders.
 COMPACT_EVERY_S = 300.0
+#: At most this many queued messages travel to a client in one IPC message (a list).
+MAX_BATCH = 64
 
 
 def open_journal(settings: dict) -> Journal | None:
@@ -95,13 +98,50 @@ def verify_refusal(principal, what: str, role: str) -> Refused:
     return Refused(f'participant {principal.participant!r} may not {what} (no {role} role)')
 
 
+async def send_batched(
+    outbox: trio.MemoryReceiveChannel,
+    stream: tractor.MsgStream,
+    interval: float = HEARTBEAT_S,
+    max_batch: int = MAX_BATCH,
+) -> None:
+    """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
+
+    A message alone in the queue is sent at once, as itself. When a backlog has built up
+    (a burst of statuses while the previous send was on the wire), what is already queued, up
+    to ``max_batch`` messages, travels as one list: one IPC message, one round of tractor's
+    per-message work, instead of one each. Nothing waits to fill a batch. Returns when the
+    outbox is closed and drained; send errors propagate (the peer is gone).
+    """
+    while True:
+        msg = None
+        with trio.move_on_after(interval):
+            try:
+                msg = await outbox.receive()
+            except trio.EndOfChannel:
+                return
+        if msg is None:
+            await stream.send(heartbeat())
+            continue
+        batch = None
+        while batch is None or len(batch) < max_batch:
+            try:
+                nxt = outbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if batch is None:
+                batch = [msg]
+            batch.append(nxt)
+        await stream.send(msg if batch is None else batch)
+
+
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
-    """Drain the client's outbound queue to its stream, heartbeating when idle.
+    """Drain the client's outbound queue to its stream (batched when backlogged, see
+    :func:`send_batched`), heartbeating when idle.
 
     A send failure means the client is gone (crashed, killed): end the whole connection.
     """
     try:
-        await send_with_heartbeats(conn.rx, stream)
+        await send_batched(conn.rx, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
         log.warning('%r is gone (%s)', conn, type(err).__name__)
     finally:
@@ -128,8 +168,10 @@ async def _emsd_main(
     refused); ``control_others`` needs the ``control-others`` role (refused otherwise); placing
     orders needs the ``trade`` role.
 
-    ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
-    positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
+    ``started()`` carries ``{'positions': [...], 'orders': <blob>}``: the broker/account
+    positions and the open orders for ``fqsn`` (so a restarted client can redraw them), the
+    latter packed (:func:`~._messages.unpack_snapshot` reads it). Each message on the stream
+    is a status / position dict, or a list of them (a batch, see :func:`send_batched`).
     """
     principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
@@ -168,12 +210,13 @@ async def _emsd_main(
     try:
         await ctx.started({
             'positions': router.positions_for(broker, account),
-            # a watcher sees its whole scope; anyone else exactly its own open orders
-            'orders': router.open_orders(
+            # a watcher sees its whole scope; anyone else exactly its own open orders. One
+            # packed blob (a list of Status dicts): see _messages.pack_snapshot for why
+            'orders': pack_snapshot(router.open_orders(
                 fqsn=None if watch == 'all' else conn.fqsn,
                 broker=broker,
                 owner=None if watch else owner,
-            ),
+            )),
         })
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
             n.start_soon(_write, conn, stream, n.cancel_scope)

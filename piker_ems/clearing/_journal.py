@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..log import get_logger
 from ..statedb import open_db
 
@@ -64,6 +66,9 @@ class Journal:
     def __init__(self, path: Path, sync: str = 'normal') -> None:
         self.path = Path(path)
         self.writes = 0
+        # the order path's JSON encoder: msgspec is several times faster than json.dumps for
+        # the same compact JSON (load() reads either)
+        self._encode = msgspec.json.Encoder().encode
         self.db, self.moved_aside = open_db(self.path, sync, what='emsd journal')
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -80,7 +85,7 @@ class Journal:
             'INSERT INTO orders (oid, record, final, unseen, updated_ns) VALUES (?, ?, ?, ?, ?) '
             'ON CONFLICT(oid) DO UPDATE SET record=excluded.record, final=excluded.final, '
             'unseen=excluded.unseen, updated_ns=excluded.updated_ns',
-            (oid, json.dumps(record, separators=(',', ':')), int(final), int(unseen), now_ns),
+            (oid, self._encode(record).decode(), int(final), int(unseen), now_ns),
         )
         self.writes += 1
 

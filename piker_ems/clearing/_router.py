@@ -149,6 +149,9 @@ class Router:
         self.by_name: dict[str, set[ClientConn]] = {}
         self.watch_symbol: dict[str, set[ClientConn]] = {}
         self.watch_all: dict[str, set[ClientConn]] = {}
+        # indexes so per-status / per-fill work never scans every client
+        self.by_account: dict[tuple[str, str], set[ClientConn]] = {}  # (broker, account)
+        self.clients_per_symbol: dict[str, int] = {}
         self.waiting: dict[str, list[tuple[ClientConn, Order | Cancel]]] = {}  # oid -> requests
         self.early: OrderedDict[tuple[VenueKey, int | str], list[tuple[int, Any]]] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
@@ -265,9 +268,8 @@ class Router:
     def broadcast_position(self, pos: BrokerdPosition) -> None:
         """Positions go to every client connected for that broker and account."""
         msg = to_wire(pos)
-        for conn in list(self.clients):
-            if conn.broker == pos.broker and conn.account == pos.account:
-                conn.push(msg)
+        for conn in list(self.by_account.get((pos.broker, pos.account), ())):
+            conn.push(msg)
 
     # --- memory bound ---------------------------------------------------------------------------
 
@@ -317,8 +319,11 @@ class Router:
 
     def add_client(self, conn: ClientConn) -> None:
         """Register a connection; it holds its name's orders whose holder left."""
+        if conn not in self.clients:
+            self.clients_per_symbol[conn.fqsn] = self.clients_per_symbol.get(conn.fqsn, 0) + 1
         self.clients.add(conn)
         self.by_name.setdefault(conn.name, set()).add(conn)
+        self.by_account.setdefault((conn.broker, conn.account), set()).add(conn)
         if conn.watch == 'symbol':
             self.watch_symbol.setdefault(conn.fqsn, set()).add(conn)
         elif conn.watch == 'all':
@@ -335,9 +340,15 @@ class Router:
         name, and the next one to connect holds them. ``cancel``: every open order it holds is
         cancelled. ``cancel-dark``: only its dark orders and alerts are. Never raises.
         """
+        if conn in self.clients:
+            left = self.clients_per_symbol.get(conn.fqsn, 1) - 1
+            if left > 0:
+                self.clients_per_symbol[conn.fqsn] = left
+            else:
+                self.clients_per_symbol.pop(conn.fqsn, None)
         self.clients.discard(conn)
         for index, key in ((self.by_name, conn.name), (self.watch_symbol, conn.fqsn),
-                           (self.watch_all, conn.broker)):
+                           (self.watch_all, conn.broker), (self.by_account, (conn.broker, conn.account))):
             conns = index.get(key)
             if conns is not None:
                 conns.discard(conn)
@@ -792,7 +803,7 @@ class Router:
         scan = self.scans.peek(fqsn)
         if scan is None or len(scan):
             return
-        if self.live_per_symbol.get(fqsn) or any(c.fqsn == fqsn for c in self.clients):
+        if self.live_per_symbol.get(fqsn) or self.clients_per_symbol.get(fqsn):
             return
         if any(q[0][1].symbol.lower() == fqsn for q in self.waiting.values() if q):
             return
