@@ -26,6 +26,8 @@ log = get_logger(__name__)
 CONNECT_WAIT_S = 15.0
 #: How often the journal drops old finished orders.
 COMPACT_EVERY_S = 300.0
+#: How often the journal's WAL is checkpointed (in a worker thread).
+CHECKPOINT_EVERY_S = 1.0
 #: At most this many queued messages travel to a client in one IPC message (a list).
 MAX_BATCH = 64
 
@@ -53,6 +55,21 @@ async def _compact(journal: Journal, settings: dict) -> None:
         await trio.sleep(COMPACT_EVERY_S)
 
 
+async def _checkpoints(journal: Journal) -> None:
+    """Checkpoint the journal's WAL now and then in a worker thread, not inside a write on
+    the order path (see :meth:`Journal.defer_checkpoints`)."""
+    journal.defer_checkpoints()
+    try:
+        while True:
+            await trio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await trio.to_thread.run_sync(journal.checkpoint, cancellable=False)
+            except Exception:
+                log.exception('journal checkpoint failed')
+    finally:
+        journal.resume_checkpoints()
+
+
 def current_router() -> Router:
     """The Router of this emsd process (owned by emsd's service task)."""
     router = actor_state().get('router')
@@ -78,6 +95,7 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
             if journal is not None:
                 router.restore(journal.load())
                 n.start_soon(_compact, journal, settings)
+                n.start_soon(_checkpoints, journal)
             state['router'] = router
             try:
                 await ctx.started('emsd')
