@@ -45,7 +45,7 @@ BARE_STEPS: dict[str, list[tuple[int, int, int, int]]] = {
     'live_modify': [(1, 1, 2, 1), (1, 1, 1, 1), (1, 1, 1, 1)],
     'dark_modify': [(1, 0, 0, 1), (1, 0, 0, 1), (1, 0, 0, 1)],
     'cancel_before_ack': [(1, 1, 2, 1), (1, 1, 1, 1)],
-    'fill': [(1, 1, 4, 2)],
+    'fill': [(1, 1, 5, 3)],  # ack, submitted, fill, executed, position; 3 statuses
 }
 
 
@@ -58,13 +58,14 @@ class _Tally:
 
     def __init__(self) -> None:
         self.lat_ns: list[int] = []
+        self.by_kind: dict[str, list[int]] = {}
         self.finals: dict[str, int] = {}
         self.errors: list[str] = []
         self.statuses = 0
 
     def result(self, wall_s: float, started: int) -> dict[str, Any]:
         return {
-            'lat_ns': self.lat_ns, 'wall_s': wall_s, 'started': started,
+            'lat_ns': self.lat_ns, 'by_kind': self.by_kind, 'wall_s': wall_s, 'started': started,
             'final': len(self.finals), 'dup': sum(1 for n in self.finals.values() if n > 1),
             'errors': self.errors[:10], 'n_errors': len(self.errors), 'statuses': self.statuses,
         }
@@ -76,6 +77,7 @@ async def _run_orders(m: int, concurrency: int, one_order, rate: float = 0.0) ->
     limit = trio.CapacityLimiter(max(1, concurrency))
     started = 0
     t0 = time.perf_counter()
+    trio_t0 = trio.current_time()
 
     async def guarded(i: int, token: object) -> None:
         try:
@@ -88,7 +90,7 @@ async def _run_orders(m: int, concurrency: int, one_order, rate: float = 0.0) ->
         for i in range(m):
             token = None
             if rate > 0:
-                await trio.sleep_until(t0 + i / rate)
+                await trio.sleep_until(trio_t0 + i / rate)
             else:
                 token = object()
                 await limit.acquire_on_behalf_of(token)
@@ -156,6 +158,7 @@ async def run_piker(name: str, fqsn: str, m: int, concurrency: int, last: float,
                             book.cancel(oid)
                         await wait(rx, want, oid)
                 tally.lat_ns.append(time.perf_counter_ns() - t0)
+                tally.by_kind.setdefault(kind, []).append(tally.lat_ns[-1])
             except (_OrderFailed, trio.TooSlowError):
                 pass
             finally:
@@ -286,6 +289,7 @@ async def run_bare(sid: int, hub: str, m: int, concurrency: int, request: dict, 
                                 await rx.receive()
                             del waiters[seq]
                     tally.lat_ns.append(time.perf_counter_ns() - t0)
+                    tally.by_kind.setdefault(kind, []).append(tally.lat_ns[-1])
                     tally.finals[f'{sid}-{i}'] = 1
                 except trio.TooSlowError:
                     tally.errors.append(f'{sid}-{i}: timeout')

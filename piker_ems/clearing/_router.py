@@ -165,6 +165,8 @@ class Router:
         self.late_events = 0      # ... of which arrived after the order's final status
         self.unknown_events = 0
         self.apply_failures = 0   # events whose handling raised (bugs), logged with tracebacks
+        self.client_msgs = 0      # client requests received (valid or not)
+        self.venue_events = 0     # venue messages received (valid or not)
         venues.bind(self)
         scans.bind(self)
 
@@ -404,6 +406,7 @@ class Router:
 
     def handle_client_msg(self, conn: ClientConn, raw: object) -> None:
         """Process one client message at once; every failure becomes an ``error`` status."""
+        self.client_msgs += 1
         try:
             msg = parse_client_msg(raw)
         except MsgError as err:
@@ -578,6 +581,7 @@ class Router:
 
     def on_venue_msg(self, link: VenueLink, raw: Any) -> None:
         """Translate one venue message into machine events (SPEC §5.6). Never raises."""
+        self.venue_events += 1
         try:
             msg = parse_brokerd_msg(raw)
         except MsgError as err:
@@ -836,4 +840,6 @@ class Router:
             'late_events': self.late_events,
             'apply_failures': self.apply_failures,
             'unknown_events': self.unknown_events,
+            'client_msgs': self.client_msgs,
+            'venue_events': self.venue_events,
         }
