@@ -19,7 +19,7 @@ its dark book) is timed, best and worst of 5. Then a real pikerd is started on t
 the time from ``open_ems`` (which spawns emsd, restores, opens the feed and the venue) to the
 client holding its start-up snapshot of 10 000 orders is measured once.
 
-Run: ``uv run python bench/bench_journal.py [N]`` (default N=1000 round trips per row and
+Run: ``uv run python bench/bench_journal.py [N] [--quick] [--json]`` (default N=1000 round trips per row and
 configuration, after a warm-up)
 """
 from __future__ import annotations
@@ -147,9 +147,12 @@ async def recover_emsd() -> tuple[float, int]:
 
 
 def main() -> None:
-    from _common import SIM_CONFIG, isolate, machine_line, pct, reap_check
+    from _common import SIM_CONFIG, emit_json, has_flag, isolate, machine_line, pct, positional, reap_check
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else N
+    quick = has_flag('quick')
+    n = positional(150 if quick else N)
+    if quick:
+        globals().update(RECOVER_N=2000, WARMUP=50, BLOCKS=2)
     _, cfg = isolate()
     import logging
 
@@ -176,6 +179,17 @@ def main() -> None:
             p50, p99 = us(res[name][mode], .5), us(res[name][mode], .99)
             print(f'{label:<32} | {name:<10} | {p50:>6.0f} {p99:>7.0f} | {p50 / b50:>9.2f}x {p99 / b99:>5.2f}x')
     print(f"emsd journal after the last 'emsd+paper' block: {res['emsd+paper'].get('journal')}")
+    summary = {'bench': 'journal', 'n': len(res['off']['live'])}
+    for mode in ('live', 'dark'):
+        b50 = us(res['off'][mode], .5)
+        summary[mode] = {name: {'p50_us': round(us(res[name][mode], .5), 1),
+                                'p99_us': round(us(res[name][mode], .99), 1),
+                                'vs_off_p50': round(us(res[name][mode], .5) / b50, 3)} for name in CONFIGS}
+    # what the journal costs the live order path: (with - without) / with, at p50
+    live = summary['live']
+    summary['journal_share_of_live_p50'] = {
+        name: round(1 - live['off']['p50_us'] / live[name]['p50_us'], 3) for name in ('emsd', 'emsd+paper')}
+    print(f"journal share of the live order path p50 (target <= 0.10): {summary['journal_share_of_live_p50']}")
 
     # (b) recovery
     state = cfg / 'state'
@@ -200,6 +214,10 @@ def main() -> None:
     print(f'  pikerd up -> open_ems (spawn emsd, restore, feed, venue) -> start-up snapshot of'
           f' {seen} orders: {took * 1e3:.0f} ms')
     print(f'machine: before {load_before}; after {machine_line()}')
+    summary['recovery'] = {'orders': RECOVER_N, 'in_process_best_ms': round(min(times) * 1e3),
+                           'emsd_snapshot_ms': round(took * 1e3)}
+    if has_flag('json'):
+        emit_json(summary)
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ orders start on a clock whatever is in flight), for the submit -> final p99 of a
 saturated emsd.
 
 Run: ``uv run python bench/bench_load.py [--clients N] [--orders M] [--concurrency C]
-[--rounds R] [--json]``
+[--rounds R] [--quick] [--json]``
 """
 from __future__ import annotations
 
@@ -259,7 +259,10 @@ def main() -> None:
     ap.add_argument('--concurrency', type=int, default=8)
     ap.add_argument('--rounds', type=int, default=2)
     ap.add_argument('--json', action='store_true')
+    ap.add_argument('--quick', action='store_true', help='3 clients x 100 orders, 1 round')
     args = ap.parse_args()
+    if args.quick:
+        args.clients, args.orders, args.rounds = 3, 100, 1
     _, cfg = isolate()
     import trio
 

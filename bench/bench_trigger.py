@@ -14,7 +14,7 @@ not grow with them, see ``bench_darkbook.py``). Baseline in the same run: the sa
 through the same kind of queue to a writer task that makes a same-sized dict (no book, no
 machine, no journal): what trio alone costs for the hop.
 
-Run: ``uv run python bench/bench_trigger.py [N] [--json]``
+Run: ``uv run python bench/bench_trigger.py [N] [--quick] [--json] [--no-journal]``
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def main() -> None:
     warnings.filterwarnings('ignore')
     as_json = '--json' in sys.argv
     args = [a for a in sys.argv[1:] if not a.startswith('--')]
-    n = int(args[0]) if args else N
+    n = int(args[0]) if args else (500 if '--quick' in sys.argv else N)
     res = trio.run(run, n)
     us = lambda xs, q: pct(xs, q) / 1000.0  # noqa: E731
     out = {
