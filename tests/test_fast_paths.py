@@ -223,3 +223,42 @@ def test_client_reader_unpacks_batches_in_order():
     assert [m.oid for m in got] == [f'o{i}' for i in range(5)]  # the invalid one skipped
     assert set(book.orders) == {f'o{i}' for i in range(5)}
     assert trades.lost  # the stream ended: the reader reports the link lost
+
+
+def _brute_open_orders(router, fqsn=None, owner=None, broker=None) -> list[str]:
+    """What ``open_orders`` must return, by walking every order (its pre-index definition)."""
+    out = []
+    for st in router.orders.values():
+        if (fqsn is not None and st.fqsn != fqsn) or (broker is not None and st.venue[0] != broker):
+            continue
+        if owner is not None and st.owner != owner:
+            continue
+        if not st.machine.final or (owner is not None and st.unseen):
+            out.append(st.oid)
+    return out
+
+
+def test_snapshot_index_matches_a_walk_over_every_order():
+    """``open_orders`` walks only orders still showable (an index): it must return exactly
+    what a walk over all orders would, including finished-while-away orders, once."""
+    rig = Rig()
+    a, b = rig.client('a'), rig.client('b', fqsn='ethusd.sim', on_disconnect='cancel')
+    oids = {'a': [], 'b': []}
+    for i in range(40):
+        for conn, sym in ((a, 'btcusd.sim'), (b, 'ethusd.sim')):
+            o = Order(action='buy', oid=f'{conn.name}{i}', symbol=sym, price=50.0, size=1.0, exec_mode='dark')
+            rig.send(conn, o)
+            oids[conn.name].append(o.oid)
+    for oid in oids['a'][::2] + oids['b'][::3]:
+        rig.send(a if oid.startswith('a') else b, Cancel(oid=oid, symbol='btcusd.sim' if oid.startswith('a') else 'ethusd.sim'))
+    rig.router.drop_client(b)  # policy cancel: b's open orders end while b is away (unseen)
+    for args in ({}, {'fqsn': 'btcusd.sim'}, {'broker': 'sim'}, {'owner': 'a'}, {'fqsn': 'ethusd.sim', 'broker': 'sim'}):
+        want = _brute_open_orders(rig.router, **args)
+        assert [s['oid'] for s in rig.router.open_orders(**args)] == want
+    unseen = _brute_open_orders(rig.router, owner='b')
+    assert len(unseen) == 40 - len(oids['b'][::3])  # ended while away: shown to b once
+    assert [s['oid'] for s in rig.router.open_orders(owner='b')] == unseen
+    assert rig.router.open_orders(owner='b') == [] == _brute_open_orders(rig.router, owner='b')
+    assert len(rig.router.open_orders()) == 20 == len(_brute_open_orders(rig.router))
+    # and the index holds nothing else: a reconnect never walks the finished orders
+    assert sorted(rig.router.showable) == sorted(_brute_open_orders(rig.router))

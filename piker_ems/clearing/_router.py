@@ -144,6 +144,9 @@ class Router:
         self.clock = clock
         self.spawn = spawn  # start_soon of the service nursery (for waits on a symbol)
         self.orders: dict[str, OrderState] = {}
+        # the orders a snapshot may show: not final, or final and unseen by their owner (so a
+        # reconnect never walks the thousands of finished orders kept in ``orders``)
+        self.showable: dict[str, OrderState] = {}
         self.by_reqid: dict[tuple[VenueKey, int | str], str] = {}
         self.clients: set[ClientConn] = set()
         self.by_name: dict[str, set[ClientConn]] = {}
@@ -298,6 +301,7 @@ class Router:
         else:
             self.live_per_symbol.pop(st.fqsn, None)
         if not st.unseen:
+            self.showable.pop(st.oid, None)
             self._done[st.oid] = None
             self._trim(self._done, MAX_DONE_ORDERS)
         self._release_scan(st.fqsn)
@@ -305,6 +309,7 @@ class Router:
     def _trim(self, done: OrderedDict, bound: int) -> None:
         while len(done) > bound:
             oid, _ = done.popitem(last=False)
+            self.showable.pop(oid, None)
             old = self.orders.pop(oid, None)
             if old is not None and old.machine.reqid is not None:
                 self.by_reqid.pop((old.venue, old.machine.reqid), None)
@@ -313,6 +318,7 @@ class Router:
         if st.unseen:
             st.unseen = False
             self._persist(st)
+            self.showable.pop(st.oid, None)
             self._unseen.pop(st.oid, None)
             self._done[st.oid] = None
             self._trim(self._done, MAX_DONE_ORDERS)
@@ -385,7 +391,7 @@ class Router:
         what happened; they are then marked seen.
         """
         out = []
-        for st in list(self.orders.values()):
+        for st in list(self.showable.values()):
             if (fqsn is not None and st.fqsn != fqsn) or (broker is not None and st.venue[0] != broker):
                 continue
             if owner is not None and st.owner != owner:
@@ -516,6 +522,7 @@ class Router:
             holder=conn.uid, created_ns=self.clock(),
         )
         self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
+        self.showable[order.oid] = st
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
         if order.action == 'alert' or order.exec_mode in ('dark', 'paper'):
             if order.action != 'alert':
@@ -756,6 +763,7 @@ class Router:
                            reqid=info.reqid)
         st = OrderState(machine=m, created_ns=self.clock())
         self.orders[order.oid] = st
+        self.showable[order.oid] = st
         self.by_reqid[(key, info.reqid)] = order.oid
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
         log.info('adopted external order %s (reqid %s) at %s', order.oid, info.reqid, key)
@@ -779,6 +787,8 @@ class Router:
             st = OrderState(machine=m, unseen=row.unseen, last_msg=rec.get('last_msg'),
                             direction=rec.get('direction'), created_ns=rec.get('created_ns') or 0)
             self.orders[m.oid] = st
+            if not m.final or st.unseen:
+                self.showable[m.oid] = st
             if m.reqid is not None:
                 self.by_reqid[(m.venue, m.reqid)] = m.oid
             if m.final:
