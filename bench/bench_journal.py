@@ -57,7 +57,9 @@ async def order_path(n: int, cfg) -> dict:
     from piker_ems.data import open_feed
     from piker_ems.service import open_pikerd
 
-    res = {name: {'live': [], 'dark': []} for name in CONFIGS}
+    from bench_load import _child_pid, _cpu_s
+
+    res = {name: {'live': [], 'dark': [], 'live_cpu_s': 0.0, 'live_n': 0} for name in CONFIGS}
     addr = tuple(os.environ['PIKER_EMS_REGISTRY'].split(':'))
     async with open_pikerd((addr[0], int(addr[1]))) as services:
         async with open_feed(FQSN) as feed:
@@ -69,10 +71,16 @@ async def order_path(n: int, cfg) -> dict:
                     await services.cancel_service('emsd')   # the next client respawns it
                 async with open_ems(FQSN, mode='paper', name='bench') as (book, trades, _):
                     for mode in ('live', 'dark'):
+                        # CPU of emsd + paperboi over the live rows: robust to a loaded machine
+                        pids = [p for p in (_child_pid('emsd'), _child_pid('paperboi.sim')) if p]
+                        cpu0 = sum(_cpu_s(p) for p in pids)
                         for _ in range(count):
                             rtt, _, _ = await _piker_rtt(book, trades, price, mode)
                             if keep:
                                 res[name][mode].append(rtt)
+                        if keep and mode == 'live' and len(pids) == 2:
+                            res[name]['live_cpu_s'] += sum(_cpu_s(p) for p in pids) - cpu0
+                            res[name]['live_n'] += count
                     from piker_ems.service import find_service
                     async with find_service('emsd') as portal:
                         from piker_ems.service._auth import call
@@ -190,6 +198,12 @@ def main() -> None:
     summary['journal_share_of_live_p50'] = {
         name: round(1 - live['off']['p50_us'] / live[name]['p50_us'], 3) for name in ('emsd', 'emsd+paper')}
     print(f"journal share of the live order path p50 (target <= 0.10): {summary['journal_share_of_live_p50']}")
+    cpu = {name: res[name]['live_cpu_s'] / max(1, res[name]['live_n']) * 1e6 for name in CONFIGS}
+    summary['live_cpu_us_per_order'] = {k: round(v, 1) for k, v in cpu.items()}
+    summary['journal_share_of_live_cpu'] = {
+        name: round(1 - cpu['off'] / cpu[name], 3) if cpu[name] else None for name in ('emsd', 'emsd+paper')}
+    print(f"emsd + paperboi CPU per live order (submit + cancel round trips, us): {summary['live_cpu_us_per_order']};"
+          f" journal share: {summary['journal_share_of_live_cpu']}")
 
     # (b) recovery
     state = cfg / 'state'

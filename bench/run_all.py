@@ -177,7 +177,8 @@ def detail(results: dict) -> str:
     if jr:
         lv = jr['live']
         lines.append(f"- journal, live order p50: off {lv['off']['p50_us']} µs, emsd {lv['emsd']['p50_us']} µs, "
-                     f"emsd+paper {lv['emsd+paper']['p50_us']} µs")
+                     f"emsd+paper {lv['emsd+paper']['p50_us']} µs; share of emsd+paperboi CPU per live "
+                     f"order: {jr.get('journal_share_of_live_cpu')}")
     return '\n'.join(lines)
 
 
