@@ -43,57 +43,36 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
+def _actor_names() -> dict[int, str]:
+    """This process's descendant actors: pid -> actor name (from tractor's ``--uid`` argument)."""
+    from piker_ems.testing import descendants
+
+    out = {}
+    for pid in descendants():
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
+        except OSError:
+            continue
+        if "--uid ('" in cmd:
+            out[pid] = cmd.split("--uid ('", 1)[1].split("'", 1)[0]
+    return out
+
+
 def _tree_cpu() -> dict[str, float]:
     """CPU seconds of this process and of each descendant actor, by actor name."""
     out = {'root': _cpu_s(os.getpid())}
-    me = os.getpid()
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
+    for pid, name in _actor_names().items():
         try:
-            with open(f'/proc/{entry}/cmdline', 'rb') as f:
-                cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
-            with open(f'/proc/{entry}/stat') as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-            if not _is_descendant(ppid, me):
-                continue
-            name = cmd.split("--uid ('", 1)[1].split("'", 1)[0] if "--uid ('" in cmd else entry
-            out[name] = out.get(name, 0.0) + _cpu_s(int(entry))
-        except (OSError, IndexError):
+            out[name] = out.get(name, 0.0) + _cpu_s(pid)
+        except OSError:
             continue
     return out
 
 
 def _child_pid(name: str) -> int | None:
-    """The pid of this process's descendant actor called ``name`` (from its command line)."""
-    me = os.getpid()
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f'/proc/{entry}/cmdline', 'rb') as f:
-                cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
-            with open(f'/proc/{entry}/stat') as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-        except OSError:
-            continue
-        if f"'{name}'" in cmd and (ppid == me or _is_descendant(ppid, me)):
-            return int(entry)
-    return None
-
-
-def _is_descendant(pid: int, ancestor: int) -> bool:
-    for _ in range(10):
-        if pid in (0, 1):
-            return False
-        if pid == ancestor:
-            return True
-        try:
-            with open(f'/proc/{pid}/stat') as f:
-                pid = int(f.read().rsplit(')', 1)[1].split()[1])
-        except OSError:
-            return False
-    return False
+    """The pid of this process's descendant actor called ``name``."""
+    return next((pid for pid, n in _actor_names().items() if n == name), None)
 
 
 async def run(args) -> dict:
@@ -123,43 +102,34 @@ async def run(args) -> dict:
             ):
                 last = feed.first_quotes[FQSN]['last']
                 emsd_pid = _child_pid('emsd')
-                hub_pid = hub.channel.raddr and _child_pid('load_bare_a')
+                hub_pid = _child_pid('load_bare_a')
+
+                async def one_round(fn, pid: int | None, kwargs_of) -> dict:
+                    """Every client runs ``fn(**kwargs_of(i))`` at once; wall time, the CPU of
+                    ``pid`` (emsd, or the bare A) and of every actor over the round."""
+                    out: list = [None] * len(clients)
+                    cpu0 = _cpu_s(pid) if pid else 0.0
+                    tree0 = _tree_cpu()
+                    t0 = time.perf_counter()
+                    async with trio.open_nursery() as n:
+                        for i, p in enumerate(clients):
+                            async def one(i=i, p=p):
+                                out[i] = await p.run(fn, **kwargs_of(i))
+                            n.start_soon(one)
+                    wall = time.perf_counter() - t0
+                    cpu = (_cpu_s(pid) - cpu0) if pid else float('nan')
+                    tree = {k: round(v - tree0.get(k, 0.0), 3) for k, v in _tree_cpu().items()}
+                    return {'clients': out, 'wall_s': wall, 'cpu_s': cpu, 'tree_cpu': tree}
 
                 async def piker_round(m: int, rate: float = 0.0, tag: str = 'r') -> dict:
-                    out: list = [None] * len(clients)
-                    cpu0 = _cpu_s(emsd_pid) if emsd_pid else 0.0
-                    tree0 = _tree_cpu()
-                    t0 = time.perf_counter()
-                    async with trio.open_nursery() as n:
-                        for i, p in enumerate(clients):
-                            async def one(i=i, p=p):
-                                out[i] = await p.run(
-                                    load.run_piker, name=f'load{i}-{tag}', fqsn=FQSN, m=m,
-                                    concurrency=args.concurrency, last=last, timeout=TIMEOUT,
-                                    rate=rate / len(clients))
-                            n.start_soon(one)
-                    wall = time.perf_counter() - t0
-                    cpu = (_cpu_s(emsd_pid) - cpu0) if emsd_pid else float('nan')
-                    tree = {k: round(v - tree0.get(k, 0.0), 3) for k, v in _tree_cpu().items()}
-                    return {'clients': out, 'wall_s': wall, 'cpu_s': cpu, 'tree_cpu': tree}
+                    return await one_round(load.run_piker, emsd_pid, lambda i: dict(
+                        name=f'load{i}-{tag}', fqsn=FQSN, m=m, concurrency=args.concurrency,
+                        last=last, timeout=TIMEOUT, rate=rate / len(clients)))
 
                 async def bare_round(m: int) -> dict:
-                    out: list = [None] * len(clients)
-                    cpu0 = _cpu_s(hub_pid) if hub_pid else 0.0
-                    tree0 = _tree_cpu()
-                    t0 = time.perf_counter()
-                    async with trio.open_nursery() as n:
-                        for i, p in enumerate(clients):
-                            async def one(i=i, p=p):
-                                out[i] = await p.run(
-                                    load.run_bare, sid=i, hub='load_bare_a', m=m,
-                                    concurrency=args.concurrency, request=tpl['order'],
-                                    status=tpl['status_live'], timeout=TIMEOUT)
-                            n.start_soon(one)
-                    wall = time.perf_counter() - t0
-                    cpu = (_cpu_s(hub_pid) - cpu0) if hub_pid else float('nan')
-                    tree = {k: round(v - tree0.get(k, 0.0), 3) for k, v in _tree_cpu().items()}
-                    return {'clients': out, 'wall_s': wall, 'cpu_s': cpu, 'tree_cpu': tree}
+                    return await one_round(load.run_bare, hub_pid, lambda i: dict(
+                        sid=i, hub='load_bare_a', m=m, concurrency=args.concurrency,
+                        request=tpl['order'], status=tpl['status_live'], timeout=TIMEOUT))
 
                 # warm-up: every scenario once per client, both topologies
                 await bare_round(len(load.MIX))

@@ -10,7 +10,8 @@ import pydantic
 import pytest
 import trio
 
-from piker_ems.clearing import _client, _ems
+from piker_ems.clearing import _client
+from piker_ems.service._ipc import send_with_heartbeats
 from piker_ems.clearing._messages import (
     BrokerdCancel,
     BrokerdFill,
@@ -161,7 +162,7 @@ def test_batched_sends_keep_order_and_deliver_each_once():
         tx, rx = trio.open_memory_channel(1000)
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
-                n.start_soon(_ems.send_batched, rx, stream, 60.0, 16)
+                n.start_soon(send_with_heartbeats, rx, stream, 60.0, 16)
                 tx.send_nowait({'n': 0})
                 await trio.testing.wait_all_tasks_blocked()
                 assert stream.sent == [{'n': 0}]  # alone in the queue: sent as itself, at once
@@ -175,6 +176,24 @@ def test_batched_sends_keep_order_and_deliver_each_once():
     trio.run(main)
 
 
+def test_unbatched_sender_sends_one_message_each():
+    """The default (venue dialogues, whose receivers take single messages only): no lists."""
+    async def main():
+        stream = _RecordingStream()
+        tx, rx = trio.open_memory_channel(1000)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(send_with_heartbeats, rx, stream, 60.0)
+                tx.send_nowait({'n': 0})
+                await trio.testing.wait_all_tasks_blocked()
+                for i in range(1, 50):
+                    tx.send_nowait({'n': i})
+                stream.gate.set()
+                tx.close()
+        assert stream.sent == [{'n': i} for i in range(50)]
+    trio.run(main)
+
+
 def test_batched_sender_heartbeats_when_idle():
     async def main():
         stream = _RecordingStream()
@@ -182,7 +201,7 @@ def test_batched_sender_heartbeats_when_idle():
         tx, rx = trio.open_memory_channel(10)
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
-                n.start_soon(_ems.send_batched, rx, stream, 0.01)
+                n.start_soon(send_with_heartbeats, rx, stream, 0.01, 16)
                 while not stream.sent:
                     await trio.sleep(0.005)
                 tx.close()

@@ -10,7 +10,7 @@ from ..config import load_config
 from ..log import get_logger, setup_console
 from ..service._auth import Refused, act_as_service, guarded, verify
 from ..service._state import actor_state
-from ..service._ipc import HEARTBEAT_S, heartbeat, open_supervisor
+from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ..statedb import state_path
 from ._journal import Journal
@@ -116,50 +116,14 @@ def verify_refusal(principal, what: str, role: str) -> Refused:
     return Refused(f'participant {principal.participant!r} may not {what} (no {role} role)')
 
 
-async def send_batched(
-    outbox: trio.MemoryReceiveChannel,
-    stream: tractor.MsgStream,
-    interval: float = HEARTBEAT_S,
-    max_batch: int = MAX_BATCH,
-) -> None:
-    """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
-
-    A message alone in the queue is sent at once, as itself. When a backlog has built up
-    (a burst of statuses while the previous send was on the wire), what is already queued, up
-    to ``max_batch`` messages, travels as one list: one IPC message, one round of tractor's
-    per-message work, instead of one each. Nothing waits to fill a batch. Returns when the
-    outbox is closed and drained; send errors propagate (the peer is gone).
-    """
-    while True:
-        msg = None
-        with trio.move_on_after(interval):
-            try:
-                msg = await outbox.receive()
-            except trio.EndOfChannel:
-                return
-        if msg is None:
-            await stream.send(heartbeat())
-            continue
-        batch = None
-        while batch is None or len(batch) < max_batch:
-            try:
-                nxt = outbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if batch is None:
-                batch = [msg]
-            batch.append(nxt)
-        await stream.send(msg if batch is None else batch)
-
-
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
-    """Drain the client's outbound queue to its stream (batched when backlogged, see
-    :func:`send_batched`), heartbeating when idle.
+    """Drain the client's outbound queue to its stream (a backlog as batches of up to
+    :data:`MAX_BATCH`), heartbeating when idle.
 
     A send failure means the client is gone (crashed, killed): end the whole connection.
     """
     try:
-        await send_batched(conn.rx, stream)
+        await send_with_heartbeats(conn.rx, stream, max_batch=MAX_BATCH)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
         log.warning('%r is gone (%s)', conn, type(err).__name__)
     finally:
@@ -189,7 +153,7 @@ async def _emsd_main(
     ``started()`` carries ``{'positions': [...], 'orders': <blob>}``: the broker/account
     positions and the open orders for ``fqsn`` (so a restarted client can redraw them), the
     latter packed (:func:`~._messages.unpack_snapshot` reads it). Each message on the stream
-    is a status / position dict, or a list of them (a batch, see :func:`send_batched`).
+    is a status / position dict, or a list of them (a batch: docs/protocol.md).
     """
     principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
