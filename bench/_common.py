@@ -100,3 +100,25 @@ def machine_line() -> str:
     """CPU count and load average: other processes on the box skew every number here."""
     l1, l5, l15 = os.getloadavg()
     return f'{os.cpu_count()} CPUs, load average {l1:.2f} / {l5:.2f} / {l15:.2f} (1/5/15 min)'
+
+
+def has_flag(name: str) -> bool:
+    """Whether ``--name`` is on the command line (every bench: ``--json``, ``--quick``)."""
+    import sys
+
+    return f'--{name}' in sys.argv
+
+
+def positional(default: int) -> int:
+    """The first non-flag argument as an int (a bench's N), else ``default``."""
+    import sys
+
+    args = [a for a in sys.argv[1:] if not a.startswith('--')]
+    return int(args[0]) if args else default
+
+
+def emit_json(obj: dict) -> None:
+    """The bench's results as one JSON object on the last line (for bench/run_all.py)."""
+    import json
+
+    print(json.dumps(obj, default=float))

@@ -19,7 +19,7 @@ its dark book) is timed, best and worst of 5. Then a real pikerd is started on t
 the time from ``open_ems`` (which spawns emsd, restores, opens the feed and the venue) to the
 client holding its start-up snapshot of 10 000 orders is measured once.
 
-Run: ``uv run python bench/bench_journal.py [N]`` (default N=1000 round trips per row and
+Run: ``uv run python bench/bench_journal.py [N] [--quick] [--json]`` (default N=1000 round trips per row and
 configuration, after a warm-up)
 """
 from __future__ import annotations
@@ -57,7 +57,9 @@ async def order_path(n: int, cfg) -> dict:
     from piker_ems.data import open_feed
     from piker_ems.service import open_pikerd
 
-    res = {name: {'live': [], 'dark': []} for name in CONFIGS}
+    from bench_load import _child_pid, _cpu_s
+
+    res = {name: {'live': [], 'dark': [], 'live_cpu_s': 0.0, 'live_n': 0} for name in CONFIGS}
     addr = tuple(os.environ['PIKER_EMS_REGISTRY'].split(':'))
     async with open_pikerd((addr[0], int(addr[1]))) as services:
         async with open_feed(FQSN) as feed:
@@ -69,13 +71,20 @@ async def order_path(n: int, cfg) -> dict:
                     await services.cancel_service('emsd')   # the next client respawns it
                 async with open_ems(FQSN, mode='paper', name='bench') as (book, trades, _):
                     for mode in ('live', 'dark'):
+                        # CPU of emsd + paperboi over the live rows: robust to a loaded machine
+                        pids = [p for p in (_child_pid('emsd'), _child_pid('paperboi.sim')) if p]
+                        cpu0 = sum(_cpu_s(p) for p in pids)
                         for _ in range(count):
                             rtt, _, _ = await _piker_rtt(book, trades, price, mode)
                             if keep:
                                 res[name][mode].append(rtt)
+                        if keep and mode == 'live' and len(pids) == 2:
+                            res[name]['live_cpu_s'] += sum(_cpu_s(p) for p in pids) - cpu0
+                            res[name]['live_n'] += count
                     from piker_ems.service import find_service
                     async with find_service('emsd') as portal:
-                        stats = await portal.run_from_ns('piker_ems.clearing._ems', 'ems_stats')
+                        from piker_ems.service._auth import call
+                        stats = await call(portal, 'piker_ems.clearing._ems', 'ems_stats')
                     res[name]['journal'] = stats.get('journal')
 
             for name in CONFIGS:
@@ -146,9 +155,12 @@ async def recover_emsd() -> tuple[float, int]:
 
 
 def main() -> None:
-    from _common import SIM_CONFIG, isolate, machine_line, pct, reap_check
+    from _common import SIM_CONFIG, emit_json, has_flag, isolate, machine_line, pct, positional, reap_check
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else N
+    quick = has_flag('quick')
+    n = positional(150 if quick else N)
+    if quick:
+        globals().update(RECOVER_N=2000, WARMUP=50, BLOCKS=2)
     _, cfg = isolate()
     import logging
 
@@ -175,6 +187,23 @@ def main() -> None:
             p50, p99 = us(res[name][mode], .5), us(res[name][mode], .99)
             print(f'{label:<32} | {name:<10} | {p50:>6.0f} {p99:>7.0f} | {p50 / b50:>9.2f}x {p99 / b99:>5.2f}x')
     print(f"emsd journal after the last 'emsd+paper' block: {res['emsd+paper'].get('journal')}")
+    summary = {'bench': 'journal', 'n': len(res['off']['live'])}
+    for mode in ('live', 'dark'):
+        b50 = us(res['off'][mode], .5)
+        summary[mode] = {name: {'p50_us': round(us(res[name][mode], .5), 1),
+                                'p99_us': round(us(res[name][mode], .99), 1),
+                                'vs_off_p50': round(us(res[name][mode], .5) / b50, 3)} for name in CONFIGS}
+    # what the journal costs the live order path: (with - without) / with, at p50
+    live = summary['live']
+    summary['journal_share_of_live_p50'] = {
+        name: round(1 - live['off']['p50_us'] / live[name]['p50_us'], 3) for name in ('emsd', 'emsd+paper')}
+    print(f"journal share of the live order path p50 (target <= 0.10): {summary['journal_share_of_live_p50']}")
+    cpu = {name: res[name]['live_cpu_s'] / max(1, res[name]['live_n']) * 1e6 for name in CONFIGS}
+    summary['live_cpu_us_per_order'] = {k: round(v, 1) for k, v in cpu.items()}
+    summary['journal_share_of_live_cpu'] = {
+        name: round(1 - cpu['off'] / cpu[name], 3) if cpu[name] else None for name in ('emsd', 'emsd+paper')}
+    print(f"emsd + paperboi CPU per live order (submit + cancel round trips, us): {summary['live_cpu_us_per_order']};"
+          f" journal share: {summary['journal_share_of_live_cpu']}")
 
     # (b) recovery
     state = cfg / 'state'
@@ -199,6 +228,10 @@ def main() -> None:
     print(f'  pikerd up -> open_ems (spawn emsd, restore, feed, venue) -> start-up snapshot of'
           f' {seen} orders: {took * 1e3:.0f} ms')
     print(f'machine: before {load_before}; after {machine_line()}')
+    summary['recovery'] = {'orders': RECOVER_N, 'in_process_best_ms': round(min(times) * 1e3),
+                           'emsd_snapshot_ms': round(took * 1e3)}
+    if has_flag('json'):
+        emit_json(summary)
 
 
 if __name__ == '__main__':

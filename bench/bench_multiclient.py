@@ -31,7 +31,7 @@ open orders at once. This measures both against same-run baselines.
     yields with ``len(book.open_orders) == 1000``, against ``open_ems`` for a client with 0 open
     orders (``nobody``) in the same loop. Target: <= 100 ms for 1000 orders.
 
-Run: ``uv run python bench/bench_multiclient.py``
+Run: ``uv run python bench/bench_multiclient.py [--quick] [--json]``
 """
 from __future__ import annotations
 
@@ -222,9 +222,38 @@ def report(res: dict) -> None:
           f" total {res['total_s']:.1f} s")
 
 
-def main() -> None:
-    from _common import isolate, machine_line, reap_check
+def summary(res: dict) -> dict:
+    """The numbers run_all.py keeps."""
+    from _common import pct
 
+    out: dict = {'bench': 'multiclient', 'burst': BURST, 'paced': PACED}
+    for mode in ('burst', 'paced'):
+        p, b = res['a'][(mode, 'piker_ems')], res['a'][(mode, 'bare')]
+        out[mode] = {
+            'rate': round(p['rate']), 'bare_rate': round(b['rate']),
+            'rate_ratio': round(p['rate'] / b['rate'], 3),
+            'p50_ms': round(p['p50_ms'], 2), 'p99_ms': round(p['p99_ms'], 2),
+            'bare_p50_ms': round(b['p50_ms'], 2), 'bare_p99_ms': round(b['p99_ms'], 2),
+            'p50_ratio': round(p['p50_ms'] / b['p50_ms'], 3),
+            'delivered': p['deliveries'], 'expected': p['expected'],
+        }
+    b = res['b']
+    ms = lambda xs, q: round(pct(xs, q) / 1e6, 1)  # noqa: E731
+    out['snapshot'] = {
+        'orders': SNAPSHOT_ORDERS, 'reps': SNAPSHOT_REPS,
+        'owner_p50_ms': ms(b['owner'], .5), 'owner_p99_ms': ms(b['owner'], .99),
+        'base_p50_ms': ms(b['base'], .5), 'base_p99_ms': ms(b['base'], .99),
+        'extra_p50_ms': round(ms(b['owner'], .5) - ms(b['base'], .5), 1),
+        'extra_p99_ms': round(ms(b['owner'], .99) - ms(b['base'], .99), 1),
+    }
+    return out
+
+
+def main() -> None:
+    from _common import emit_json, has_flag, isolate, machine_line, reap_check
+
+    if has_flag('quick'):  # fewer orders (the shapes of the phases stay the same)
+        globals().update(BURST=500, PACED=100, SNAPSHOT_REPS=5)
     _, cfg = isolate()
     import trio
 
@@ -237,6 +266,8 @@ def main() -> None:
             print(f'WARNING: killed leftover processes {leaked}')
     report(res)
     print(f'machine: before {load_before}; after {machine_line()}')
+    if has_flag('json'):
+        emit_json(summary(res))
 
 
 if __name__ == '__main__':

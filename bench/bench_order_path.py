@@ -24,7 +24,8 @@ in both cases; emsd/paperboi and A/B are its sub-actors. Samples are taken in in
 blocks (baseline, piker, baseline, ...) so machine noise hits both alike. The sim market runs
 at 5 quotes/s, so quotes barely touch the numbers.
 
-Run: ``uv run python bench/bench_order_path.py [N]`` (default N=2000 per row, after a warm-up)
+Run: ``uv run python bench/bench_order_path.py [N] [--quick] [--json]`` (default N=2000 per row,
+after a warm-up; ``--quick``: 300)
 """
 from __future__ import annotations
 
@@ -154,9 +155,10 @@ async def run(n: int) -> dict:
                 res['measure_s'] = time.perf_counter() - t_meas
                 # check that nothing was left resting at the paper engine
                 from piker_ems.service import find_service
+                from piker_ems.service._auth import call
 
                 async with find_service('paperboi.sim') as pp:
-                    stats = await pp.run_from_ns('piker_ems.clearing._paper', 'paper_stats')
+                    stats = await call(pp, 'piker_ems.clearing._paper', 'paper_stats')
                 res['resting'] = stats['resting_orders']
             await an.cancel()
     res['total_s'] = time.perf_counter() - t_start
@@ -200,10 +202,24 @@ def report(res: dict, n: int) -> None:
           f" paperboi: {res['resting']})")
 
 
-def main() -> None:
-    from _common import isolate, machine_line, reap_check
+def summary(res: dict) -> dict:
+    """The numbers run_all.py keeps (µs)."""
+    from _common import pct
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else N
+    us = lambda xs, q: round(pct(xs, q) / 1000.0, 1)  # noqa: E731
+    out = {'bench': 'order_path', 'n': len(res['live'])}
+    for key in ('live', 'dark', 'base3', 'base1', 'live_send', 'dark_send', 'live_cancel', 'dark_cancel'):
+        out[f'{key}_p50_us'], out[f'{key}_p99_us'] = us(res[key], .5), us(res[key], .99)
+    out['live_ratio_p50'] = round(out['live_p50_us'] / out['base3_p50_us'], 3)
+    out['dark_ratio_p50'] = round(out['dark_p50_us'] / out['base1_p50_us'], 3)
+    out['resting_left'] = res['resting']
+    return out
+
+
+def main() -> None:
+    from _common import emit_json, has_flag, isolate, machine_line, positional, reap_check
+
+    n = positional(300 if has_flag('quick') else N)
     _, cfg = isolate()
     import trio
 
@@ -216,6 +232,8 @@ def main() -> None:
             print(f'WARNING: killed leftover processes {leaked}')
     report(res, n)
     print(f'machine: before {load_before}; after {machine_line()}')
+    if has_flag('json'):
+        emit_json(summary(res))
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ Statuses for the client's orders (and positions) arrive as typed messages on the
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal
@@ -23,7 +23,18 @@ from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
 from ._orders import owner_name
-from ._messages import BrokerdPosition, Cancel, MsgError, Order, Status, parse_ems_msg, to_wire
+from ._messages import (
+    BrokerdPosition,
+    Cancel,
+    MsgError,
+    Order,
+    Status,
+    order_wire,
+    parse_ems_msg,
+    to_wire,
+    unbatch,
+    unpack_snapshot,
+)
 
 log = get_logger(__name__)
 
@@ -80,16 +91,18 @@ class OrderBook:
         account: str | None = None,
         oid: str | None = None,
     ) -> str:
-        """Submit a new order (or, with a known ``oid``, a modify); returns its oid."""
-        symbol = symbol or self.fqsn
-        _, broker = parse_fqsn(symbol)
+        """Submit a new order (or, with a known ``oid``, a modify); returns its oid.
+
+        The order is validated here (a bad one raises ``pydantic.ValidationError``) and its
+        wire dict queued; nothing else happens in the caller's time (a few microseconds).
+        """
         order = Order(
-            action=action, oid=oid or uuid.uuid4().hex, symbol=symbol, price=price,
-            size=size, brokers=[broker], exec_mode=exec_mode or self.exec_mode,
+            action=action, oid=oid or os.urandom(16).hex(), symbol=symbol or self.fqsn,
+            price=price, size=size, exec_mode=exec_mode or self.exec_mode,
             account=account or self.account,
-        )
+        )  # brokers: the symbol's broker (Order's default)
         self.orders[order.oid] = order
-        self._push(to_wire(order))
+        self._push(order_wire(order))
         return order.oid
 
     def update(self, oid: str, **fields: Any) -> None:
@@ -235,17 +248,18 @@ async def _read(
                 return
             if is_heartbeat(raw):
                 continue
-            try:
-                msg = parse_ems_msg(raw)
-            except MsgError as err:
-                log.warning('invalid message from emsd: %s', err)
-                continue
-            if isinstance(msg, Status) and msg.req is not None and msg.oid not in book.orders:
-                book.orders[msg.oid] = msg.req
-            try:
-                tx.send_nowait(msg)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return  # already lost (a send failed): nothing reads any more
+            for item in unbatch(raw):  # a batch (list) when emsd had a backlog for us
+                try:
+                    msg = parse_ems_msg(item)
+                except MsgError as err:
+                    log.warning('invalid message from emsd: %s', err)
+                    continue
+                if isinstance(msg, Status) and msg.req is not None and msg.oid not in book.orders:
+                    book.orders[msg.oid] = msg.req
+                try:
+                    tx.send_nowait(msg)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return  # already lost (a send failed): nothing reads any more
     except BaseException:
         reason = None  # cancelled: the client is leaving
         raise
@@ -325,7 +339,7 @@ async def open_ems(
             cmd_tx, cmd_rx = trio.open_memory_channel[dict](math.inf)
             book = OrderBook(
                 fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
-                open_orders=list(first.get('orders', ())),
+                open_orders=unpack_snapshot(first.get('orders', [])),
                 owner=owner_name(cred.participant, name), participant=cred.participant,
             )
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)

@@ -14,6 +14,7 @@ from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
 from ..statedb import state_path
 from ._journal import Journal
+from ._messages import pack_snapshot
 from ._orders import ClientConn, owner_name
 from ._router import MAX_DONE_ORDERS, Router
 from ._scan import ScanDirectory
@@ -25,6 +26,10 @@ log = get_logger(__name__)
 CONNECT_WAIT_S = 15.0
 #: How often the journal drops old finished orders.
 COMPACT_EVERY_S = 300.0
+#: How often the journal's WAL is checkpointed (in a worker thread).
+CHECKPOINT_EVERY_S = 1.0
+#: At most this many queued messages travel to a client in one IPC message (a list).
+MAX_BATCH = 64
 
 
 def open_journal(settings: dict) -> Journal | None:
@@ -48,6 +53,21 @@ async def _compact(journal: Journal, settings: dict) -> None:
         except Exception:
             log.exception('journal compaction failed')
         await trio.sleep(COMPACT_EVERY_S)
+
+
+async def _checkpoints(journal: Journal) -> None:
+    """Checkpoint the journal's WAL now and then in a worker thread, not inside a write on
+    the order path (see :meth:`Journal.defer_checkpoints`)."""
+    journal.defer_checkpoints()
+    try:
+        while True:
+            await trio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await trio.to_thread.run_sync(journal.checkpoint, cancellable=False)
+            except Exception:
+                log.exception('journal checkpoint failed')
+    finally:
+        journal.resume_checkpoints()
 
 
 def current_router() -> Router:
@@ -75,6 +95,7 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
             if journal is not None:
                 router.restore(journal.load())
                 n.start_soon(_compact, journal, settings)
+                n.start_soon(_checkpoints, journal)
             state['router'] = router
             try:
                 await ctx.started('emsd')
@@ -96,12 +117,13 @@ def verify_refusal(principal, what: str, role: str) -> Refused:
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
-    """Drain the client's outbound queue to its stream, heartbeating when idle.
+    """Drain the client's outbound queue to its stream (a backlog as batches of up to
+    :data:`MAX_BATCH`), heartbeating when idle.
 
     A send failure means the client is gone (crashed, killed): end the whole connection.
     """
     try:
-        await send_with_heartbeats(conn.rx, stream)
+        await send_with_heartbeats(conn.rx, stream, max_batch=MAX_BATCH)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
         log.warning('%r is gone (%s)', conn, type(err).__name__)
     finally:
@@ -128,8 +150,10 @@ async def _emsd_main(
     refused); ``control_others`` needs the ``control-others`` role (refused otherwise); placing
     orders needs the ``trade`` role.
 
-    ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
-    positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
+    ``started()`` carries ``{'positions': [...], 'orders': <blob>}``: the broker/account
+    positions and the open orders for ``fqsn`` (so a restarted client can redraw them), the
+    latter packed (:func:`~._messages.unpack_snapshot` reads it). Each message on the stream
+    is a status / position dict, or a list of them (a batch: docs/protocol.md).
     """
     principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
@@ -168,12 +192,13 @@ async def _emsd_main(
     try:
         await ctx.started({
             'positions': router.positions_for(broker, account),
-            # a watcher sees its whole scope; anyone else exactly its own open orders
-            'orders': router.open_orders(
+            # a watcher sees its whole scope; anyone else exactly its own open orders. One
+            # packed blob (a list of Status dicts): see _messages.pack_snapshot for why
+            'orders': pack_snapshot(router.open_orders(
                 fqsn=None if watch == 'all' else conn.fqsn,
                 broker=broker,
                 owner=None if watch else owner,
-            ),
+            )),
         })
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
             n.start_soon(_write, conn, stream, n.cancel_scope)

@@ -144,11 +144,17 @@ class Router:
         self.clock = clock
         self.spawn = spawn  # start_soon of the service nursery (for waits on a symbol)
         self.orders: dict[str, OrderState] = {}
+        # the orders a snapshot may show: not final, or final and unseen by their owner (so a
+        # reconnect never walks the thousands of finished orders kept in ``orders``)
+        self.showable: dict[str, OrderState] = {}
         self.by_reqid: dict[tuple[VenueKey, int | str], str] = {}
         self.clients: set[ClientConn] = set()
         self.by_name: dict[str, set[ClientConn]] = {}
         self.watch_symbol: dict[str, set[ClientConn]] = {}
         self.watch_all: dict[str, set[ClientConn]] = {}
+        # indexes so per-status / per-fill work never scans every client
+        self.by_account: dict[tuple[str, str], set[ClientConn]] = {}  # (broker, account)
+        self.clients_per_symbol: dict[str, int] = {}
         self.waiting: dict[str, list[tuple[ClientConn, Order | Cancel]]] = {}  # oid -> requests
         self.early: OrderedDict[tuple[VenueKey, int | str], list[tuple[int, Any]]] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
@@ -162,6 +168,8 @@ class Router:
         self.late_events = 0      # ... of which arrived after the order's final status
         self.unknown_events = 0
         self.apply_failures = 0   # events whose handling raised (bugs), logged with tracebacks
+        self.client_msgs = 0      # client requests received (valid or not)
+        self.venue_events = 0     # venue messages received (valid or not)
         venues.bind(self)
         scans.bind(self)
 
@@ -265,9 +273,8 @@ class Router:
     def broadcast_position(self, pos: BrokerdPosition) -> None:
         """Positions go to every client connected for that broker and account."""
         msg = to_wire(pos)
-        for conn in list(self.clients):
-            if conn.broker == pos.broker and conn.account == pos.account:
-                conn.push(msg)
+        for conn in list(self.by_account.get((pos.broker, pos.account), ())):
+            conn.push(msg)
 
     # --- memory bound ---------------------------------------------------------------------------
 
@@ -294,6 +301,7 @@ class Router:
         else:
             self.live_per_symbol.pop(st.fqsn, None)
         if not st.unseen:
+            self.showable.pop(st.oid, None)
             self._done[st.oid] = None
             self._trim(self._done, MAX_DONE_ORDERS)
         self._release_scan(st.fqsn)
@@ -301,6 +309,7 @@ class Router:
     def _trim(self, done: OrderedDict, bound: int) -> None:
         while len(done) > bound:
             oid, _ = done.popitem(last=False)
+            self.showable.pop(oid, None)
             old = self.orders.pop(oid, None)
             if old is not None and old.machine.reqid is not None:
                 self.by_reqid.pop((old.venue, old.machine.reqid), None)
@@ -309,6 +318,7 @@ class Router:
         if st.unseen:
             st.unseen = False
             self._persist(st)
+            self.showable.pop(st.oid, None)
             self._unseen.pop(st.oid, None)
             self._done[st.oid] = None
             self._trim(self._done, MAX_DONE_ORDERS)
@@ -317,8 +327,11 @@ class Router:
 
     def add_client(self, conn: ClientConn) -> None:
         """Register a connection; it holds its name's orders whose holder left."""
+        if conn not in self.clients:
+            self.clients_per_symbol[conn.fqsn] = self.clients_per_symbol.get(conn.fqsn, 0) + 1
         self.clients.add(conn)
         self.by_name.setdefault(conn.name, set()).add(conn)
+        self.by_account.setdefault((conn.broker, conn.account), set()).add(conn)
         if conn.watch == 'symbol':
             self.watch_symbol.setdefault(conn.fqsn, set()).add(conn)
         elif conn.watch == 'all':
@@ -335,9 +348,15 @@ class Router:
         name, and the next one to connect holds them. ``cancel``: every open order it holds is
         cancelled. ``cancel-dark``: only its dark orders and alerts are. Never raises.
         """
+        if conn in self.clients:
+            left = self.clients_per_symbol.get(conn.fqsn, 1) - 1
+            if left > 0:
+                self.clients_per_symbol[conn.fqsn] = left
+            else:
+                self.clients_per_symbol.pop(conn.fqsn, None)
         self.clients.discard(conn)
         for index, key in ((self.by_name, conn.name), (self.watch_symbol, conn.fqsn),
-                           (self.watch_all, conn.broker)):
+                           (self.watch_all, conn.broker), (self.by_account, (conn.broker, conn.account))):
             conns = index.get(key)
             if conns is not None:
                 conns.discard(conn)
@@ -372,7 +391,7 @@ class Router:
         what happened; they are then marked seen.
         """
         out = []
-        for st in list(self.orders.values()):
+        for st in list(self.showable.values()):
             if (fqsn is not None and st.fqsn != fqsn) or (broker is not None and st.venue[0] != broker):
                 continue
             if owner is not None and st.owner != owner:
@@ -393,6 +412,7 @@ class Router:
 
     def handle_client_msg(self, conn: ClientConn, raw: object) -> None:
         """Process one client message at once; every failure becomes an ``error`` status."""
+        self.client_msgs += 1
         try:
             msg = parse_client_msg(raw)
         except MsgError as err:
@@ -502,6 +522,7 @@ class Router:
             holder=conn.uid, created_ns=self.clock(),
         )
         self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
+        self.showable[order.oid] = st
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
         if order.action == 'alert' or order.exec_mode in ('dark', 'paper'):
             if order.action != 'alert':
@@ -567,6 +588,7 @@ class Router:
 
     def on_venue_msg(self, link: VenueLink, raw: Any) -> None:
         """Translate one venue message into machine events (SPEC §5.6). Never raises."""
+        self.venue_events += 1
         try:
             msg = parse_brokerd_msg(raw)
         except MsgError as err:
@@ -741,6 +763,7 @@ class Router:
                            reqid=info.reqid)
         st = OrderState(machine=m, created_ns=self.clock())
         self.orders[order.oid] = st
+        self.showable[order.oid] = st
         self.by_reqid[(key, info.reqid)] = order.oid
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
         log.info('adopted external order %s (reqid %s) at %s', order.oid, info.reqid, key)
@@ -764,6 +787,8 @@ class Router:
             st = OrderState(machine=m, unseen=row.unseen, last_msg=rec.get('last_msg'),
                             direction=rec.get('direction'), created_ns=rec.get('created_ns') or 0)
             self.orders[m.oid] = st
+            if not m.final or st.unseen:
+                self.showable[m.oid] = st
             if m.reqid is not None:
                 self.by_reqid[(m.venue, m.reqid)] = m.oid
             if m.final:
@@ -792,7 +817,7 @@ class Router:
         scan = self.scans.peek(fqsn)
         if scan is None or len(scan):
             return
-        if self.live_per_symbol.get(fqsn) or any(c.fqsn == fqsn for c in self.clients):
+        if self.live_per_symbol.get(fqsn) or self.clients_per_symbol.get(fqsn):
             return
         if any(q[0][1].symbol.lower() == fqsn for q in self.waiting.values() if q):
             return
@@ -825,4 +850,6 @@ class Router:
             'late_events': self.late_events,
             'apply_failures': self.apply_failures,
             'unknown_events': self.unknown_events,
+            'client_msgs': self.client_msgs,
+            'venue_events': self.venue_events,
         }

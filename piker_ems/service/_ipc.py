@@ -39,12 +39,18 @@ async def send_with_heartbeats(
     outbox: trio.MemoryReceiveChannel,
     stream: tractor.MsgStream,
     interval: float = HEARTBEAT_S,
+    max_batch: int = 1,
 ) -> None:
     """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
 
     Returns when the outbox is closed and drained. Only the *wait* is timed, never a send
     (cancelling a send mid-write could corrupt the stream's framing). Send errors propagate:
     they mean the peer is gone.
+
+    ``max_batch`` > 1 (for receivers that take the list form, see docs/protocol.md): when a
+    backlog has built up, what is already queued, up to ``max_batch`` messages, travels as one
+    list (one IPC message instead of one each); a message alone in the queue is still sent at
+    once, as itself. Nothing waits to fill a batch.
     """
     while True:
         msg = None
@@ -53,7 +59,19 @@ async def send_with_heartbeats(
                 msg = await outbox.receive()
             except trio.EndOfChannel:
                 return
-        await stream.send(msg if msg is not None else heartbeat())
+        if msg is None:
+            await stream.send(heartbeat())
+            continue
+        batch = None
+        while max_batch > 1 and (batch is None or len(batch) < max_batch):
+            try:
+                nxt = outbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if batch is None:
+                batch = [msg]
+            batch.append(nxt)
+        await stream.send(msg if batch is None else batch)
 
 
 async def abandon_context(ctx: tractor.Context) -> None:
