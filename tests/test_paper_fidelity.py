@@ -240,3 +240,42 @@ def test_paper_never_overfills_never_beyond_the_limit_and_position_is_the_sum_of
         left = c.book.get(reqid)
         if left is not None:
             assert left.remaining == pytest.approx(req.size - filled.get(reqid, 0.0), abs=1e-9)
+
+
+# --- as a user runs it ---------------------------------------------------------------------------
+
+FIDELITY_CONFIG = """
+[paper]
+partial_fills = true
+maker_fee_bps = 1
+taker_fee_bps = 5
+"""
+
+
+@pytest.fixture
+def pikerd(reg_addr, tmp_path, config_dir):
+    from _ems_helpers import SIM_CALM
+    from _proc import pikerd_process
+    from conftest import write_config
+
+    write_config(config_dir, SIM_CALM + FIDELITY_CONFIG)
+    with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log'):
+        yield reg_addr[1]
+
+
+def test_paper_order_larger_than_the_touch_fills_in_parts_with_fees_in_positions(pikerd):
+    from _proc import cli, json_lines
+
+    quote = json_lines(cli(pikerd, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]
+    out = cli(pikerd, 'order', 'buy', 'btcusd.sim', '--price', f"{quote['ask'] * 1.02:.2f}", '--size', '50',
+              '--mode', 'live', '--json', timeout=90)
+    assert out.returncode == 0, out.stderr
+    msgs = json_lines(out.stdout)
+    fills = [m['brokerd_msg'] for m in msgs if m['resp'] == 'broker_filled']
+    assert len(fills) >= 2 and msgs[-1]['resp'] == 'broker_executed'   # in parts (the touch shows < 50)
+    assert sum(f['size'] for f in fills) == pytest.approx(50)
+    assert all(f['broker_details']['liquidity'] == 'taker' for f in fills)
+    assert all(f['fee'] == pytest.approx(f['price'] * f['size'] * 5e-4) for f in fills)
+    [pos] = json_lines(cli(pikerd, 'positions', '--json').stdout)
+    assert pos['size'] == 50 and pos['fees'] == pytest.approx(sum(f['fee'] for f in fills))
+    assert pos['net_pnl'] == pytest.approx(pos['realized_pnl'] + pos['unrealized_pnl'] - pos['fees'])
