@@ -16,7 +16,7 @@ Limits (``[risk]`` of ``piker_ems.toml``, then ``[risk.accounts.<account>]``, th
     max_order_notional  largest price * size of one order
     max_long            largest long position after the order (counting open orders)
     max_short           largest short position (a positive number) after the order
-    max_open_orders     most orders not yet done in the account (dark and live)
+    max_open_orders     most orders not yet done in the account (dark, live and alerts)
     order_rate          new orders and modifies per second per participant (token bucket) ...
     order_burst         ... with this many in a burst (default: 2 x order_rate)
     cancel_rate         cancels per second per participant, with ``cancel_burst``
@@ -166,6 +166,11 @@ class RiskEngine:
         self.states: dict[str, str] = {}       # scope (account or CLUSTER) -> state
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self.refused = 0
+        self._limited = any(v != Limits() for v in self.limits.values())
+        self.idle = not self._limited  # no limit, every state active: nothing to check
+
+    def _update_idle(self) -> None:
+        self.idle = not self._limited and not self.states
 
     # --- configuration ------------------------------------------------------------------
 
@@ -195,6 +200,7 @@ class RiskEngine:
             self.states.pop(scope, None)
         else:
             self.states[scope] = state
+        self._update_idle()
 
     def snapshot(self) -> dict[str, str]:
         """Every scope's state (the cluster always listed)."""

@@ -157,6 +157,8 @@ class Router:
         self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
         self._unseen: OrderedDict[str, None] = OrderedDict()  # finished while the owner was away
         self.live_per_symbol: dict[str, int] = {}  # fqsn -> orders not yet final
+        # for risk: account -> fqsn -> oid -> the order, while it is not final
+        self.open_by_account: dict[str, dict[str, dict[str, OrderState]]] = {}
         self.venue_down: dict[VenueKey, int] = {}  # venue -> when it was lost (reconnecting)
         self.journal_failures = 0
         self.rejected_client_msgs = 0
@@ -291,6 +293,7 @@ class Router:
         if st.retired:
             return
         st.retired = True
+        self.open_by_account.get(st.req.account, {}).get(st.fqsn, {}).pop(st.oid, None)
         left = self.live_per_symbol.get(st.fqsn, 1) - 1
         if left > 0:
             self.live_per_symbol[st.fqsn] = left
@@ -511,6 +514,7 @@ class Router:
         )
         self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+        self.open_by_account.setdefault(account, {}).setdefault(st.fqsn, {})[order.oid] = st
         if order.action == 'alert' or order.exec_mode in ('dark', 'paper'):
             if order.action != 'alert':
                 self.venues.link(key)  # start opening now, so a trigger rarely waits on a spawn
@@ -558,6 +562,8 @@ class Router:
 
     def _risk_rate(self, conn: ClientConn, msg: Order | Cancel) -> str | None:
         """The participant's order/cancel rate (a token per request)."""
+        if self.risk.idle:
+            return None
         if isinstance(msg, Cancel):
             st = self.orders.get(msg.oid)
             account = st.req.account if st is not None else conn.account
@@ -567,6 +573,8 @@ class Router:
 
     def _risk_check(self, order: Order, last: float | None, st: OrderState | None = None) -> str | None:
         """Why the risk engine refuses ``order`` (new; or ``st`` modified / triggering)."""
+        if order.action == 'alert' or (self.risk.idle and not order.reduce_only):
+            return None
         fqsn = order.symbol.lower()
         exposure = None
         if self.risk.needs_exposure(order.account, fqsn, order.reduce_only):
@@ -579,8 +587,8 @@ class Router:
             last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
 
     def _exposure(self, account: str, fqsn: str) -> Exposure:
-        """The account's position in ``fqsn`` and its open orders (a scan of the order map:
-        only done when a configured limit or state needs it)."""
+        """The account's position in ``fqsn`` and its open orders (a scan of the account's
+        open orders: only done when a configured limit or state needs it)."""
         sym, broker = parse_fqsn(fqsn)
         key = self.venues.key_for(broker, account)
         position = 0.0
@@ -589,28 +597,26 @@ class Router:
                 pos = link.positions.get((account, sym))
                 position = pos.size if pos is not None else 0.0
         buys = sells = 0.0
-        count = 0
-        for other in self.orders.values():
-            m = other.machine
-            if m.final or other.req.account != account or other.req.action == 'alert':
-                continue
-            count += 1
-            if other.fqsn == fqsn:
-                left = max(m.req.size - m.filled, 0.0)
-                if other.req.action == 'buy':
-                    buys += left
-                else:
-                    sells += left
+        opens = self.open_by_account.get(account, {})
+        for other in opens.get(fqsn, {}).values():
+            req = other.machine.req
+            if req.action == 'buy':
+                buys += req.size - other.machine.filled
+            elif req.action == 'sell':
+                sells += req.size - other.machine.filled
+        count = sum(len(by_oid) for by_oid in opens.values())
         return Exposure(position=position, open_buys=buys, open_sells=sells, open_orders=count)
 
     def set_trading_state(self, scope: str, state: str, cancel_alerts: bool = False) -> dict:
         """Put an account (or the cluster, ``*``) in ``state``; journaled first. Halting
         cancels every not-done order in scope (alerts too with ``cancel_alerts``)."""
-        from ._risk import CLUSTER
+        from ._risk import CLUSTER, STATES
 
-        self.risk.set_state(scope, state)  # validates ``state`` before anything is written
-        if self.journal is not None and hasattr(self.journal, 'write_state'):
+        if state not in STATES:
+            raise ValueError(f'unknown trading state {state!r}: expected one of {", ".join(STATES)}')
+        if self.journal is not None:  # a failed write raises: nothing changed
             self.journal.write_state(scope, state, self.clock())
+        self.risk.set_state(scope, state)
         cancelled = 0
         if state == HALTED:
             for st in list(self.orders.values()):
@@ -828,6 +834,7 @@ class Router:
         self.orders[order.oid] = st
         self.by_reqid[(key, info.reqid)] = order.oid
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+        self.open_by_account.setdefault(order.account, {}).setdefault(st.fqsn, {})[order.oid] = st
         log.info('adopted external order %s (reqid %s) at %s', order.oid, info.reqid, key)
         self._apply(st, M.Adopt(filled=info.filled))
 
@@ -858,6 +865,7 @@ class Router:
                     counts['unseen'] += 1
                 continue
             self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+            self.open_by_account.setdefault(m.req.account, {}).setdefault(st.fqsn, {})[m.oid] = st
             if m.dark:
                 self.scans.get(st.fqsn).arm(st, direction=st.direction)
                 counts['dark'] += 1
