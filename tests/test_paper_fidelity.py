@@ -279,3 +279,27 @@ def test_paper_order_larger_than_the_touch_fills_in_parts_with_fees_in_positions
     [pos] = json_lines(cli(pikerd, 'positions', '--json').stdout)
     assert pos['size'] == 50 and pos['fees'] == pytest.approx(sum(f['fee'] for f in fills))
     assert pos['net_pnl'] == pytest.approx(pos['realized_pnl'] + pos['unrealized_pnl'] - pos['fees'])
+
+
+def test_the_sim_exchange_uses_the_same_core_and_its_l1_sizes():
+    """The live account of the sim backend fills in parts too: its market's quotes carry the
+    L1 sizes the shared core bounds fills by."""
+    from _dialogue_helpers import drain, kinds
+    from _dialogue_helpers import order as wire_order
+    from piker_ems.brokers.sim._exchange import SimExchange
+    from piker_ems.brokers.sim._venue import SimVenue
+
+    x = SimExchange(SimVenue(), fidelity=Fidelity(partial_fills=True, taker_fee_bps=5))
+    market = x.venue.market('btcusd')
+    quote = market.quote()
+    assert quote['asize'] > 0 and quote['bsize'] > 0           # the feed carries L1 sizes
+    d = x.open_dialogue('emsd')
+    x.handle_raw(d, wire_order('buy', market.ask + 1, size=100))  # more than any touch shows
+    msgs = drain(d)
+    assert kinds(msgs) == ['ack', 'status:submitted', 'fill', 'status:filled', 'position']
+    fill = msgs[2]
+    assert fill['size'] == quote['asize'] and fill['price'] == market.ask
+    assert msgs[3]['remaining'] == 100 - fill['size']           # partial: the rest rests
+    assert fill['fee'] == pytest.approx(fill['price'] * fill['size'] * 5e-4)
+    market.step()
+    assert 'fill' in kinds(drain(d))                            # the next quote fills more
