@@ -23,6 +23,8 @@ Format (one command per line; ``#`` starts a comment; values with spaces go in d
     venue <broker.kind> > status reqid=7 status=filled [filled=1] [remaining=0] [reason=".."]
     venue <broker.kind> > fill reqid=7 size=1 price=101 [action=buy] [fill_id=f1]
     venue <broker.kind> > error [reqid=7] [oid=o1] reason=".."
+    venue <broker.kind> > position size=2 [avg_price=100] [account=live] [symbol=btcusd]
+                                    (sent to the clients connected for that account)
     venue <broker.kind> refuse "<reason>"   the link refuses every send from now on
     venue <broker.kind> accept              ... and takes them again
     venue <broker.kind> sendfail oid=o1 reason=".."
@@ -40,6 +42,10 @@ Format (one command per line; ``#`` starts a comment; values with spaces go in d
                                     the lines above (Router.on_venue_open: reconciliation);
                                     since=none is a venue that does not report ended orders
     clock +<seconds>                the fake clock moves
+    risk [account=<a>] <limit>=<value> ...
+                                    risk limits (``[risk]`` keys; for one account with account=)
+    trading <scope> <active|reducing|halted> [alerts=yes]
+                                    set a trading state (scope: an account, or * for all)
 
     expect <label> < <resp> [oid=..] [reqid=..] [price=..] [size=..] [filled=..]
                             [trigger=..] [reason~=<substring>]
@@ -179,6 +185,7 @@ class Dialogue:
                 action=kv.get('action', 'buy'), oid=kv['oid'], symbol=symbol, price=float(kv['price']),
                 size=float(kv.get('size', 0 if kv.get('action') == 'alert' else 1)), exec_mode=mode,
                 account=kv.get('account', 'live' if mode == 'live' else 'paper'),
+                reduce_only=kv.get('reduce_only', 'no') == 'yes',
             )
         elif what == 'cancel':
             msg = Cancel(oid=kv['oid'], symbol=symbol)
@@ -221,6 +228,11 @@ class Dialogue:
                 oid=kv.get('oid'), reqid=_reqid(kv['reqid']) if 'reqid' in kv else None,
                 reason=kv.get('reason', 'error'),
             )
+        elif what == 'position':
+            msg = BrokerdPosition(
+                broker=key[0], account=kv.get('account', key[1]), symbol=kv.get('symbol', 'btcusd'),
+                size=float(kv['size']), avg_price=float(kv.get('avg_price', 100)),
+            )
         else:
             self.fail(f'unknown venue message {what!r}')
         self.rig.venue_msg(msg, key)
@@ -260,6 +272,18 @@ class Dialogue:
 
     def do_clock(self, t: list[str]) -> None:
         self.rig.clock.advance(float(t[0].lstrip('+')))
+
+    def do_risk(self, t: list[str]) -> None:
+        from piker_ems.clearing._risk import RiskEngine, parse_limits
+
+        kv = {k: float(v) for k, v in _kv(t).items() if k != 'account'}
+        account = _kv(t).get('account')
+        table = {'accounts': {account: kv}} if account else kv
+        self.rig.router.risk = RiskEngine(parse_limits(table), clock=self.rig.clock)
+
+    def do_trading(self, t: list[str]) -> None:
+        kv = _kv(t[2:])
+        self.rig.router.set_trading_state(t[0], t[1], cancel_alerts=kv.get('alerts') == 'yes')
 
     # -- expectations ------------------------------------------------------------------------
 

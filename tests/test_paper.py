@@ -98,7 +98,8 @@ async def test_marketable_buy_fills_at_the_ask(reg_addr, config_dir):
         assert (ack['oid'], ack['account']) == (msg['oid'], 'paper')
         assert (sub['reqid'], sub['remaining'], sub['filled']) == (reqid, 2, 0)
         assert (fill['reqid'], fill['action'], fill['size'], fill['price']) == (reqid, 'buy', 2, 100.01)
-        assert fill['broker_details'] == {'oid': msg['oid'], 'symbol': 'btcusd', 'broker': 'sim'}
+        assert fill['broker_details'] == {'oid': msg['oid'], 'symbol': 'btcusd', 'broker': 'sim',
+                                         'liquidity': 'taker'}  # it took the ask
         assert fill['broker_time'] > 0
         assert (filled['reqid'], filled['filled'], filled['remaining']) == (reqid, 2, 0)
         assert (pos['broker'], pos['account'], pos['symbol'], pos['size'], pos['avg_price']) == (

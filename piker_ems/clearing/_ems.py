@@ -15,6 +15,7 @@ from ..symbols import parse_fqsn
 from ..statedb import state_path
 from ._journal import Journal
 from ._messages import pack_snapshot
+from ._risk import CLUSTER, RiskEngine, parse_limits
 from ._orders import ClientConn, owner_name
 from ._router import MAX_DONE_ORDERS, Router
 from ._scan import ScanDirectory
@@ -85,14 +86,19 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
     setup_console(loglevel, process_name='emsd')
     act_as_service()
     state = actor_state()
-    settings = load_config().get('emsd') or {}
+    config = load_config()
+    settings = config.get('emsd') or {}
+    limits = parse_limits(config.get('risk'))  # a bad limit fails emsd's start, naming the key
     journal = open_journal(settings)
     try:
         async with open_supervisor() as (actor_n, n):
             venues = VenueDirectory(n.start_soon, actor_n, loglevel)
             scans = ScanDirectory(n.start_soon, loglevel)
-            router = Router(venues, scans, clock=time.time_ns, spawn=n.start_soon, journal=journal)
+            risk = RiskEngine(limits, clock=time.time_ns)
+            router = Router(venues, scans, clock=time.time_ns, spawn=n.start_soon, journal=journal, risk=risk)
             if journal is not None:
+                for scope, st in journal.load_states().items():  # a halt survives a restart
+                    risk.set_state(scope, st)
                 router.restore(journal.load())
                 n.start_soon(_compact, journal, settings)
                 n.start_soon(_checkpoints, journal)
@@ -219,6 +225,23 @@ async def ems_stats() -> dict:
         stats['journal'] = {**router.journal.counts(), 'writes': router.journal.writes,
                             'path': str(router.journal.path)}
     return stats
+
+
+@guarded('admin')
+async def ems_set_trading_state(state: str, account: str | None = None, alerts: bool = False) -> dict:
+    """RPC (admin): put ``account`` (default: the whole cluster) in ``active``, ``reducing``
+    or ``halted``; halting cancels every working order in scope (alerts too with ``alerts``).
+    Returns ``{'scope', 'state', 'cancelled', 'states'}``."""
+    if account is not None and (not account.strip() or account == CLUSTER):
+        raise ValueError(f'not a valid account: {account!r}')
+    return current_router().set_trading_state(account or CLUSTER, state, cancel_alerts=alerts)
+
+
+@guarded()
+async def ems_trading_states() -> dict[str, str]:
+    """RPC (any participant): the trading state of the cluster (``*``) and of every account
+    that is not active, for the chart's status bar and ``piker services``."""
+    return current_router().risk.snapshot()
 
 
 @guarded('watch', 'trade')

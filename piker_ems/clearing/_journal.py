@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS orders (
 -- the pages per commit); load() and compact() sort their few rows themselves
 DROP INDEX IF EXISTS orders_live;
 CREATE INDEX IF NOT EXISTS orders_open ON orders (final, unseen);
+CREATE TABLE IF NOT EXISTS trading_state (
+    scope TEXT PRIMARY KEY,        -- an account, or '*' for the whole cluster
+    state TEXT NOT NULL,           -- active | reducing | halted
+    updated_ns INTEGER NOT NULL
+);
 """
 
 
@@ -137,6 +142,19 @@ class Journal:
             'SELECT oid FROM orders WHERE final = 1 AND unseen = 0 ORDER BY updated_ns DESC LIMIT ?))',
             (cutoff, keep_done))
         return cur.rowcount
+
+    def write_state(self, scope: str, state: str, now_ns: int) -> None:
+        """Record the trading state of an account (or ``*``, the cluster) in its own committed
+        transaction, before the halt's cancels leave emsd."""
+        self.db.execute(
+            'INSERT INTO trading_state (scope, state, updated_ns) VALUES (?, ?, ?) '
+            'ON CONFLICT(scope) DO UPDATE SET state=excluded.state, updated_ns=excluded.updated_ns',
+            (scope, state, now_ns))
+        self.writes += 1
+
+    def load_states(self) -> dict[str, str]:
+        """Every scope's trading state as last written."""
+        return dict(self.db.execute('SELECT scope, state FROM trading_state'))
 
     def counts(self) -> dict[str, int]:
         live, done = self.db.execute('SELECT sum(final = 0), sum(final = 1) FROM orders').fetchone()

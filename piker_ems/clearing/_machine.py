@@ -133,8 +133,10 @@ class ModifyRequest:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    """A client (or a disconnect policy) asks to cancel."""
+    """A client (or a disconnect policy, a halt, a risk refusal at trigger) asks to cancel;
+    ``reason`` goes on a dark order's ``dark_cancelled`` status."""
     requester: Requester = None
+    reason: str | None = None
     kind = 'cancel'
 
 
@@ -534,7 +536,7 @@ class OrderMachine:
         if st == ARMED:
             self.state = CANCELLED
             fx.book = 'disarm'
-            self._status(fx, S.DARK_CANCELLED, now)
+            self._status(fx, S.DARK_CANCELLED, now, reason=ev.reason)
             return
         if st == PENDING_CANCEL:
             return  # already on its way: one cancel is enough

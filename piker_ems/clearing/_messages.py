@@ -137,6 +137,8 @@ class Order(BaseModel):
     account: str = 'paper'
     # filled in by emsd: the name of the client that created the order
     owner: str | None = None
+    # only accepted (and, if dark, only released) while it shrinks the account's position
+    reduce_only: bool = False
 
     _check_fqsn = field_validator('symbol')(_check_fqsn)
 

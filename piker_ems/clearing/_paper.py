@@ -31,6 +31,10 @@ Settings, in ``piker_ems.toml`` (a ``[paper.<broker>]`` table overrides ``[paper
     [paper.kraken]
     fee_bps = 2.6
 
+plus the fill model, maker/taker fees and latency of :mod:`piker_ems.simvenue._fidelity`
+(``partial_fills``, ``queue``, ``maker_fee_bps``, ``taker_fee_bps``, ``ack_delay``,
+``fill_delay``, ``latency_jitter``, ``latency_seed``); see README "Paper fills".
+
 RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
 """
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..brokers import get_brokermod
 from ..log import get_logger, setup_console
 from ..simvenue._clock import Clock, system_clock
 from ..simvenue._dialogue import Dialogue, DialogueEngine
+from ..simvenue._fidelity import Fidelity, fidelity_setting
 from ..simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
 from ..service._auth import act_as_service, guarded
 from ..service._state import owned
@@ -72,12 +77,15 @@ class PaperEngine(DialogueEngine):
         clock: Clock = system_clock,
         journal: Journal | None = None,
         fee_bps: float | None = None,
+        fidelity: Fidelity | None = None,
     ) -> None:
-        if fee_bps is None:
-            fee_bps = fee_setting(venue_settings('paper', broker))
+        if fee_bps is None or fidelity is None:
+            settings = venue_settings('paper', broker)
+            fee_bps = fee_setting(settings) if fee_bps is None else fee_bps
+            fidelity = fidelity_setting(settings) if fidelity is None else fidelity
         super().__init__(
             broker, _paper_reqid, name=f'paperboi.{broker}', clock=clock, journal=journal,
-            fee_bps=fee_bps, fill_prefix=f'paper.{broker}',
+            fee_bps=fee_bps, fill_prefix=f'paper.{broker}', fidelity=fidelity,
         )
         # symbol -> 'starting' | 'live' | 'reconnecting'
         self.feeds: dict[str, str] = {}
@@ -96,7 +104,7 @@ class PaperEngine(DialogueEngine):
                 return
             self._ensure_feed(symbol)
         # cancels and modifies name a reqid: the order (and its quotes) already exist
-        self.process(dialogue, req)
+        self.arrive(dialogue, req)
 
     def on_bind(self) -> None:
         # orders restored from the journal keep matching: open their symbols' feeds
@@ -175,7 +183,8 @@ def engine_for(broker: str) -> PaperEngine:
     def make() -> PaperEngine:
         settings = venue_settings('paper', broker)
         journal = open_venue_journal(f'paper.{broker}', f'paperboi.{broker}', settings)
-        return PaperEngine(broker, journal=journal, fee_bps=fee_setting(settings))
+        return PaperEngine(broker, journal=journal, fee_bps=fee_setting(settings),
+                           fidelity=fidelity_setting(settings))
 
     return owned(f'piker_ems.clearing._paper.engine.{broker}', make)
 

@@ -47,6 +47,7 @@ from ._messages import (
     to_wire,
 )
 from ._orders import ClientConn, OrderState, VenueKey, VenueUnavailable
+from ._risk import HALTED, Exposure, RiskEngine
 
 log = get_logger(__name__)
 
@@ -137,8 +138,10 @@ class Router:
         clock: Callable[[], int],
         spawn: Callable[..., Any] | None = None,
         journal: Any = None,
+        risk: RiskEngine | None = None,
     ) -> None:
         self.venues = venues
+        self.risk = risk if risk is not None else RiskEngine(clock=clock)  # pre-trade checks
         self.journal = journal  # a _journal.Journal, or None (nothing survives a restart)
         self.scans = scans
         self.clock = clock
@@ -160,6 +163,8 @@ class Router:
         self._done: OrderedDict[str, None] = OrderedDict()    # finished, seen by the owner
         self._unseen: OrderedDict[str, None] = OrderedDict()  # finished while the owner was away
         self.live_per_symbol: dict[str, int] = {}  # fqsn -> orders not yet final
+        # for risk: account -> fqsn -> oid -> the order, while it is not final
+        self.open_by_account: dict[str, dict[str, dict[str, OrderState]]] = {}
         self.venue_down: dict[VenueKey, int] = {}  # venue -> when it was lost (reconnecting)
         self.journal_failures = 0
         self.rejected_client_msgs = 0
@@ -295,6 +300,7 @@ class Router:
         if st.retired:
             return
         st.retired = True
+        self.open_by_account.get(st.req.account, {}).get(st.fqsn, {}).pop(st.oid, None)
         left = self.live_per_symbol.get(st.fqsn, 1) - 1
         if left > 0:
             self.live_per_symbol[st.fqsn] = left
@@ -430,6 +436,11 @@ class Router:
             log.warning('refused an order request from %r: no trade role', conn)
             self.reply_error(conn, msg.oid, f'participant {conn.participant!r} may not trade (no trade role)')
             return
+        why = self._risk_rate(conn, msg)
+        if why:
+            self.rejected_client_msgs += 1
+            self.reply_error(conn, msg.oid, why, msg if isinstance(msg, Order) else None)
+            return
         self._handle(conn, msg)
 
     def _handle(self, conn: ClientConn, msg: Order | Cancel) -> None:
@@ -511,7 +522,7 @@ class Router:
                 self.reply_error(conn, order.oid, f'price {order.price:g} rounds to 0 at tick {scan.symbol.tick_size:g}', order)
                 return
         order = order.model_copy(update={'owner': conn.name, 'account': account, 'price': price})
-        why = self._check_bounds(order, scan.symbol)
+        why = self._check_bounds(order, scan.symbol) or self._risk_check(order, scan.last)
         if why:
             self.rejected_client_msgs += 1
             self.reply_error(conn, order.oid, why, order)
@@ -524,6 +535,7 @@ class Router:
         self.orders[order.oid] = st  # recorded before anything is sent: a fast ack finds it
         self.showable[order.oid] = st
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+        self.open_by_account.setdefault(account, {}).setdefault(st.fqsn, {})[order.oid] = st
         if order.action == 'alert' or order.exec_mode in ('dark', 'paper'):
             if order.action != 'alert':
                 self.venues.link(key)  # start opening now, so a trigger rarely waits on a spawn
@@ -544,6 +556,8 @@ class Router:
         if order.action != 'alert' and scan is not None and scan.symbol is not None:
             price = round_to_tick(order.price, scan.symbol.tick_size)
             why = self._check_bounds(order.model_copy(update={'price': price}), scan.symbol)
+            why = why or self._risk_check(st.req.model_copy(update={'price': price, 'size': order.size or st.req.size}),
+                                          scan.last, st)
             if why or price <= 0:
                 self.reply_error(conn, order.oid, why or f'price {order.price:g} rounds to 0', st.req)
                 return
@@ -565,6 +579,79 @@ class Router:
         """Cancel ``st`` on emsd's own behalf (disconnect policies, admin tools)."""
         self._apply(st, M.CancelRequest(requester=None))
 
+    # --- risk (policy in ._risk; only the facts it needs are gathered here) ---------------------
+
+    def _risk_rate(self, conn: ClientConn, msg: Order | Cancel) -> str | None:
+        """The participant's order/cancel rate (a token per request)."""
+        if self.risk.idle:
+            return None
+        if isinstance(msg, Cancel):
+            st = self.orders.get(msg.oid)
+            account = st.req.account if st is not None else conn.account
+            return self.risk.check_rate(conn.participant, 'cancel', account, msg.symbol.lower())
+        account = 'paper' if msg.exec_mode == 'paper' else msg.account
+        return self.risk.check_rate(conn.participant, 'order', account, msg.symbol.lower())
+
+    def _risk_check(self, order: Order, last: float | None, st: OrderState | None = None) -> str | None:
+        """Why the risk engine refuses ``order`` (new; or ``st`` modified / triggering)."""
+        if order.action == 'alert' or (self.risk.idle and not order.reduce_only):
+            return None
+        fqsn = order.symbol.lower()
+        exposure = None
+        if self.risk.needs_exposure(order.account, fqsn, order.reduce_only):
+            exposure = self._exposure(order.account, fqsn)
+        old = max(st.req.size - st.machine.filled, 0.0) if st is not None else 0.0
+        return self.risk.check_order(
+            account=order.account, fqsn=fqsn, action=order.action, price=order.price,
+            size=order.size - (st.machine.filled if st is not None else 0.0),
+            live=order.exec_mode == 'live' or (st is not None and not st.machine.dark),
+            last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
+
+    def _exposure(self, account: str, fqsn: str) -> Exposure:
+        """The account's position in ``fqsn`` and its open orders (a scan of the account's
+        open orders: only done when a configured limit or state needs it)."""
+        sym, broker = parse_fqsn(fqsn)
+        key = self.venues.key_for(broker, account)
+        position = 0.0
+        for link in self.venues.open_links():
+            if link.key == key:
+                pos = link.positions.get((account, sym))
+                position = pos.size if pos is not None else 0.0
+        buys = sells = 0.0
+        opens = self.open_by_account.get(account, {})
+        for other in opens.get(fqsn, {}).values():
+            req = other.machine.req
+            if req.action == 'buy':
+                buys += req.size - other.machine.filled
+            elif req.action == 'sell':
+                sells += req.size - other.machine.filled
+        count = sum(len(by_oid) for by_oid in opens.values())
+        return Exposure(position=position, open_buys=buys, open_sells=sells, open_orders=count)
+
+    def set_trading_state(self, scope: str, state: str, cancel_alerts: bool = False) -> dict:
+        """Put an account (or the cluster, ``*``) in ``state``; journaled first. Halting
+        cancels every not-done order in scope (alerts too with ``cancel_alerts``)."""
+        from ._risk import CLUSTER, STATES
+
+        if state not in STATES:
+            raise ValueError(f'unknown trading state {state!r}: expected one of {", ".join(STATES)}')
+        if self.journal is not None:  # a failed write raises: nothing changed
+            self.journal.write_state(scope, state, self.clock())
+        self.risk.set_state(scope, state)
+        cancelled = 0
+        if state == HALTED:
+            for st in list(self.orders.values()):
+                if st.machine.final or (scope != CLUSTER and st.req.account != scope):
+                    continue
+                if st.req.action == 'alert' and not cancel_alerts:
+                    continue
+                if st.machine.state == M.PENDING_CANCEL:
+                    continue
+                self._apply(st, M.CancelRequest(requester=None, reason=f'trading halted ({scope})'))
+                cancelled += 1
+        log.warning('trading state of %s is now %s (%d orders cancelled)', scope, state, cancelled)
+        return {'scope': scope, 'state': state, 'cancelled': cancelled, 'states': self.risk.snapshot()}
+
     # --- dark triggers ------------------------------------------------------------------------
 
     def on_trigger(self, st: OrderState, tick_type: str, tick_price: float, tick_size: float) -> None:
@@ -572,6 +659,10 @@ class Router:
         limit = None
         if st.req.action != 'alert':
             limit = release_price(st.req.action, tick_price, tick_size)
+            why = self._risk_check(st.req.model_copy(update={'price': limit, 'exec_mode': 'live'}), tick_price, st)
+            if why:  # refused at trigger: the dark order ends here, nothing reaches the venue
+                self._apply(st, M.CancelRequest(requester=None, reason=f'not released: {why}'))
+                return
         self._apply(st, M.Trigger(price=tick_price, limit_price=limit))
 
     # --- venue events -------------------------------------------------------------------------
@@ -766,6 +857,7 @@ class Router:
         self.showable[order.oid] = st
         self.by_reqid[(key, info.reqid)] = order.oid
         self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+        self.open_by_account.setdefault(order.account, {}).setdefault(st.fqsn, {})[order.oid] = st
         log.info('adopted external order %s (reqid %s) at %s', order.oid, info.reqid, key)
         self._apply(st, M.Adopt(filled=info.filled))
 
@@ -798,6 +890,7 @@ class Router:
                     counts['unseen'] += 1
                 continue
             self.live_per_symbol[st.fqsn] = self.live_per_symbol.get(st.fqsn, 0) + 1
+            self.open_by_account.setdefault(m.req.account, {}).setdefault(st.fqsn, {})[m.oid] = st
             if m.dark:
                 self.scans.get(st.fqsn).arm(st, direction=st.direction)
                 counts['dark'] += 1
@@ -852,4 +945,6 @@ class Router:
             'unknown_events': self.unknown_events,
             'client_msgs': self.client_msgs,
             'venue_events': self.venue_events,
+            'trading_states': self.risk.snapshot(),
+            'risk_refused': self.risk.refused,
         }

@@ -30,6 +30,8 @@ def with_pnl(raw: dict, last: float | None) -> dict:
         unrealized = None
     else:
         unrealized = round((last - avg) * size, 10)
+    realized = float(raw.get('realized_pnl') or 0.0)
+    fees = float(raw.get('fees') or 0.0)
     return {
         'account': raw.get('account'),
         'symbol': f"{raw['symbol']}.{raw['broker']}",
@@ -37,9 +39,11 @@ def with_pnl(raw: dict, last: float | None) -> dict:
         'venue': raw.get('venue'),
         'size': size,
         'avg_price': avg,
-        'realized_pnl': float(raw.get('realized_pnl') or 0.0),
+        'realized_pnl': realized,
         'unrealized_pnl': unrealized,
-        'fees': float(raw.get('fees') or 0.0),
+        'fees': fees,
+        # after fees: realized + unrealized - fees paid on the position's fills
+        'net_pnl': None if unrealized is None else round(realized + unrealized - fees, 10),
         'last': last,
         'currency': raw.get('currency') or '',
     }
@@ -95,11 +99,11 @@ def _num(value: float | None, signed: bool = False) -> str:
 
 def format_table(rows: list[dict]) -> list[str]:
     """Aligned lines: a header, then one line per position."""
-    header = ('SYMBOL', 'ACCOUNT', 'SIZE', 'AVG PRICE', 'REALIZED', 'UNREALIZED', 'FEES', 'LAST')
+    header = ('SYMBOL', 'ACCOUNT', 'SIZE', 'AVG PRICE', 'REALIZED', 'UNREALIZED', 'FEES', 'NET', 'LAST')
     table = [header] + [(
         r['symbol'], r['account'] or '', _num(r['size']), _num(r['avg_price']),
         _num(r['realized_pnl'], signed=True), _num(r['unrealized_pnl'], signed=True),
-        _num(r['fees']), _num(r['last']),
+        _num(r['fees']), _num(r['net_pnl'], signed=True), _num(r['last']),
     ) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     out = []
@@ -123,7 +127,8 @@ def positions(state: CliState, account: str | None, as_json: bool) -> None:
     """List the positions of every account (paper and live) with realized and unrealized PnL.
 
     Unrealized PnL is (last - avg price) * size at the symbol's last price ('n/a' / null when
-    no price is available).
+    no price is available); realized PnL is gross, FEES are those paid on the position's fills
+    and NET is realized + unrealized - fees.
     """
     check_account(account)
     rows = run(_positions, state, account)

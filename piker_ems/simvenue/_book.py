@@ -48,6 +48,8 @@ class RestingOrder:
     filled: float = 0.0
     time_ns: int = 0   # when the venue accepted it (the venue's clock)
     version: int = 0   # bumped on every (re)index: heap items with an older one are stale
+    taker: bool = False       # marketable on arrival: its remainder keeps taking at the touch
+    queue_ahead: float = 0.0  # queue model: size ahead of it at its price (not journaled)
 
     @property
     def remaining(self) -> float:
@@ -115,6 +117,13 @@ class OrderBook:
             raise KeyError(f'reqid {order.reqid!r} already rests in the book')
         self._orders[order.reqid] = order
         self._index(order)
+
+    def put_back(self, order: RestingOrder) -> None:
+        """Rest again an order :meth:`crossed` took out (partly filled, or not filled for lack
+        of liquidity), keeping its time priority."""
+        self._orders[order.reqid] = order
+        heap = self._heaps.setdefault((order.symbol, order.action), [])
+        heapq.heappush(heap, (self._key(order), order.version, order.reqid))
 
     def update(self, reqid: ReqId, *, price: float, size: float) -> RestingOrder:
         """Re-price/re-size a resting order in place (it loses its time priority)."""

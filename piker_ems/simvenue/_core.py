@@ -46,8 +46,9 @@ from ..clearing._messages import (
 from ..faults import crash_point
 from ._book import Action, OrderBook, ReqId, RestingOrder, crosses
 from ._clock import Clock, system_clock
+from ._fidelity import Fidelity
 from ._journal import Journal
-from ._numbers import clean, is_price, request_problem
+from ._numbers import _is_number, clean, eps, is_price, request_problem
 from ._positions import Position, PositionBook, PositionError
 
 __all__ = [
@@ -89,6 +90,7 @@ class Execution:
     filled: float      # the order's cumulative filled size after this execution
     remaining: float   # what is left of the order after it
     time_ns: int       # when it executed (the venue's clock)
+    liquidity: str = 'maker'  # 'taker': marketable when it arrived (or its remainder)
 
     @property
     def time(self) -> float:
@@ -104,7 +106,8 @@ class ClearingCore:
     ``clock`` gives epoch nanoseconds (see :mod:`._clock`); ``journal`` is where every change
     is written first (default: an in-memory one) and what the core starts from;
     ``fee_bps`` the fee of an execution in basis points of its notional; fill ids are
-    ``<fill_prefix>-<n>`` (default prefix: the broker).
+    ``<fill_prefix>-<n>`` (default prefix: the broker); ``fidelity`` the fill model and
+    maker/taker fees (:mod:`._fidelity`; default: whole size on touch, ``fee_bps`` for both).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class ClearingCore:
         journal: Journal | None = None,
         fee_bps: float = 0.0,
         fill_prefix: str | None = None,
+        fidelity: Fidelity | None = None,
     ) -> None:
         if not (math.isfinite(fee_bps) and fee_bps >= 0):
             raise ValueError(f'fee_bps must be a finite number >= 0, got {fee_bps!r}')
@@ -124,6 +128,13 @@ class ClearingCore:
         self.clock = clock
         self.journal = journal if journal is not None else Journal.memory(broker)
         self.fee_bps = float(fee_bps)
+        self.fidelity = fid = fidelity or Fidelity()
+        self.partial = fid.partial_fills
+        self.maker_bps = self.fee_bps if fid.maker_fee_bps is None else fid.maker_fee_bps
+        self.taker_bps = self.fee_bps if fid.taker_fee_bps is None else fid.taker_fee_bps
+        # partial fills: size shown at the touch by the last quote, and what is left of it
+        self.shown: dict[tuple[str, str], float | None] = {}
+        self.avail: dict[tuple[str, str], float | None] = {}
         self.fill_prefix = fill_prefix or broker
         self.book = OrderBook()
         self.positions = PositionBook()
@@ -165,14 +176,21 @@ class ClearingCore:
         """
         symbol = symbol.lower()
         out: list[Execution] = []
+        seen = set()
         for tick in quote.get('ticks') or ():
             if isinstance(tick, Mapping):
-                self._on_l1(symbol, tick.get('type'), tick.get('price'), out)
-        self._on_l1(symbol, 'bid', quote.get('bid'), out)
-        self._on_l1(symbol, 'ask', quote.get('ask'), out)
+                kind = tick.get('type')
+                if kind in ('bid', 'ask'):
+                    seen.add(kind)
+                    self._on_l1(symbol, kind, tick.get('price'), out, tick.get('size'))
+                elif kind in ('trade', 'last') and self.fidelity.queue:
+                    self._on_print(symbol, tick.get('price'), tick.get('size'), out)
+        for kind, size in (('bid', 'bsize'), ('ask', 'asize')):
+            if not (self.partial and kind in seen):  # ticks already showed (and spent) that side
+                self._on_l1(symbol, kind, quote.get(kind), out, quote.get(size))
         return out
 
-    def _on_l1(self, symbol: str, kind: Any, price: Any, out: list[Execution]) -> None:
+    def _on_l1(self, symbol: str, kind: Any, price: Any, out: list[Execution], size: Any = None) -> None:
         if kind not in ('bid', 'ask') or not is_price(price):
             return
         price = float(price)
@@ -182,8 +200,75 @@ class ClearingCore:
         else:
             self.bids[symbol] = price
             crossed = self.book.crossed(symbol, 'sell', price)
+        if not self.partial:
+            for order in crossed:
+                out.append(self._execute(order, order.price))
+            return
+        shown = float(size) if _is_number(size) and math.isfinite(size) and size >= 0 else None
+        self.shown[(symbol, kind)] = self.avail[(symbol, kind)] = shown
         for order in crossed:
-            out.append(self._execute(order, order.price))
+            # a taker remainder takes at the touch; a passive order is reached at its limit
+            ex = self._take(order, price if order.taker else order.price, kind,
+                            'taker' if order.taker else 'maker')
+            if ex is not None:
+                out.append(ex)
+            if order.remaining > 0:
+                self.book.put_back(order)
+
+    def _on_print(self, symbol: str, price: Any, size: Any, out: list[Execution]) -> None:
+        """Queue model: a print at or through resting orders' prices shrinks the queue ahead
+        of each; print volume beyond it fills them (shared, best price and oldest first)."""
+        if not is_price(price) or not (_is_number(size) and math.isfinite(size) and size > 0):
+            return
+        price, vol = float(price), float(size)
+        for side in ('buy', 'sell'):
+            left = vol
+            for order in self.book.crossed(symbol, side, price):
+                ahead = order.queue_ahead
+                order.queue_ahead = max(0.0, clean(ahead - vol))
+                can = clean(min(order.remaining, max(0.0, vol - ahead), left))
+                if can > 0:
+                    left = clean(left - can)
+                    fill_price = price if order.taker else order.price
+                    out.append(self._execute(order, fill_price, can, 'taker' if order.taker else 'maker'))
+                if order.remaining > 0:
+                    self.book.put_back(order)
+
+    def _take(self, order: RestingOrder, price: float, kind: str, liquidity: str) -> Execution | None:
+        """Partial fills: execute what the touch (``kind``: the side taken) still shows."""
+        key = (order.symbol, kind)
+        avail = self.avail.get(key)
+        size = order.remaining if avail is None else clean(min(order.remaining, avail))
+        if size <= 0:
+            return None
+        if avail is not None:
+            self.avail[key] = clean(avail - size)
+        return self._execute(order, price, size, liquidity)
+
+    def _queue_at(self, order: RestingOrder) -> float:
+        """The size shown at ``order``'s price when it joins (0 away from the touch)."""
+        kind = 'bid' if order.action == 'buy' else 'ask'
+        touch = (self.bids if kind == 'bid' else self.asks).get(order.symbol)
+        if touch is not None and abs(touch - order.price) <= eps(order.price):
+            return self.shown.get((order.symbol, kind)) or 0.0
+        return 0.0
+
+    def _rest_or_take(self, order: RestingOrder, price: float | None, new: bool) -> list[Execution]:
+        """Partial fills: a marketable order takes what the touch shows, the rest rests."""
+        if price is None:
+            order.taker = False
+            if self.fidelity.queue:
+                order.queue_ahead = self._queue_at(order)
+            if new:
+                self.book.add(order)
+            return []
+        order.taker = True
+        if not new:
+            self.book.remove(order.reqid)
+        ex = self._take(order, price, 'ask' if order.action == 'buy' else 'bid', 'taker')
+        if order.remaining > 0:
+            self.book.add(order)
+        return [ex] if ex is not None else []
 
     def _marketable_price(self, order: RestingOrder) -> float | None:
         """The price a new/modified order executes at right now, or ``None`` if it rests."""
@@ -197,18 +282,21 @@ class ClearingCore:
                 return bid
         return None
 
-    def fee(self, price: float, size: float) -> float:
-        """The fee of an execution: ``fee_bps`` of its notional."""
-        return clean(abs(price * size) * self.fee_bps / 1e4) if self.fee_bps else 0.0
+    def fee(self, price: float, size: float, liquidity: str = 'maker') -> float:
+        """The fee of an execution: the maker or taker rate (bps) of its notional."""
+        bps = self.taker_bps if liquidity == 'taker' else self.maker_bps
+        return clean(abs(price * size) * bps / 1e4) if bps else 0.0
 
-    def _execute(self, order: RestingOrder, price: float) -> Execution:
-        size = order.remaining
+    def _execute(self, order: RestingOrder, price: float, size: float | None = None,
+                 liquidity: str = 'maker') -> Execution:
+        size = order.remaining if size is None else size
         order.filled = clean(order.filled + size)
-        self._close(order.reqid, 'filled')
+        if order.remaining <= 0:
+            self._close(order.reqid, 'filled')
         return Execution(
             reqid=order.reqid, oid=order.oid, account=order.account, symbol=order.symbol,
             action=order.action, price=price, size=size, filled=order.filled,
-            remaining=order.remaining, time_ns=self.clock(),
+            remaining=order.remaining, time_ns=self.clock(), liquidity=liquidity,
         )
 
     def _close(self, reqid: ReqId, how: str) -> None:
@@ -259,8 +347,10 @@ class ClearingCore:
                 self._status(order, 'submitted'),
             ]
             price = self._marketable_price(order)
+            if self.partial:
+                return msgs, self._rest_or_take(order, price, new=True)
             if price is not None:
-                return msgs, [self._execute(order, price)]
+                return msgs, [self._execute(order, price, liquidity='taker')]
             self.book.add(order)
             return msgs, []
 
@@ -296,10 +386,13 @@ class ClearingCore:
             self.journal.modify(order.reqid, probe.price, probe.size, self.clock())
         except Exception as err:
             return [self._error(req.oid, req.reqid, symbol, f'venue could not record the modify: {err}')], []
+        if self.partial:
+            self.book.update(order.reqid, price=probe.price, size=probe.size)
+            return [self._status(order, 'submitted')], self._rest_or_take(order, price, new=False)
         if price is not None:
             self.book.remove(order.reqid)
             order.price, order.size = probe.price, probe.size
-            return [self._status(order, 'submitted')], [self._execute(order, price)]
+            return [self._status(order, 'submitted')], [self._execute(order, price, liquidity='taker')]
         self.book.update(order.reqid, price=probe.price, size=probe.size)
         return [self._status(order, 'submitted')], []
 
@@ -332,11 +425,12 @@ class ClearingCore:
             details = {'oid': ex.oid, 'symbol': ex.symbol, 'broker': self.broker}
             fill_no = self.last_fill + 1
             fill_id = f'{self.fill_prefix}-{fill_no}'
-            fee = self.fee(ex.price, ex.size)
+            fee = self.fee(ex.price, ex.size, ex.liquidity)
             msgs = [
                 to_wire(BrokerdFill(
                     reqid=ex.reqid, oid=ex.oid, fill_id=fill_id, time_ns=ex.time_ns, action=ex.action,
-                    size=ex.size, price=ex.price, fee=fee, broker_time=ex.time, broker_details=details,
+                    size=ex.size, price=ex.price, fee=fee, broker_time=ex.time,
+                    broker_details={**details, 'liquidity': ex.liquidity},
                 )),
                 to_wire(BrokerdStatus(
                     reqid=ex.reqid, time_ns=ex.time_ns, status='filled', account=ex.account,
@@ -351,8 +445,9 @@ class ClearingCore:
             self.journal.fill(
                 fill_id=fill_id, fill_no=fill_no, reqid=ex.reqid, oid=ex.oid, account=ex.account,
                 symbol=ex.symbol, action=ex.action, price=ex.price, size=ex.size, fee=fee,
-                time_ns=ex.time_ns, filled=ex.filled, status='filled' if ex.remaining <= 0 else 'open',
-                position=pos,
+                time_ns=ex.time_ns, filled=ex.filled, position=pos,
+                # a part fill reported late must not reopen an order cancelled meanwhile
+                status='filled' if ex.remaining <= 0 else self._closed.get(ex.reqid, 'open'),
             )
         except Exception as err:
             return [self.fail_execution(ex, f'venue could not record the fill: {err}')], None
@@ -365,6 +460,7 @@ class ClearingCore:
     def fail_execution(self, ex: Execution, reason: str) -> dict:
         """Close an execution's order as rejected (it did not fill) and return its error."""
         self.failed_executions += 1
+        self.book.remove(ex.reqid)  # a partly filled order may still rest
         self._close(ex.reqid, 'rejected')
         try:
             self.journal.end(ex.reqid, 'rejected', self.clock())

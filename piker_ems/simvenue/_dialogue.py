@@ -35,6 +35,7 @@ from ..log import get_logger
 from ._book import ReqId
 from ._clock import Clock, system_clock
 from ._core import ClearingCore, Execution
+from ._fidelity import Fidelity, Latency
 from ._journal import Journal
 
 __all__ = ['Dialogue', 'DialogueEngine', 'STATS_MEMORY']
@@ -98,12 +99,19 @@ class DialogueEngine:
         journal: Journal | None = None,
         fee_bps: float = 0.0,
         fill_prefix: str | None = None,
+        fidelity: Fidelity | None = None,
     ) -> None:
         self.broker = broker
         self.name = name or broker
         self.clock = clock
+        self.fidelity = fidelity or Fidelity()
+        self.latency = Latency(self.fidelity)
         self.core = ClearingCore(
-            broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps, fill_prefix=fill_prefix)
+            broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps, fill_prefix=fill_prefix,
+            fidelity=self.fidelity)
+        # latency lanes ('ack', 'fill'): FIFO, so a delay never reorders two reports
+        self._lanes: dict[str, Any] = {}
+        self._lane_due: dict[str, float] = {}
         self.dialogues: set[Dialogue] = set()
         self.owners: dict[ReqId, Dialogue] = {}
         self._dialogue_ids = itertools.count(1)
@@ -137,6 +145,35 @@ class DialogueEngine:
                 log.exception('%s: background task %s failed', self.name, getattr(fn, '__name__', fn))
 
         self.nursery.start_soon(guarded)
+
+    def later(self, lane: str, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` after ``delay`` seconds, and never before anything queued earlier
+        on the same ``lane`` (one task per lane in the engine's nursery)."""
+        send = self._lanes.get(lane)
+        if send is None:
+            send, recv = trio.open_memory_channel(math.inf)
+            self._lanes[lane] = send
+            self.spawn(self._run_lane, recv)
+        due = max(trio.current_time() + delay, self._lane_due.get(lane, 0.0))
+        self._lane_due[lane] = due
+        send.send_nowait((due, fn, args))
+
+    async def _run_lane(self, recv: Any) -> None:
+        async for due, fn, args in recv:
+            await trio.sleep_until(due)
+            try:
+                fn(*args)
+            except Exception:
+                self.failures += 1
+                log.exception('%s: delayed %s failed', self.name, getattr(fn, '__name__', fn))
+
+    def arrive(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
+        """A valid request reaches the venue: a new order after the ack latency (if any),
+        anything else at once."""
+        if isinstance(req, BrokerdOrder) and req.reqid is None and self.fidelity.delays:
+            self.later('ack', self.latency.ack(), self.guarded_process, dialogue, req, True)
+            return
+        self.process(dialogue, req)
 
     def open_dialogue(self, peer: str = '') -> Dialogue:
         """Register a new dialogue (its events are routed from now on)."""
@@ -203,7 +240,7 @@ class DialogueEngine:
         self._journal('in', req.name, req.oid, req.reqid)
         self.guarded_process(dialogue, req, held=False)
 
-    def guarded_process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel, *, held: bool) -> None:
+    def guarded_process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel, held: bool = False) -> None:
         """The error boundary of one request: any failure answers *this* request only.
 
         ``held``: the request was held (paper: waiting for a first quote) and is processed now;
@@ -275,8 +312,12 @@ class DialogueEngine:
             self._execution_failed(ex, err)
 
     def execute(self, ex: Execution) -> None:
-        """Report an execution now; subclasses may delay it (the order already left the book)."""
-        self.settle(ex)
+        """Report an execution now, or after the fill latency (the order already left the book,
+        or its filled part did)."""
+        if self.fidelity.delays:
+            self.later('fill', self.latency.fill(), self.settle, ex)
+        else:
+            self.settle(ex)
 
     def settle(self, ex: Execution) -> None:
         """Book the execution; send fill + filled to the order's dialogue, the position to all.
@@ -290,7 +331,7 @@ class DialogueEngine:
             return
         if position is None:
             log.warning('%s: execution of %s refused: %s', self.name, ex.reqid, msgs[0].get('reason'))
-        self._to_owner(ex.reqid, msgs)
+        self._to_owner(ex.reqid, msgs, final=ex.remaining <= 0 or position is None)
         if position is not None:
             for d in list(self.dialogues):
                 self.emit(d, [position])
@@ -305,9 +346,10 @@ class DialogueEngine:
             return
         self._to_owner(ex.reqid, [msg])
 
-    def _to_owner(self, reqid: ReqId, msgs: list[dict]) -> None:
-        """An order's final events go to its dialogue, or (it left) to every open one."""
-        owner = self.owners.pop(reqid, None)
+    def _to_owner(self, reqid: ReqId, msgs: list[dict], final: bool = True) -> None:
+        """An order's events go to its dialogue, or (it left) to every open one; after its
+        final ones the order is forgotten."""
+        owner = self.owners.pop(reqid, None) if final else self.owners.get(reqid)
         if owner is not None and owner.open:
             self.emit(owner, msgs)
         else:  # its dialogue left: whoever is connected now may know the order
@@ -344,6 +386,9 @@ class DialogueEngine:
             'restored_orders': core.restored_orders,
             'last_fill': core.last_fill,
             'fee_bps': core.fee_bps,
+            'maker_fee_bps': core.maker_bps,
+            'taker_fee_bps': core.taker_bps,
+            'fidelity': asdict(self.fidelity),
             'journal_path': str(core.journal.path) if core.journal.path else None,
             'resting_orders': len(core.book),
             'open_orders': [o.summary() for o in core.book.orders()],

@@ -15,7 +15,9 @@ Unlike the paper engine this behaves like a remote venue:
 - reqids are increasing ints;
 - latency from the ``[sim]`` config section: ``ack_delay`` (seconds before a new order reaches
   the book and is acked, default 0) and ``fill_delay`` (seconds between an execution and its
-  report, default 0);
+  report, default 0), plus seeded ``latency_jitter``; the fill model and maker/taker fees are
+  the paper engine's (``partial_fills``, ``queue``, ``maker_fee_bps``, ``taker_fee_bps``: see
+  :mod:`piker_ems.simvenue._fidelity`);
 - it only knows orders by reqid, so a ``BrokerdCancel`` with ``reqid=None`` (e.g. sent before
   the ack) is answered ``BrokerdError('unknown order')``: stashing cancels until the ack is the
   EMS's job;
@@ -32,18 +34,17 @@ backend, but only ``brokerd.sim`` ever trades.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import tractor
-import trio
 
 from ...clearing._messages import BrokerdCancel, BrokerdOrder
-from ...config import load_config
 from ...log import get_logger, setup_console
 from ...simvenue._clock import Clock, system_clock
-from ...simvenue._core import Execution
 from ...simvenue._dialogue import Dialogue, DialogueEngine
+from ...simvenue._fidelity import Fidelity, fidelity_setting
 from ...simvenue._journal import Journal, fee_setting, open_venue_journal, venue_settings
 from ...service._state import owned
 from ._venue import SimVenue, current_venue
@@ -67,19 +68,23 @@ class SimExchange(DialogueEngine):
         clock: Clock = system_clock,
         journal: Journal | None = None,
         fee_bps: float | None = None,
+        fidelity: Fidelity | None = None,
     ) -> None:
+        settings = venue_settings('sim')
         if fee_bps is None:
-            fee_bps = fee_setting(venue_settings('sim'))
-        if ack_delay is None or fill_delay is None:
-            section = load_config().get('sim', {})
-            ack_delay = float(section.get('ack_delay', 0.0) if ack_delay is None else ack_delay)
-            fill_delay = float(section.get('fill_delay', 0.0) if fill_delay is None else fill_delay)
-        self.ack_delay, self.fill_delay = float(ack_delay), float(fill_delay)
-        if not (self.ack_delay >= 0 and self.fill_delay >= 0):
-            raise ValueError('sim ack_delay and fill_delay must be >= 0 seconds')
+            fee_bps = fee_setting(settings)
+        fidelity = fidelity if fidelity is not None else fidelity_setting(settings)
+        if ack_delay is not None or fill_delay is not None:
+            if not ((ack_delay or 0.0) >= 0 and (fill_delay or 0.0) >= 0):
+                raise ValueError('sim ack_delay and fill_delay must be >= 0 seconds')
+            fidelity = replace(
+                fidelity,
+                ack_delay=fidelity.ack_delay if ack_delay is None else float(ack_delay),
+                fill_delay=fidelity.fill_delay if fill_delay is None else float(fill_delay))
+        self.ack_delay, self.fill_delay = fidelity.ack_delay, fidelity.fill_delay
         super().__init__(
             'sim', self._next_reqid, name='brokerd.sim exchange', clock=clock, journal=journal,
-            fee_bps=fee_bps, fill_prefix='sim',
+            fee_bps=fee_bps, fill_prefix='sim', fidelity=fidelity,
         )
         self.venue = venue
         self.watched: set[str] = set()
@@ -113,24 +118,7 @@ class SimExchange(DialogueEngine):
     def on_request(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
         if isinstance(req, BrokerdOrder):
             self.watch(req.symbol.lower())
-            if req.reqid is None and self.ack_delay > 0:
-                self.spawn(self._arrive_later, dialogue, req)
-                return
-        self.process(dialogue, req)
-
-    async def _arrive_later(self, dialogue: Dialogue, req: BrokerdOrder) -> None:
-        await trio.sleep(self.ack_delay)
-        self.guarded_process(dialogue, req, held=True)
-
-    def execute(self, ex: Execution) -> None:
-        if self.fill_delay > 0:
-            self.spawn(self._report_later, ex)
-        else:
-            self.settle(ex)
-
-    async def _report_later(self, ex: Execution) -> None:
-        await trio.sleep(self.fill_delay)
-        self.settle(ex)  # never raises: a failed execution is reported for its order
+        self.arrive(dialogue, req)  # a new order after the ack latency
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
@@ -147,7 +135,8 @@ def current_exchange() -> SimExchange:
     def make() -> SimExchange:
         settings = venue_settings('sim')
         journal = open_venue_journal('sim-exchange', 'brokerd.sim', settings)
-        return SimExchange(current_venue(), journal=journal, fee_bps=fee_setting(settings))
+        return SimExchange(current_venue(), journal=journal, fee_bps=fee_setting(settings),
+                           fidelity=fidelity_setting(settings))
 
     return owned(_KEY, make)
 

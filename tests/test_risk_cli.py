@@ -1,0 +1,92 @@
+"""Risk controls as a user meets them (issue 14): a real ``pikerd`` process and the ``piker`` CLI.
+
+The price band refuses a fat-fingered live order in one line; ``piker halt`` cancels resting
+orders of every kind and refuses new ones, survives a ``kill -9`` of emsd, and ``piker resume``
+re-enables trading; only an ``admin`` participant may change the state.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from _ems_helpers import SIM_CALM
+from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, wait_gone
+from conftest import write_config
+
+RISK = """
+[risk]
+price_band_pct = 20
+"""
+
+
+@pytest.fixture
+def pikerd(reg_addr, tmp_path, config_dir):
+    write_config(config_dir, SIM_CALM + RISK)
+    with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log') as proc:
+        yield reg_addr[1], proc
+
+
+def last_price(port: int) -> float:
+    return json_lines(cli(port, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
+
+
+def test_price_band_refuses_a_fat_finger_in_one_line(pikerd):
+    port, _ = pikerd
+    last = last_price(port)
+    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 2:.2f}', '--size', '1', '--mode', 'live')
+    assert out.returncode == 1
+    [line] = out.stdout.strip().splitlines()
+    assert ' error ' in line and 'risk: price_band_pct 20' in line, line
+    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
+             '--mode', 'live', '--detach', '--json')
+    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+
+
+def test_halt_cancels_refuses_survives_kill_9_of_emsd_and_resume(pikerd):
+    port, proc = pikerd
+    last = last_price(port)
+    placed = []
+    for args in (('buy', '--price', f'{last * 0.9:.2f}', '--size', '1', '--mode', 'live'),   # paper, resting
+                 ('buy', '--price', f'{last * 0.9:.2f}', '--size', '1', '--mode', 'live', '--account', 'acct1'),
+                 ('buy', '--price', f'{last * 0.5:.2f}', '--size', '1'),                  # dark
+                 ('alert', '--price', f'{last * 0.5:.2f}')):
+        out = cli(port, 'order', args[0], 'btcusd.sim', *args[1:], '--detach', '--json')
+        assert out.returncode == 0, out.stderr
+        placed.append(json_lines(out.stdout)[-1]['oid'])
+
+    halted = cli(port, 'halt', '--json')
+    assert halted.returncode == 0, halted.stderr
+    assert json_lines(halted.stdout)[0]['cancelled'] == 3  # alerts stay without --alerts
+    for oid in placed[:3]:  # each one is closed now
+        again = cli(port, 'cancel', oid)
+        assert again.returncode == 1 and 'already closed' in again.stdout + again.stderr, again.stdout
+    refused = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1', '--mode', 'live')
+    assert refused.returncode == 1 and 'risk: trading is halted (cluster)' in refused.stdout
+    # cancels still work while halted
+    assert cli(port, 'cancel', placed[3]).returncode == 0
+
+    [pid] = actor_pids('emsd', proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_gone([pid])
+    services = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
+                   '--mode', 'live', '--json')
+    assert services.returncode == 1 and 'trading is halted' in services.stdout, services.stdout + services.stderr
+    shown = cli(port, 'services')
+    assert 'trading: cluster halted' in shown.stdout, shown.stdout
+
+    assert cli(port, 'resume').stdout.strip() == 'cluster: active'
+    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
+             '--mode', 'live', '--detach', '--json')
+    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+
+
+def test_only_admin_may_halt(pikerd):
+    port, _ = pikerd
+    token = run_cli('participants', 'add', 'bob', '--roles', 'watch,trade').stdout.strip()
+    out = cli(port, 'halt', '--participant', 'bob', '--token', token)
+    assert out.returncode != 0
+    [line] = out.stderr.strip().splitlines()
+    assert 'admin' in line, line
+    assert cli(port, 'services').stdout.count('trading: cluster active') == 1
