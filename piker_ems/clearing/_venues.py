@@ -12,6 +12,7 @@ coming and going. Every event from the venue goes to the *sink* (emsd's Router, 
 from __future__ import annotations
 
 import math
+from contextlib import AsyncExitStack
 from typing import Any, Callable
 
 import tractor
@@ -19,7 +20,9 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger
-from ..service import maybe_spawn_brokerd
+from ..service import find_service, maybe_spawn_brokerd
+from ..service._auth import NotGenuine
+from ..service._served import replacement_refused
 from ..service._auth import AUTH_MODULE, endpoint_name, local_credential, make_auth
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
@@ -49,6 +52,7 @@ class VenueLink:
         self.relay_scope = trio.CancelScope()
         self.sent = 0
         self.received = 0
+        self.served_from: str | None = None  # 'host:port' of a venue served elsewhere
 
     @property
     def name(self) -> str:
@@ -164,10 +168,20 @@ class VenueDirectory:
         if kind == 'paper':
             from . import _paper
 
+            kwargs = {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}
+            async with AsyncExitStack() as stack:
+                served = await self._served_paperboi(broker, stack)
+                if served is not None:  # (a served engine is never cancelled from here)
+                    link.served_from = '{}:{}'.format(*served.channel.raddr)
+                    log.info('trades dialogue %s: using paperboi.%s served at %s', link.name, broker, link.served_from)
+                    await self._relay(link, served, _paper.trades_dialogue, kwargs, open_cs)
+                    return
+            refused = await replacement_refused(f'paperboi.{broker}')
+            if refused is not None:
+                raise VenueUnavailable(refused)
             portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
             try:
-                await self._relay(link, portal, _paper.trades_dialogue,
-                                  {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
+                await self._relay(link, portal, _paper.trades_dialogue, kwargs, open_cs)
             finally:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
@@ -176,6 +190,17 @@ class VenueDirectory:
             async with maybe_spawn_brokerd(broker, loglevel=self.loglevel) as portal:
                 await self._relay(link, portal, endpoint,
                                   {'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
+
+    async def _served_paperboi(self, broker: str, stack: AsyncExitStack) -> tractor.Portal | None:
+        """A genuine ``paperboi.<broker>`` registered by someone else (``piker serve``), if any.
+
+        emsd's own paper engine exists only while its link runs, so any live registration seen
+        while opening a link is a served one. An impostor entry is ignored (and reported)."""
+        try:
+            return await stack.enter_async_context(find_service(f'paperboi.{broker}'))
+        except NotGenuine as err:
+            log.error('ignoring the registered paperboi.%s: %s', broker, err)
+            return None
 
     async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
                      open_cs: trio.CancelScope) -> None:

@@ -13,6 +13,7 @@ from .orders import cancel, order, orders
 from .participants import participants
 from .positions import positions
 from .quotes import quote
+from .serve import serve
 from .services import services
 
 LOGLEVEL = click.Choice(LEVELS, case_sensitive=False)
@@ -63,3 +64,4 @@ cli.add_command(cancel)
 cli.add_command(positions)
 cli.add_command(chart)
 cli.add_command(participants)
+cli.add_command(serve)
