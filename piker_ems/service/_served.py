@@ -41,9 +41,12 @@ def _check_name(name: str) -> None:
 
 @guarded('admin')
 @tractor.context
-async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list) -> None:
+async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list,
+                        supervisor: list | None = None) -> None:
     """RPC (pikerd): take ``name``, registered as ``uid`` at ``addr``, as served from there for
-    as long as this context heartbeats. Admin only (the announcer holds the cluster secret)."""
+    as long as this context heartbeats. Admin only (the announcer holds the cluster secret).
+    ``supervisor`` is the announcing ``piker serve`` actor's uid: its registry entry is dropped
+    with the service's if the announcement is lost."""
     services = _require_local()
     _check_name(name)
     uid_t, addr_t = (str(uid[0]), str(uid[1])), (str(addr[0]), int(addr[1]))
@@ -70,7 +73,12 @@ async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list) 
             async def beat() -> None:
                 while True:
                     await trio.sleep(HEARTBEAT_S)
-                    await stream.send(heartbeat())
+                    try:
+                        await stream.send(heartbeat())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                        served.reason = f'connection lost ({type(err).__name__})'
+                        n.cancel_scope.cancel()
+                        return
 
             n.start_soon(beat)
             while True:
@@ -98,11 +106,13 @@ async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list) 
                 served.up, served.since = False, time.time()
                 served.reason = served.reason or 'pikerd stopped'
                 log.error('%s (served from %s:%s) is lost: %s', name, *addr_t, served.reason)
+                dead = [uid_t] + ([(str(supervisor[0]), str(supervisor[1]))] if supervisor else [])
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await services.forget_registration(uid_t)
-                    except Exception:  # noqa: BLE001 - the registry may be going away
-                        log.debug('could not unregister %s', uid_t, exc_info=True)
+                    for u in dead:
+                        try:
+                            await services.forget_registration(u)
+                        except Exception:  # noqa: BLE001 - the registry may be going away
+                            log.debug('could not unregister %s', u, exc_info=True)
 
 
 async def replacement_refused(name: str) -> str | None:
@@ -130,7 +140,7 @@ async def _announce_once(name: str, uid: tuple[str, str], addr: tuple[str, int],
             await reg.run_from_ns('self', 'register_actor', uid=uid, sockaddr=addr)
         auth = make_auth(endpoint_name(accept_served), local_credential())
         async with pikerd.open_context(accept_served, name=name, uid=list(uid), addr=list(addr),
-                                       auth=auth) as (ctx, _):
+                                       supervisor=list(tractor.current_actor().uid), auth=auth) as (ctx, _):
             lost = False
             try:
                 async with ctx.open_stream() as stream, trio.open_nursery() as n:
