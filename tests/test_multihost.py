@@ -1,0 +1,221 @@
+"""Several hosts on one machine: the loopback range is all local on Linux, so pikerd listens on
+127.0.0.1, ``piker serve paperboi.sim`` on 127.0.0.2 and ``piker serve brokerd.sim`` on
+127.0.0.3, each in its own process group and its own config dir (its own "host": a copy of
+the cluster secret, its own journals), and the clients run in other processes.
+
+Orders must flow through the served services (their own counters say so, and pikerd's tree
+holds no paperboi or brokerd of its own); ``piker services`` lists each at its address; after a
+``kill -9`` of the served paper engine its owners are told, new orders to it fail clearly, and
+once it is served again orders flow again, with the same emsd.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from piker_ems.clearing import open_ems
+from piker_ems.service import maybe_open_pikerd
+
+from _ems_helpers import SIM_CALM, collect_until, rpc
+from _proc import actor_pids, cli, json_lines, run_cli, script, start_pikerd, stop_hard, wait_until
+from conftest import write_config
+
+RPC_S = 15.0       # bound on one RPC or one status (loaded 2-core machine)
+RECOVER_S = 40.0   # bound on a lost venue being noticed / coming back
+PAPER_HOST, BROKER_HOST = '127.0.0.2', '127.0.0.3'
+
+
+def make_host(tmp_path: Path, name: str, pikerd_config: Path) -> tuple[Path, Path]:
+    """A config dir for another "host", with the cluster secret copied as a user would
+    (``install -m 600``): returns (config dir, secret file)."""
+    home = tmp_path / name
+    home.mkdir()
+    secret = home / 'cluster.secret.copy'
+    secret.write_bytes((pikerd_config / 'cluster.secret').read_bytes())
+    os.chmod(secret, 0o600)
+    write_config(home, SIM_CALM)
+    return home, secret
+
+
+def start_serve(name: str, host: str, port: int, home: Path, secret: Path, log: Path,
+                timeout: float = 30.0) -> subprocess.Popen:
+    """``piker serve NAME --host HOST`` in its own process group; returns once it says it
+    serves (its stderr line ``NAME served at HOST:PORT``)."""
+    env = {**os.environ, 'PIKER_EMS_CONFIG_DIR': str(home)}
+    env.pop('PIKER_EMS_SECRET_FILE', None)
+    with open(log, 'wb') as out:
+        proc = subprocess.Popen(
+            [script('piker'), 'serve', name, '--host', host, '--registry', f'127.0.0.1:{port}',
+             '--secret-file', str(secret), '--loglevel', 'info'],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: f'{name} served at {host}:' in log.read_text() or proc.poll() is not None,
+                   timeout, interval=0.1, msg=f'{name} did not start serving within {timeout}s')
+        assert proc.poll() is None, f'piker serve {name} exited:\n{log.read_text()}'
+    except BaseException:
+        kill_group(proc)
+        raise
+    return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process group (the serve process and its service child) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def by_name(port: int) -> dict[str, list[tuple[str, str]]]:
+    proc = cli(port, 'services', '--json')
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, list[tuple[str, str]]] = {}
+    for key, v in json.loads(proc.stdout).items():
+        out.setdefault(key.rpartition('.')[0], []).append((v['addr'], v['kind']))
+    return out
+
+
+async def paper_stats() -> dict:
+    with trio.fail_after(RPC_S):
+        return await rpc('paperboi.sim', 'piker_ems.clearing._paper', 'paper_stats', broker='sim')
+
+
+async def exchange_stats() -> dict:
+    with trio.fail_after(RPC_S):
+        return await rpc('brokerd.sim', 'piker_ems.brokers.sim', 'exchange_stats')
+
+
+def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config_dir, tmp_path):
+    port = reg_addr[1]
+    write_config(config_dir, SIM_CALM)
+    pikerd = start_pikerd(port, tmp_path / 'pikerd.log')
+    wait_until((config_dir / 'cluster.secret').exists, 10, msg='pikerd made no cluster secret')
+    serves: dict[str, subprocess.Popen] = {}
+    try:
+        paper_home, paper_secret = make_host(tmp_path, 'host-b', config_dir)
+        broker_home, broker_secret = make_host(tmp_path, 'host-c', config_dir)
+        serves['paper'] = start_serve('paperboi.sim', PAPER_HOST, port, paper_home, paper_secret,
+                                      tmp_path / 'paper-0.log')
+        serves['broker'] = start_serve('brokerd.sim', BROKER_HOST, port, broker_home, broker_secret,
+                                       tmp_path / 'broker.log')
+
+        listed = by_name(port)
+        [(addr, kind)] = listed['paperboi.sim']
+        assert addr.startswith(f'{PAPER_HOST}:') and kind == 'served'
+        [(addr, kind)] = listed['brokerd.sim']
+        assert addr.startswith(f'{BROKER_HOST}:') and kind == 'served'
+        assert listed['pikerd'] == [(f'127.0.0.1:{port}', 'pikerd')]
+
+        # a paper order and a live order, each placed by a CLI process
+        paper = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                    '--json', timeout=60)
+        assert paper.returncode == 0, paper.stdout + paper.stderr
+        paper_oid = json_lines(paper.stdout)[-1]['oid']
+        assert json_lines(paper.stdout)[-1]['resp'] == 'broker_executed'
+        live = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                   '--account', 'acct1', '--json', timeout=60)
+        assert live.returncode == 0, live.stdout + live.stderr
+        live_oid = json_lines(live.stdout)[-1]['oid']
+
+        # the venues that traded were the served ones; pikerd's tree has neither of its own
+        assert not actor_pids('paperboi.sim', pikerd.pid) and not actor_pids('brokerd.sim', pikerd.pid)
+
+        async def through_served() -> None:
+            async with maybe_open_pikerd(reg_addr, name='test.stats'):
+                stats = await paper_stats()
+                assert [r['oid'] for r in stats['requests']] == [paper_oid]
+                assert stats['executions'] == 1
+                ex = await exchange_stats()
+                assert live_oid in {r['oid'] for r in ex['requests']}
+                assert ex['executions'] == 1
+
+        trio.run(through_served)
+
+        [emsd] = actor_pids('emsd', pikerd.pid)
+
+        # kill -9 the served paper engine while an owner has an order resting there
+        async def kill_and_come_back() -> None:
+            async with maybe_open_pikerd(reg_addr, name='test.owner'):
+                async with open_ems('btcusd.sim', mode='paper', name='owner') as (book, trades, _):
+                    resting = book.send('buy', 1.0, 1)
+                    await collect_until(trades, {'broker_submitted'}, resting, timeout=RPC_S)
+                    await trio.to_thread.run_sync(kill_group, serves.pop('paper'))
+                    told = await collect_until(trades, {'broker_disconnected'}, resting, timeout=RECOVER_S)
+                    assert [s.resp for s in told][-1:] == ['broker_disconnected'], told
+                    assert 'paperboi.sim' in told[-1].reason or 'sim.paper' in told[-1].reason
+
+                    # orders to it now fail, saying why
+                    # (blocking calls run in a thread: this process's own emsd session must
+                    # keep reading its heartbeats)
+                    late = await trio.to_thread.run_sync(lambda: cli(
+                        port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                        timeout=60))
+                    assert late.returncode == 1, late.stdout + late.stderr
+                    assert 'paperboi.sim' in late.stdout and 'down since' in late.stdout, late.stdout
+                    assert 'broker_executed' not in late.stdout
+                    assert not actor_pids('paperboi.sim', pikerd.pid)  # not replaced (default)
+                    [(addr, kind)] = (await trio.to_thread.run_sync(by_name, port))['paperboi.sim']  # known, down
+                    assert addr.startswith(f'{PAPER_HOST}:') and kind.startswith('served,down(since ')
+
+                    # served again (same host, same journal): emsd reconnects by itself
+                    serves['paper'] = await trio.to_thread.run_sync(
+                        start_serve, 'paperboi.sim', PAPER_HOST, port, paper_home, paper_secret,
+                        tmp_path / 'paper-1.log')
+                    again = book.send('buy', 999.0, 1)
+                    done = await collect_until(trades, {'broker_executed', 'broker_errored', 'error'}, again,
+                                               timeout=RECOVER_S)
+                    assert done[-1].resp == 'broker_executed', done
+                    stats = await paper_stats()  # the new process's own counters
+                    assert again in {r['oid'] for r in stats['requests']}
+                    assert resting in {o['oid'] for o in stats['open_orders']}  # restored from its journal
+                    book.cancel(resting)
+                    cancelled = await collect_until(trades, {'broker_cancelled', 'error'}, resting,
+                                                    timeout=RPC_S)
+                    assert cancelled[-1].resp == 'broker_cancelled'
+
+        trio.run(kill_and_come_back)
+        assert not actor_pids('paperboi.sim', pikerd.pid)
+        assert actor_pids('emsd', pikerd.pid) == [emsd]  # the same emsd throughout
+    finally:
+        for proc in serves.values():
+            kill_group(proc)
+        stop_hard(pikerd)
+
+
+@pytest.mark.parametrize('args, says', [
+    (['serve', 'foo'], "no service named 'foo'"),
+    (['serve', 'paperboi.nope'], "no broker backend named 'nope'"),
+    (['serve', 'brokerd.sim', '--host', '192.0.2.7'], 'not a loopback address: add --allow-remote'),
+    (['serve', 'brokerd.sim', '--host', '0.0.0.0'], 'bind one address'),
+    (['serve', 'brokerd.sim', '--registry', 'x:y'], '--registry: bad registry address'),
+])
+def test_serve_usage_errors_are_one_line(args, says):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith('error: ') and says in line, proc.stderr
+
+
+def test_serve_without_secret_or_pikerd_says_so(reg_addr, tmp_path):
+    missing = tmp_path / 'nope.secret'
+    proc = run_cli('serve', 'paperboi.sim', '--registry', f'127.0.0.1:{reg_addr[1]}', '--secret-file', str(missing))
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line == f'error: no cluster secret at {missing}: copy cluster.secret from the pikerd host ' \
+                   f'(mode 0600, see README "Several machines") and give --secret-file'
+    secret = tmp_path / 'ok.secret'
+    secret.write_text('ab' * 32)
+    secret.chmod(0o600)
+    proc = run_cli('serve', 'paperboi.sim', '--registry', f'127.0.0.1:{reg_addr[1]}', '--secret-file', str(secret))
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line == f'error: no pikerd running at 127.0.0.1:{reg_addr[1]} (start pikerd first, or give --registry HOST:PORT)'
