@@ -185,6 +185,9 @@ def _participant(name: str) -> tuple[bytes, frozenset[str]] | None:
     if name == LOCAL:
         secret = load_secret()
         return None if secret is None else (_local_key(secret), frozenset(ROLES))
+    mirror = _mirror()
+    if mirror is not None:  # a served service: pikerd's table, not this host's config dir
+        return mirror.get(name)
     entry = _load_participants().get(name)
     if entry is None:
         return None
@@ -450,3 +453,58 @@ def refusal(err: BaseException) -> Refused | None:
         elif exc.__context__ is not None:
             stack.append(exc.__context__)
     return None
+
+
+# --- participants of a service served on another host -------------------------------------
+# The participants live in pikerd's config dir. A served service (``piker serve``) gets pikerd's
+# table through its supervisor, which fetches it from pikerd every MIRROR_EVERY_S; the
+# verifiers travel wrapped (XOR with an HMAC keystream of the cluster secret and a fresh nonce),
+# so only a holder of the secret can use them.
+
+MIRROR_EVERY_S = 2.0
+_MIRROR_KEY = 'participants_mirror'
+
+
+def _mirror() -> dict[str, tuple[bytes, frozenset[str]]] | None:
+    from ._state import maybe_actor_state
+
+    state = maybe_actor_state()
+    return None if state is None else state.get(_MIRROR_KEY)
+
+
+def _wrap(secret: bytes, nonce: str, name: str, data: bytes) -> bytes:
+    pad = hmac.new(secret, f'wrap participant:{nonce}:{name}'.encode(), hashlib.sha256).digest()
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
+
+
+@guarded('admin')
+async def participants_table(nonce: str) -> dict:
+    """RPC (pikerd): every participant's roles and wrapped verifier, for a served service's
+    supervisor (admin: it holds the cluster secret)."""
+    if not isinstance(nonce, str) or not _CHALLENGE_RE.match(nonce):
+        raise Refused('participants_table: the nonce must be 32 hex digits')
+    secret = ensure_secret()
+    return {name: {'roles': list(p.get('roles', ())),
+                   'wrapped': _wrap(secret, nonce, name, bytes.fromhex(p['verifier'])).hex()}
+            for name, p in _load_participants().items()}
+
+
+async def fetch_participants(portal: Any) -> tuple[str, dict]:
+    """``(nonce, table)`` from pikerd's :func:`participants_table` (signed as local)."""
+    nonce = secrets.token_hex(16)
+    return nonce, await call(portal, AUTH_MODULE, 'participants_table', cred=local_credential(), nonce=nonce)
+
+
+@guarded('admin')
+async def set_participants_mirror(nonce: str, table: dict) -> int:
+    """RPC (a served service, from its supervisor): verify callers against ``table`` (pikerd's
+    participants, verifiers wrapped with ``nonce``) instead of this host's config dir."""
+    from ._state import actor_state
+
+    secret = ensure_secret()
+    mirror = {}
+    for name, p in table.items():
+        key = _wrap(secret, str(nonce), name, bytes.fromhex(p['wrapped']))
+        mirror[name] = (key, frozenset(r for r in p.get('roles', ()) if r in ROLES))
+    actor_state()[_MIRROR_KEY] = mirror
+    return len(mirror)

@@ -16,7 +16,8 @@ import tractor
 import trio
 
 from ..log import get_logger, setup_console
-from ._auth import AUTH_MODULE, WRONG_ANSWER, act_as_service, guarded, is_genuine, local_credential, secret_path
+from ._auth import (AUTH_MODULE, MIRROR_EVERY_S, WRONG_ANSWER, act_as_service, call, fetch_participants, guarded,
+                    is_genuine, local_credential, secret_path)
 from ._daemon import DEATHSIG_MODULE, TRACTOR_QUIET, _cancel_on_signal, _hosting_services
 from ._registry import _registered, find_service, registry_is_up
 from ._root import open_bound_root
@@ -75,6 +76,32 @@ async def _check_pikerd(registry: tuple[str, int]) -> None:
         raise PikerdError(f'the registry at {registry[0]}:{registry[1]} is not a genuine pikerd: {why}')
 
 
+async def _mirror_participants(child: tractor.Portal, registry: tuple[str, int],
+                               task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Keep the served child's participants in step with pikerd's: the participants (and
+    their roles) live on the pikerd host; a served service verifies them against this copy,
+    refreshed every :data:`MIRROR_EVERY_S`. Started once the first copy is in place."""
+    started = False
+    while True:
+        try:
+            async with find_service('pikerd', registry) as pikerd:
+                if pikerd is None:
+                    raise PikerdError('no pikerd registered')
+                while True:
+                    nonce, table = await fetch_participants(pikerd)
+                    await call(child, AUTH_MODULE, 'set_participants_mirror', cred=local_credential(),
+                               nonce=nonce, table=table)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep(MIRROR_EVERY_S)
+        except Exception as err:  # noqa: BLE001 - pikerd away: keep the last copy, retry
+            if not started:
+                raise PikerdError(f'could not get the participants from pikerd: {type(err).__name__}: {err}') from None
+            log.warning('participants from pikerd: %s: %s (retrying)', type(err).__name__, err)
+        await trio.sleep(MIRROR_EVERY_S)
+
+
 async def serve(
     name: str,
     bind: tuple[str, int],
@@ -106,6 +133,7 @@ async def serve(
                 addr = next((a for u, a in await _registered(name, registry) if u == uid), None)
                 if addr is None:
                     raise PikerdError(f'{name} did not register with the registry')
+                await guard.start(_mirror_participants, running.portal, registry)
                 await guard.start(announce, name, uid, addr, registry)
                 if on_ready is not None:
                     on_ready(addr)
