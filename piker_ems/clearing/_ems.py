@@ -123,10 +123,9 @@ async def _emsd_main(
 
     ``auth`` is the client's signed credential (see :mod:`piker_ems.service._auth`): the
     connection acts for that participant, its orders are owned by ``participant/client`` (the
-    bare ``client`` label for the local participant). ``watch`` needs the ``watch`` role
-    (without it the session sees its own orders only, and a request to also control others is
-    refused); ``control_others`` needs the ``control-others`` role (refused otherwise); placing
-    orders needs the ``trade`` role.
+    bare ``client`` label for the local participant). ``watch`` needs the ``watch`` role and
+    ``control_others`` the ``control-others`` role (the connection is refused otherwise, with
+    one line naming the missing role); placing orders needs the ``trade`` role.
 
     ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
     positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
@@ -138,13 +137,9 @@ async def _emsd_main(
         raise ValueError(f'client name {client!r} is reserved (names starting with @ are emsd\'s own)')
     if '/' in client:
         raise ValueError(f'client name {client!r} may not contain "/"')
-    if control_others and watch is not None and 'watch' not in principal.roles:
-        raise verify_refusal(principal, 'watch other clients\' orders', 'watch')
     if watch is not None and 'watch' not in principal.roles:
-        # (a chart always asks to watch its symbol) the session sees its own orders only
-        log.warning('%s: participant %r has no watch role: its session %r sees its own orders only',
-                    EMSD_MAIN, principal.participant, client)
-        watch = None
+        # refused, not narrowed: a client that asked to watch must not believe it sees everything
+        raise verify_refusal(principal, 'watch other clients\' orders', 'watch')
     if control_others and 'control-others' not in principal.roles:
         raise verify_refusal(principal, 'control other clients\' orders', 'control-others')
     fqsn = fqsn.strip().lower()
