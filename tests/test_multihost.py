@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from piker_ems.clearing import open_ems
+from piker_ems.data import open_feed
 from piker_ems.service import maybe_open_pikerd
+from piker_ems.service._auth import add_participant, credential_for, refusal, use_credential
 
 from _ems_helpers import SIM_CALM, collect_until, rpc
 from _proc import actor_pids, cli, json_lines, run_cli, script, start_pikerd, stop_hard, wait_until
@@ -100,6 +102,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
     pikerd = start_pikerd(port, tmp_path / 'pikerd.log')
     wait_until((config_dir / 'cluster.secret').exists, 10, msg='pikerd made no cluster secret')
     serves: dict[str, subprocess.Popen] = {}
+    bob = add_participant('bob', ['trade'])  # on the pikerd host only
     try:
         paper_home, paper_secret = make_host(tmp_path, 'host-b', config_dir)
         broker_home, broker_secret = make_host(tmp_path, 'host-c', config_dir)
@@ -137,6 +140,14 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                 ex = await exchange_stats()
                 assert live_oid in {r['oid'] for r in ex['requests']}
                 assert ex['executions'] == 1
+                # the served brokerd knows pikerd's participants (its own host has none)
+                with use_credential(credential_for('bob', bob)):
+                    async with open_feed('btcusd.sim') as feed:
+                        assert feed.first_quotes['btcusd.sim']['last'] > 0
+                with use_credential(credential_for('bob', 'not-the-token')), pytest.raises(BaseException) as err:
+                    async with open_feed('btcusd.sim'):
+                        pass
+                assert "wrong token for participant 'bob'" in str(refusal(err.value))
 
         trio.run(through_served)
 
