@@ -30,6 +30,12 @@ def pikerd(host: str | None, port: int | None, loglevel: str, tractor_loglevel: 
     from ..config import registry_addr
 
     addr = registry_addr(host, port)
+    from ..service._root import is_loopback
+
+    if not is_loopback(addr[0]):
+        click.secho(f'WARNING: pikerd and its services listen on {addr[0]}, reachable from other hosts; the '
+                    f'transport has no TLS: use a trusted network, WireGuard or an SSH tunnel '
+                    f'(README "Several machines")', fg='yellow', err=True)
     if pdb:
         click.secho('WARNING: debug mode: a crashed service blocks until resumed from this console', fg='yellow', err=True)
 

@@ -10,15 +10,14 @@ from ._common import CliState, UserError, run
 
 
 async def _list(state: CliState) -> tuple[dict[str, tuple[str, int]], dict]:
-    import tractor
-
     from ..service import find_service, list_registry, registry_is_up
+    from ..service._root import open_client_root
     from ..service._auth import call
 
     addr = state.registry
     if not await registry_is_up(addr):
         raise UserError(f'no pikerd running at {addr[0]}:{addr[1]} (start one with: pikerd --port {addr[1]})')
-    async with tractor.open_root_actor(name='piker.services', arbiter_addr=addr, loglevel='critical'):
+    async with open_client_root('piker.services', addr, loglevel='critical'):
         table = await list_registry(addr)
         async with find_service('pikerd') as pikerd:
             known = {} if pikerd is None else await call(pikerd, 'piker_ems.service._daemon', 'describe_services')

@@ -460,10 +460,10 @@ async def maybe_open_pikerd(
     addr = registry_addr or config.registry_addr()
     setup_console(loglevel)
     if await registry_is_up(addr):
-        async with tractor.open_root_actor(
-            name=name, arbiter_addr=addr, loglevel=tl, debug_mode=debug_mode,
-            enable_modules=[DEATHSIG_MODULE, *(enable_modules or [])],
-        ):
+        from ._root import open_client_root  # (another host's registry: bind a local address)
+
+        async with open_client_root(name, addr, loglevel=tl, debug_mode=debug_mode,
+                                    enable_modules=[DEATHSIG_MODULE, *(enable_modules or [])]):
             yield None
     else:
         log.info('no pikerd at %s:%s: running services in this process', *addr)

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import trio
 
-__all__ = ['is_loopback', 'local_host_towards', 'open_bound_root']
+__all__ = ['is_loopback', 'local_host_towards', 'open_bound_root', 'open_client_root']
 
 
 def is_loopback(host: str) -> bool:
@@ -72,3 +72,17 @@ async def open_bound_root(
                 await actor.cancel()
     finally:
         _state._current_actor = None
+
+
+def open_client_root(name: str, registry: tuple[str, int], loglevel: str | None = None,
+                     enable_modules: list[str] | None = None, debug_mode: bool = False):
+    """The root actor of a client joining ``registry``: tractor's own when the registry's host
+    is one of this machine's addresses, else :func:`open_bound_root` on the local address
+    that reaches it (tractor's would try to bind the registry host's address, and fail)."""
+    import tractor
+
+    local = local_host_towards(registry)
+    if local == registry[0]:
+        return tractor.open_root_actor(name=name, arbiter_addr=registry, loglevel=loglevel,
+                                       debug_mode=debug_mode, enable_modules=enable_modules)
+    return open_bound_root(name, registry, (local, 0), enable_modules=enable_modules, loglevel=loglevel)
