@@ -179,7 +179,10 @@ class VenueDirectory:
             refused = await replacement_refused(f'paperboi.{broker}')
             if refused is not None:
                 raise VenueUnavailable(refused)
-            portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
+            # (it listens where emsd does: emsd may be served on another host)
+            host = tractor.current_actor().accept_addr[0]
+            portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES,
+                                                    bind_addr=(host, 0))
             try:
                 await self._relay(link, portal, _paper.trades_dialogue, kwargs, open_cs)
             finally:

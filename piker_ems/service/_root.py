@@ -15,7 +15,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import AsyncIterator
 
+import tractor
 import trio
+
+from ..log import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ['is_loopback', 'local_host_towards', 'open_bound_root', 'open_client_root']
 
@@ -63,13 +68,21 @@ async def open_bound_root(
     tlog.get_console_log(level)
     actor = Actor(name, arbiter_addr=registry, loglevel=level, enable_modules=list(enable_modules or []))
     _state._current_actor = actor
+    body_done = False
     try:
         async with trio.open_nursery() as n:
             await n.start(partial(actor._async_main, accept_addr=bind, parent_addr=None))
             try:
                 yield actor
+                body_done = True
             finally:
                 await actor.cancel()
+    except* tractor.RemoteActorError as eg:
+        # a registry that restarted meanwhile no longer knows us: its refusal to unregister
+        # us on the way out is no failure of this process
+        if not body_done or not all(getattr(e, 'type', None) is KeyError for e in eg.exceptions):
+            raise
+        log.warning('the registry did not know %s any more at shutdown', name)
     finally:
         _state._current_actor = None
 
@@ -79,8 +92,6 @@ def open_client_root(name: str, registry: tuple[str, int], loglevel: str | None 
     """The root actor of a client joining ``registry``: tractor's own when the registry's host
     is one of this machine's addresses, else :func:`open_bound_root` on the local address
     that reaches it (tractor's would try to bind the registry host's address, and fail)."""
-    import tractor
-
     local = local_host_towards(registry)
     if local == registry[0]:
         return tractor.open_root_actor(name=name, arbiter_addr=registry, loglevel=loglevel,

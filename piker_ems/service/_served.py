@@ -136,8 +136,10 @@ async def _announce_once(name: str, uid: tuple[str, str], addr: tuple[str, int],
         if pikerd is None:
             raise PikerdError(f'no pikerd registered at {registry[0]}:{registry[1]}')
         # (a pikerd that restarted has an empty registry: put the service back in it)
+        me = tractor.current_actor()
         async with tractor.get_arbiter(*registry) as reg:
             await reg.run_from_ns('self', 'register_actor', uid=uid, sockaddr=addr)
+            await reg.run_from_ns('self', 'register_actor', uid=me.uid, sockaddr=me.accept_addr)
         auth = make_auth(endpoint_name(accept_served), local_credential())
         async with pikerd.open_context(accept_served, name=name, uid=list(uid), addr=list(addr),
                                        supervisor=list(tractor.current_actor().uid), auth=auth) as (ctx, _):
