@@ -54,7 +54,8 @@ async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list,
         raise PikerdError(f'{name} already runs in pikerd\'s own tree: stop it first '
                           f'(a second one would serve the same {name})')
     current = services.served.get(name)
-    if current is not None and current.up and current.uid != uid_t:
+    # (one killed a moment ago is still marked up until its announcement times out: a TCP probe)
+    if current is not None and current.up and current.uid != uid_t and await registry_is_up(current.addr):
         raise PikerdError(f'{name} is already served from {current.addr[0]}:{current.addr[1]}')
     # the announcer holds the secret; the service it names must prove it too
     try:
