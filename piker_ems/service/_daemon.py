@@ -192,7 +192,7 @@ class Services:
                 loglevel=self.tractor_loglevel,
                 debug_mode=self.debug_mode,
                 # (pikerd's children listen where pikerd does, so other hosts can reach them)
-                bind_addr=bind or (self.registry[0], 0),
+                bind_addr=bind or (_ipv4(self.registry[0]), 0),
             )
             try:
                 await self.start_service_task(
@@ -248,6 +248,16 @@ class Services:
         """Stop every service (used on pikerd shutdown)."""
         for name in list(self._running):
             await self.cancel_service(name)
+
+
+def _ipv4(host: str) -> str:
+    """``host`` as one IPv4 address (a name such as ``localhost`` could bind several)."""
+    import socket
+
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
 
 
 def local_services() -> Services | None:
