@@ -37,7 +37,30 @@ async def _request_spawn(name: str, loglevel: str | None) -> None:
     async with find_service('pikerd') as pikerd:
         if pikerd is None:
             raise PikerdError('no pikerd is registered to spawn services')
-        await call(pikerd, 'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel)
+        try:
+            await call(pikerd, 'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel)
+        except BaseException as err:
+            refused = _pikerd_refusal(err)
+            if refused is None:
+                raise
+            raise refused from None
+
+
+def _pikerd_refusal(err: BaseException) -> PikerdError | None:
+    """pikerd's own one-line refusal to spawn (e.g. a served service that is down) out of the
+    remote error around it, so callers (a venue, a feed, the CLI) report that line, not a
+    remote traceback."""
+    stack = [err]
+    while stack:
+        exc = stack.pop()
+        msgdata = getattr(exc, 'msgdata', None)
+        if isinstance(msgdata, dict) and msgdata.get('type_str') == 'PikerdError':
+            tb = (msgdata.get('tb_str') or '').strip().splitlines()
+            last = tb[-1] if tb else 'pikerd refused'
+            return PikerdError(last.partition('PikerdError: ')[2] or last)
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+    return None
 
 
 @asynccontextmanager
