@@ -195,6 +195,25 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
 
         trio.run(kill_and_come_back)
         assert not actor_pids('paperboi.sim', pikerd.pid)
+
+        # the same for the served brokerd: orders fail in one line while it is down
+        # (pikerd does not start a brokerd.sim of its own), and trades again once it is back
+        kill_group(serves.pop('broker'))
+        wait_until(lambda: by_name(port)['brokerd.sim'][0][1].startswith('served,down'), RECOVER_S,
+                   interval=0.5, msg='pikerd did not notice the served brokerd.sim died')
+        late = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                   '--account', 'acct1', timeout=60)
+        assert late.returncode == 1, late.stdout + late.stderr
+        # (emsd has no quotes for the symbol either: the order is refused at connect)
+        [line] = (late.stdout + late.stderr).splitlines()
+        assert line.startswith('error: ') and 'brokerd.sim was started remotely' in line, line
+        assert not actor_pids('brokerd.sim', pikerd.pid)
+        serves['broker'] = start_serve('brokerd.sim', BROKER_HOST, port, broker_home, broker_secret,
+                                       tmp_path / 'broker-1.log')
+        again = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                    '--account', 'acct1', '--json', timeout=60)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json_lines(again.stdout)[-1]['resp'] == 'broker_executed'
         assert actor_pids('emsd', pikerd.pid) == [emsd]  # the same emsd throughout
     finally:
         for proc in serves.values():
@@ -230,3 +249,22 @@ def test_serve_without_secret_or_pikerd_says_so(reg_addr, tmp_path):
     assert proc.returncode == 1
     [line] = proc.stderr.splitlines()
     assert line == f'error: no pikerd running at 127.0.0.1:{reg_addr[1]} (start pikerd first, or give --registry HOST:PORT)'
+
+
+def test_replacing_a_served_service_is_a_setting(config_dir):
+    """pikerd's rule (no actors needed): a served service is never doubled while it is up, and
+    not replaced while it is down unless ``[services] replace_remote`` says so."""
+    from piker_ems.service._daemon import Served, Services
+
+    services = Services(None, None, registry=('127.0.0.1', 1))
+    assert services.replacement_refused('paperboi.sim') is None  # never served: pikerd's own
+    services.served['paperboi.sim'] = Served('paperboi.sim', ('paperboi.sim', 'u'), ('127.0.0.2', 7001))
+    assert 'is served from 127.0.0.2:7001' in services.replacement_refused('paperboi.sim')
+    services.served['paperboi.sim'].up = False
+    assert 'was started remotely' in services.replacement_refused('paperboi.sim')
+    write_config(config_dir, '[services]\nreplace_remote = ["brokerd.sim"]\n')
+    assert 'was started remotely' in services.replacement_refused('paperboi.sim')
+    write_config(config_dir, '[services]\nreplace_remote = ["paperboi.sim"]\n')
+    assert services.replacement_refused('paperboi.sim') is None
+    write_config(config_dir, '[services]\nreplace_remote = true\n')
+    assert services.replacement_refused('paperboi.sim') is None
