@@ -21,9 +21,8 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import find_service, maybe_spawn_brokerd
-from ..service._auth import NotGenuine
+from ..service._auth import AUTH_MODULE, NotGenuine, endpoint_name, local_credential, make_auth
 from ..service._served import replacement_refused
-from ..service._auth import AUTH_MODULE, endpoint_name, local_credential, make_auth
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire

@@ -134,6 +134,11 @@ class Services:
         running = self._running.get(name)
         return running.portal if running else None
 
+    def ended(self, name: str) -> trio.Event | None:
+        """Set when the running service ``name`` ends (stopped, or its process died)."""
+        running = self._running.get(name)
+        return running.done if running else None
+
     async def start_service_task(
         self,
         name: str,
@@ -176,8 +181,8 @@ class Services:
         return first
 
     async def spawn(self, spec: ServiceSpec, bind: tuple[str, int] | None = None) -> bool:
-        """Start ``spec`` (listening at ``bind``, default loopback and a free port) unless it
-        already runs; return whether it was started now."""
+        """Start ``spec`` (listening at ``bind``; default: pikerd's host and a free port) unless
+        it already runs; return whether it was started now."""
         async with self._locks[spec.name]:
             running = self._running.get(spec.name)
             if running is not None and not running.done.is_set():

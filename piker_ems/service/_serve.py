@@ -128,16 +128,17 @@ async def serve(
             await guard.start(_cancel_on_signal, guard.cancel_scope)
             async with _hosting_services(registry, loglevel, tl, False) as services:
                 await services.spawn(spec, bind=bind)
-                running = services._running[name]
-                uid = tuple(running.portal.channel.uid)
+                portal, ended = services.portal(name), services.ended(name)
+                assert portal is not None and ended is not None
+                uid = tuple(portal.channel.uid)
                 addr = next((a for u, a in await _registered(name, registry) if u == uid), None)
                 if addr is None:
                     raise PikerdError(f'{name} did not register with the registry')
-                await guard.start(_mirror_participants, running.portal, registry)
+                await guard.start(_mirror_participants, portal, registry)
                 await guard.start(announce, name, uid, addr, registry)
                 if on_ready is not None:
                     on_ready(addr)
-                await running.done.wait()
+                await ended.wait()
                 log.error('%s died', name)
                 guard.cancel_scope.cancel()
                 return 1
