@@ -215,6 +215,13 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
         assert again.returncode == 0, again.stdout + again.stderr
         assert json_lines(again.stdout)[-1]['resp'] == 'broker_executed'
         assert actor_pids('emsd', pikerd.pid) == [emsd]  # the same emsd throughout
+
+        # an orderly stop retires the served service: pikerd forgets it (it may start its own)
+        stopping = serves.pop('paper')
+        stopping.send_signal(signal.SIGTERM)
+        assert stopping.wait(timeout=20) == 0
+        wait_until(lambda: 'paperboi.sim' not in by_name(port), RECOVER_S, interval=0.5,
+                   msg='pikerd still lists the retired paperboi.sim')
     finally:
         for proc in serves.values():
             kill_group(proc)

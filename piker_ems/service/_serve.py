@@ -124,6 +124,7 @@ async def serve(
             if other is not None:
                 where = other.channel.raddr
                 raise PikerdError(f'{name} already runs (at {where[0]}:{where[1]}): stop it first')
+        died = False
         async with trio.open_nursery() as guard:
             await guard.start(_cancel_on_signal, guard.cancel_scope)
             async with _hosting_services(registry, loglevel, tl, False) as services:
@@ -135,11 +136,12 @@ async def serve(
                 if addr is None:
                     raise PikerdError(f'{name} did not register with the registry')
                 await guard.start(_mirror_participants, portal, registry)
-                await guard.start(announce, name, uid, addr, registry)
+                # (a service that died is not retired: pikerd keeps it known, as down)
+                await guard.start(announce, name, uid, addr, registry, lambda: not died)
                 if on_ready is not None:
                     on_ready(addr)
                 await ended.wait()
+                died = True
                 log.error('%s died', name)
                 guard.cancel_scope.cancel()
-                return 1
-    return 0
+    return 1 if died else 0

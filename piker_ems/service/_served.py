@@ -14,6 +14,7 @@ restarted pikerd finds its served services again.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import tractor
 import trio
@@ -131,7 +132,8 @@ async def replacement_refused(name: str) -> str | None:
 
 
 async def _announce_once(name: str, uid: tuple[str, str], addr: tuple[str, int],
-                         registry: tuple[str, int], accepted: trio.Event) -> None:
+                         registry: tuple[str, int], accepted: trio.Event,
+                         retire: Callable[[], bool]) -> None:
     """Register ``uid`` at ``addr`` and hold one announcement to pikerd until it ends."""
     async with find_service('pikerd', registry) as pikerd:
         if pikerd is None:
@@ -160,8 +162,9 @@ async def _announce_once(name: str, uid: tuple[str, str], addr: tuple[str, int],
                             with trio.fail_after(HEARTBEAT_TIMEOUT_S):
                                 await stream.receive()
                     except trio.Cancelled:  # this serve is stopping: tell pikerd (bounded)
-                        with trio.CancelScope(shield=True), trio.move_on_after(1):
-                            await stream.send(RETIRE)
+                        if retire():
+                            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                                await stream.send(RETIRE)
                         raise
                     except (trio.TooSlowError, trio.EndOfChannel, trio.ClosedResourceError,
                             trio.BrokenResourceError) as err:
@@ -196,17 +199,18 @@ def one_line(err: BaseException) -> str:
 
 
 async def announce(name: str, uid: tuple[str, str], addr: tuple[str, int], registry: tuple[str, int],
-                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+                   retire: Callable[[], bool] = lambda: True, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Keep ``name`` announced to the registry's pikerd, re-announcing whenever pikerd comes
     back. Reports started once pikerd first accepted it; until then any failure is raised as
-    :class:`PikerdError` (one line: the serve command cannot go on), afterwards retried."""
+    :class:`PikerdError` (one line: the serve command cannot go on), afterwards retried. When
+    cancelled, tells pikerd the service retired if ``retire()`` (an orderly stop)."""
     started = False
     while True:
         accepted = trio.Event()
         try:
             if await registry_is_up(registry):
                 async with trio.open_nursery() as n:
-                    n.start_soon(_announce_once, name, uid, addr, registry, accepted)
+                    n.start_soon(_announce_once, name, uid, addr, registry, accepted, retire)
                     await accepted.wait()
                     if not started:
                         started = True
