@@ -8,7 +8,8 @@ import trio
 
 from ..config import load_config
 from ..log import get_logger, setup_console
-from ..service._auth import Refused, act_as_service, guarded, verify
+from ..service._auth import Refused, WatchRefused, act_as_service, guarded, verify
+from ..service._specs import ServiceDown
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
@@ -92,7 +93,8 @@ EMSD_MAIN = 'piker_ems.clearing._ems._emsd_main'
 def verify_refusal(principal, what: str, role: str) -> Refused:
     """A refusal (logged) of something the authenticated ``principal`` lacks ``role`` for."""
     log.warning('refused %s: participant %r may not %s (no %s role)', EMSD_MAIN, principal.participant, what, role)
-    return Refused(f'participant {principal.participant!r} may not {what} (no {role} role)')
+    cls = WatchRefused if role == 'watch' else Refused  # (a client may then connect without watching)
+    return cls(f'participant {principal.participant!r} may not {what} (no {role} role)')
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
@@ -156,7 +158,8 @@ async def _emsd_main(
     scan = router.scans.get(fqsn)
     await scan.wait_ready(CONNECT_WAIT_S)
     if scan.failed:
-        raise ValueError(scan.failed)
+        # (a brokerd that is down is said as is: the client shows that line, not an error type)
+        raise ServiceDown(scan.failed) if scan.down else ValueError(scan.failed)
     # the venue opens meanwhile; its positions are in the start state if it opens in time
     await router.venues.wait_open(router.venues.key_for(broker, account), CONNECT_WAIT_S)
     router.add_client(conn)

@@ -12,6 +12,7 @@ coming and going. Every event from the venue goes to the *sink* (emsd's Router, 
 from __future__ import annotations
 
 import math
+import time
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from ..service._auth import AUTH_MODULE, NotGenuine, endpoint_name, local_creden
 from ..service._served import replacement_refused
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
+from ._outage import OutageLog
 from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
 from ._orders import VenueKey, VenueUnavailable
 
@@ -76,10 +78,9 @@ class VenueLink:
 
     def lose(self, reason: str) -> None:
         """Declare the dialogue dead: stop its relay (which then tells the sink)."""
-        if not self.closed:
+        if not self.closed:  # (the directory logs it, once per outage)
             self.state = 'closed'
             self.lost = reason
-            log.error('trades dialogue %s lost: %s', self.name, reason)
         self.relay_scope.cancel()
 
     def drain_failed(self) -> list[Any]:
@@ -95,12 +96,15 @@ class VenueLink:
 class VenueDirectory:
     """emsd's venue links, one per (broker, kind), opened in the service nursery on first need."""
 
-    def __init__(self, start_soon: Callable[..., Any], actor_n: Any, loglevel: str | None = None) -> None:
+    def __init__(self, start_soon: Callable[..., Any], actor_n: Any, loglevel: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.start_soon = start_soon
         self.actor_n = actor_n
         self.loglevel = loglevel
         self.links: dict[VenueKey, VenueLink] = {}
         self.sink: Any = None
+        # (a lost venue is retried every second: its outage is logged once, not per attempt)
+        self.outages = OutageLog(log, 'trades dialogue', clock)
 
     def bind(self, sink: Any) -> None:
         self.sink = sink
@@ -146,8 +150,9 @@ class VenueDirectory:
         except* Exception as eg:
             err = eg.exceptions[0]
             link.lost = link.lost or f'{type(err).__name__}: {err}'
-            log.error('trades dialogue %s ended: %s', link.name, link.lost)
         finally:
+            if link.lost:
+                self.outages.down(link.name, link.lost)
             link.state = 'closed'
             link.opened.set()
             if self.links.get(link.key) is link:
@@ -220,7 +225,8 @@ class VenueDirectory:
                     link.snapshot = snapshot
                     link.state = 'open'
                     open_cs.deadline = math.inf  # opened: no more open timeout
-                    log.info('trades dialogue %s open', link.name)
+                    if not self.outages.up(link.name):
+                        log.info('trades dialogue %s open', link.name)
                     self.sink.on_venue_open(link)  # reconcile before anything else is relayed
                     link.opened.set()
                     with link.relay_scope:

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ._common import CliState, UserError, run
+from ._common import CliState, UserError, participant_options, run
 
 
 async def _list(state: CliState) -> tuple[dict[str, tuple[str, int]], dict]:
@@ -56,6 +56,7 @@ def kinds(table: dict[str, tuple[str, int]], known: dict) -> list[tuple[str, str
 @click.command()
 @click.option('--json', 'as_json', is_flag=True,
               help='Print {"<name>.<uuid>": {"addr": "host:port", "kind": ...}} as JSON.')
+@participant_options
 @click.pass_obj
 def services(state: CliState, as_json: bool) -> None:
     """List the actors registered with pikerd, their addresses and kinds (service: started by

@@ -23,7 +23,7 @@ from ._auth import AUTH_MODULE, act_as_service, endpoint_name, ensure_secret, gu
 from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
-from ._specs import PikerdError, ServiceSpec, service_spec
+from ._specs import PikerdError, ServiceDown, ServiceSpec, service_spec
 from ._state import actor_state, maybe_actor_state
 
 log = get_logger(__name__)
@@ -113,8 +113,8 @@ class Services:
         if replace_remote_allowed(name):
             return None
         down = time.strftime('%H:%M:%S', time.localtime(served.since))
-        return (f'{name} was started remotely (piker serve, last at {where}) and is down since {down}'
-                f'{" (" + served.reason + ")" if served.reason else ""}; start it again there '
+        return (f'{name} is down since {down}{" (" + served.reason + ")" if served.reason else ""}: '
+                f'it was started remotely (piker serve, last at {where}); start it again there '
                 f'([services] replace_remote = true lets pikerd replace it meanwhile)')
 
     def describe(self) -> dict:
@@ -189,7 +189,7 @@ class Services:
                 return False
             refused = self.replacement_refused(spec.name)
             if refused is not None:
-                raise PikerdError(refused)
+                raise (PikerdError if self.served[spec.name].up else ServiceDown)(refused)
             log.info('spawning %s', spec.name)
             portal = await self.actor_n.start_actor(
                 spec.name,
@@ -415,6 +415,7 @@ async def _embedded_pikerd(
 
 @asynccontextmanager
 async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> AsyncIterator[None]:
+    ensure_secret()  # this tree is about to host pikerd: its first start makes the secret
     async with tractor.open_nursery() as an:
         portal = await an.start_actor(
             'pikerd', enable_modules=PIKERD_MODULES, loglevel=tractor_loglevel,

@@ -16,7 +16,7 @@ from ..log import get_logger
 from ._auth import call
 from ._daemon import local_services, maybe_open_pikerd
 from ._registry import _connect_live, current_registry, find_service, wait_for_service
-from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceSpec, service_spec
+from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceDown, ServiceSpec, remote_error, service_spec
 from ._state import spawn_lock
 
 log = get_logger(__name__)
@@ -47,20 +47,10 @@ async def _request_spawn(name: str, loglevel: str | None) -> None:
 
 
 def _pikerd_refusal(err: BaseException) -> PikerdError | None:
-    """pikerd's own one-line refusal to spawn (e.g. a served service that is down) out of the
-    remote error around it, so callers (a venue, a feed, the CLI) report that line, not a
-    remote traceback."""
-    stack = [err]
-    while stack:
-        exc = stack.pop()
-        msgdata = getattr(exc, 'msgdata', None)
-        if isinstance(msgdata, dict) and msgdata.get('type_str') == 'PikerdError':
-            tb = (msgdata.get('tb_str') or '').strip().splitlines()
-            last = tb[-1] if tb else 'pikerd refused'
-            return PikerdError(last.partition('PikerdError: ')[2] or last)
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-    return None
+    """pikerd's own one-line refusal to spawn (e.g. :class:`ServiceDown`: a served service
+    that is down) out of the remote error around it, so callers (a venue, a feed, the CLI)
+    report that line, not a remote traceback."""
+    return remote_error(err, ServiceDown, PikerdError)  # type: ignore[return-value]
 
 
 @asynccontextmanager

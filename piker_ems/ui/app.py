@@ -320,14 +320,16 @@ class ChartApp:
     # -- order mode -------------------------------------------------------------------------
 
     async def _order_mode_loop(self) -> None:
-        from ..clearing import EmsLost, open_ems
+        from ..clearing import EmsLost, open_ems_watching
 
         opts = self.opts
         starting = self.status.open_status('starting order mode..')
         try:
-            async with open_ems(
-                opts.fqsn, mode='paper' if opts.account == 'paper' else 'live',
-                account=opts.account, name=opts.name, loglevel=opts.loglevel, watch='symbol',
+            async with open_ems_watching(
+                opts.fqsn, 'symbol', lambda _: self.status.open_status(
+                    'order mode: your own orders only (no watch role)', clear_on_next=True),
+                mode='paper' if opts.account == 'paper' else 'live',
+                account=opts.account, name=opts.name, loglevel=opts.loglevel,
                 control_others=opts.control_others,
             ) as (book, trades, positions):
                 self.book = book
