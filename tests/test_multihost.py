@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -205,8 +206,11 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                    '--account', 'acct1', timeout=60)
         assert late.returncode == 1, late.stdout + late.stderr
         # (emsd has no quotes for the symbol either: the order is refused at connect)
+        # one clean line: the service, that it is down and since when (no exception class names)
         [line] = (late.stdout + late.stderr).splitlines()
-        assert line.startswith('error: ') and 'brokerd.sim was started remotely' in line, line
+        assert re.match(r'error: brokerd\.sim is down since \d\d:\d\d:\d\d \(.+\): it was started '
+                        rf'remotely \(piker serve, last at {re.escape(BROKER_HOST)}:\d+\); start it again there', line), line
+        assert 'Error' not in line and 'in a service' not in line, line
         assert not actor_pids('brokerd.sim', pikerd.pid)
         serves['broker'] = start_serve('brokerd.sim', BROKER_HOST, port, broker_home, broker_secret,
                                        tmp_path / 'broker-1.log')
@@ -249,6 +253,7 @@ def test_serve_without_secret_or_pikerd_says_so(reg_addr, tmp_path):
     [line] = proc.stderr.splitlines()
     assert line == f'error: no cluster secret at {missing}: copy cluster.secret from the pikerd host ' \
                    f'(mode 0600, see README "Several machines") and give --secret-file'
+    assert not missing.exists()  # piker serve never makes a secret of its own
     secret = tmp_path / 'ok.secret'
     secret.write_text('ab' * 32)
     secret.chmod(0o600)
@@ -268,10 +273,28 @@ def test_replacing_a_served_service_is_a_setting(config_dir):
     services.served['paperboi.sim'] = Served('paperboi.sim', ('paperboi.sim', 'u'), ('127.0.0.2', 7001))
     assert 'is served from 127.0.0.2:7001' in services.replacement_refused('paperboi.sim')
     services.served['paperboi.sim'].up = False
-    assert 'was started remotely' in services.replacement_refused('paperboi.sim')
+    assert services.replacement_refused('paperboi.sim').startswith('paperboi.sim is down since ')
     write_config(config_dir, '[services]\nreplace_remote = ["brokerd.sim"]\n')
     assert 'was started remotely' in services.replacement_refused('paperboi.sim')
     write_config(config_dir, '[services]\nreplace_remote = ["paperboi.sim"]\n')
     assert services.replacement_refused('paperboi.sim') is None
     write_config(config_dir, '[services]\nreplace_remote = true\n')
     assert services.replacement_refused('paperboi.sim') is None
+
+
+def test_a_service_down_crosses_actors_as_its_one_line():
+    """pikerd's :class:`ServiceDown` reaches a client as a RemoteActorError naming its type:
+    it is rebuilt as the local exception with its line, which the CLI prints as is."""
+    import tractor
+
+    from piker_ems.cli._common import _known_errors
+    from piker_ems.service._specs import PikerdError, ServiceDown, remote_error
+
+    line = 'brokerd.sim is down since 04:01:02 (silent for 3s): it was started remotely (piker serve, last at 127.0.0.3:4001)'
+    remote = tractor.RemoteActorError(
+        'remote', suberror_type=None, type_str='ServiceDown',
+        tb_str=f'Traceback (most recent call last):\n  ...\npiker_ems.service._specs.ServiceDown: {line}\n')
+    found = remote_error(BaseExceptionGroup('x', [RuntimeError('other'), remote]), ServiceDown, PikerdError)
+    assert type(found) is ServiceDown and str(found) == line
+    assert isinstance(found, _known_errors())  # the CLI prints 'error: <line>'
+    assert remote_error(RuntimeError('other'), ServiceDown) is None

@@ -93,6 +93,7 @@ async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack)
     the way, and skip (and report) any that cannot prove it is this cluster's service."""
     from ._auth import client_credential, is_genuine
 
+    client_credential()  # no credential (no secret here, no participant): say so before connecting
     rejected = 0
     for uid, sockaddr in reversed(await _registered(name, addr)):
         candidate = AsyncExitStack()
@@ -108,7 +109,11 @@ async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack)
             except Exception:  # the registry may itself be going away
                 log.debug('could not unregister %s', uid, exc_info=True)
             continue
-        why = None if _started_here(name, uid) else await is_genuine(portal, name)
+        try:
+            why = None if _started_here(name, uid) else await is_genuine(portal, name)
+        except BaseException:
+            await candidate.aclose()  # (else its portal's tasks outlive this call)
+            raise
         if why is not None:
             rejected += 1
             await candidate.aclose()  # (no cancel scope around it: it exits the portal's nursery)
