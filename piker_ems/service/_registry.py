@@ -93,9 +93,11 @@ async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack)
     the way, and skip (and report) any that cannot prove it is this cluster's service."""
     from ._auth import client_credential, is_genuine
 
-    client_credential()  # no credential (no secret here, no participant): say so before connecting
+    registered = await _registered(name, addr)
+    if registered:
+        client_credential()  # no credential (no secret here, no participant): say so before connecting
     rejected = 0
-    for uid, sockaddr in reversed(await _registered(name, addr)):
+    for uid, sockaddr in reversed(registered):
         candidate = AsyncExitStack()
         try:
             chan = await candidate.enter_async_context(tractor._ipc._connect_chan(*sockaddr))

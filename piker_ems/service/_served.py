@@ -78,7 +78,8 @@ async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list,
                     try:
                         await stream.send(heartbeat())
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                        served.reason = f'connection lost ({type(err).__name__})'
+                        log.debug('%s: heartbeat not sent: %r', name, err)
+                        served.reason = 'connection lost'  # (users read it: no class names)
                         n.cancel_scope.cancel()
                         return
 
@@ -91,7 +92,8 @@ async def accept_served(ctx: tractor.Context, name: str, uid: list, addr: list,
                     served.reason = f'silent for {HEARTBEAT_TIMEOUT_S:g}s'
                     break
                 except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
-                    served.reason = f'connection closed ({type(err).__name__})'
+                    log.debug('%s: announcement ended: %r', name, err)
+                    served.reason = 'connection closed'
                     break
                 if msg == RETIRE:
                     retired = True
