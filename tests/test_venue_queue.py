@@ -148,7 +148,7 @@ async def test_a_venue_that_stays_down_is_logged_once_not_per_retry(monkeypatch,
     records = [r for r in caplog.records if r.name == 'piker_ems.clearing._venues']
     assert not [r for r in records if r.levelname in ('ERROR', 'CRITICAL')]
     warnings = [r.getMessage() for r in records if r.levelname == 'WARNING']
-    reason = 'VenueUnavailable: paperboi.sim is down since 04:01:02 (silent for 3s)'
+    reason = 'paperboi.sim is down since 04:01:02 (silent for 3s)'  # (no class name: owners see it)
     assert len(warnings) == 2, warnings
     assert warnings[0] == f'trades dialogue sim.paper is down: {reason}'
     assert warnings[1].startswith('trades dialogue sim.paper is still down (since ')

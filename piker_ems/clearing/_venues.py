@@ -21,7 +21,7 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger
-from ..service import find_service, maybe_spawn_brokerd
+from ..service import PikerdError, find_service, maybe_spawn_brokerd
 from ..service._auth import AUTH_MODULE, NotGenuine, endpoint_name, local_credential, make_auth
 from ..service._served import replacement_refused
 from ..service._daemon import DEATHSIG_MODULE
@@ -149,7 +149,9 @@ class VenueDirectory:
                 link.lost = link.lost or f'did not open within {OPEN_TIMEOUT_S:g}s'
         except* Exception as eg:
             err = eg.exceptions[0]
-            link.lost = link.lost or f'{type(err).__name__}: {err}'
+            # (our own one-line refusals read as they are: owners see this reason)
+            said = isinstance(err, (VenueUnavailable, PikerdError)) and str(err)
+            link.lost = link.lost or said or f'{type(err).__name__}: {err}'
         finally:
             if link.lost:
                 self.outages.down(link.name, link.lost)
