@@ -403,3 +403,21 @@ def test_far_foreign_order_keeps_the_bars_tall(running, tmp_path):
     out = os.environ.get('PIKER_EMS_SHOTS') or str(tmp_path)
     os.makedirs(out, exist_ok=True)
     r.app.save_screenshot(os.path.join(out, 'app-far-order.png'))
+
+
+def test_a_chart_without_the_watch_role_trades_its_own_orders(qtbot, reg_addr, sim_calm):
+    """The chart asks to watch the symbol; for a participant without the watch role emsd
+    refuses that, and the chart connects again without watching, saying so in one line."""
+    from piker_ems.service._auth import add_participant, credential_for, use_credential
+
+    token = add_participant('trader', ['trade'])
+    with use_credential(credential_for('trader', token)):  # (the app's tasks inherit it)
+        r = Running(qtbot, reg_addr, name='desk')
+    try:
+        assert 'order mode: your own orders only (no watch role)' in r.app.status.text()
+        assert r.app.book.owner == 'trader/desk'
+        oid = r.place(Qt.Key_F, round(r.last() - 2, 2))
+        r.wait(lambda: r.chart.get_line(oid).confirmed, msg='own order not confirmed')
+        assert not r.chart.get_line(oid).foreign
+    finally:
+        r.close()

@@ -1,6 +1,7 @@
 """Participants, credentials and least-privilege RPC (issue 10, SPEC §12): security regressions."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -25,16 +26,6 @@ from conftest import free_port, write_config
 FQSN = 'btcusd.sim'
 SIM_NO_HOOKS = SIM_CALM.replace('test_hooks = true\n', '')
 T = 30  # bound on each test body
-
-
-async def drain(trades) -> list:
-    """Whatever is already queued on a trades stream."""
-    out = []
-    while True:
-        try:
-            out.append(trades.rx.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def refused(excinfo_value: BaseException) -> str:
@@ -189,17 +180,17 @@ async def test_control_and_watch_are_granted_by_role_only(reg_addr, config_dir):
                     no = (await collect_until(m_trades, {'error'}, oid))[-1]
                     assert no.resp == 'error' and no.req is None and no.owner is None
                     assert no.reason == f'order {oid} is not yours to cancel'
-                # without the watch role, asking to watch (a chart does) sees only one's own orders
-                async with open_ems(FQSN, mode='dark', name='c', participant='bob', token=bob,
-                                    watch='symbol') as (c_book, c_trades, _):
-                    assert c_book.open_orders == []  # bob/a's order is not in bob/c's snapshot
-                    lone = c_book.send('buy', round(last - 6, 2), 1)
-                    assert (await next_status(c_trades, lone)).owner == 'bob/c'
-                    a_book.cancel(oid)
-                    assert (await next_status(a_trades, oid)).resp == 'dark_cancelled'
-                    assert oid not in {m.oid for m in await drain(c_trades)}
+                # without the watch role, asking to watch is refused (never silently narrowed)
+                for scope in ('symbol', 'all'):
+                    with pytest.raises(BaseException) as err:
+                        async with open_ems(FQSN, mode='dark', name='c', participant='bob', token=bob,
+                                            watch=scope):
+                            pass
+                    assert "participant 'bob' may not watch other clients' orders (no watch role)" in refused(err.value)
+                a_book.cancel(oid)
+                assert (await next_status(a_trades, oid)).resp == 'dark_cancelled'
                 stats = await ems_stats()
-                assert stats['dark'] == 1  # bob/c's
+                assert stats['dark'] == 0
 
 
 # -- least-privilege RPC -----------------------------------------------------------------------
@@ -305,6 +296,46 @@ def test_cli_order_as_participant(reg_addr, config_dir, tmp_path):
         assert ok.returncode == 0, ok.stderr
         assert 'by bob/piker' in ok.stdout
         assert token not in ok.stdout + ok.stderr + (tmp_path / 'pikerd.log').read_text()
+    finally:
+        stop_hard(pikerd)
+
+
+def test_a_client_without_the_secret_makes_none_and_says_how_to_get_one(reg_addr, config_dir, tmp_path):
+    """A client on another host (its own config dir, no secret) never makes a cluster secret of
+    its own: without --participant it is told, in one line, it has no credential for that
+    cluster and how to get one; with --participant/--token (``piker quote`` too) it works."""
+    write_config(config_dir, SIM_CALM)
+    pikerd = start_pikerd(reg_addr[1], tmp_path / 'pikerd.log')
+    try:
+        token = run_cli('participants', 'add', 'viewer', '--roles', 'watch').stdout.strip()
+        elsewhere = tmp_path / 'host-b'
+        elsewhere.mkdir()
+        env = {k: v for k, v in os.environ.items()
+               if k not in ('PIKER_EMS_SECRET_FILE', 'PIKER_EMS_PARTICIPANT', 'PIKER_EMS_TOKEN')}
+        env['PIKER_EMS_CONFIG_DIR'] = str(elsewhere)
+
+        def piker(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*_piker(), '--port', str(reg_addr[1]), *args], capture_output=True, text=True,
+                                  timeout=60, env=env, stdin=subprocess.DEVNULL)
+
+        expected = (f'error: no credential for the cluster at 127.0.0.1:{reg_addr[1]}: no cluster secret at '
+                    f'{elsewhere / "cluster.secret"}; copy it from the pikerd host (README "Several machines") '
+                    f'or give --participant NAME --token TOKEN')
+        for args in (('order', 'alert', FQSN, '--price', '1', '--detach'), ('quote', FQSN, '-n', '1'), ('services',)):
+            proc = piker(*args)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert proc.stderr.splitlines() == [expected], proc.stderr
+        assert not (elsewhere / 'cluster.secret').exists()
+        # the way out it names: a participant and its token
+        quote = piker('quote', FQSN, '-n', '1', '--json', '--participant', 'viewer', '--token', token)
+        assert quote.returncode == 0, quote.stderr
+        assert [json.loads(line)['fqsn'] for line in quote.stdout.splitlines()] == [FQSN]
+        nope = piker('quote', FQSN, '-n', '1', '--participant', 'viewer')
+        assert nope.returncode == 1 and nope.stderr.splitlines() == [
+            "error: participant 'viewer' needs its token (--token or $PIKER_EMS_TOKEN)"], nope.stderr
+        listed = piker('services', '--participant', 'viewer', '--token', token)
+        assert listed.returncode == 0 and 'pikerd' in listed.stdout, listed.stderr
+        assert not (elsewhere / 'cluster.secret').exists()
     finally:
         stop_hard(pikerd)
 

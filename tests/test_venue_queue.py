@@ -106,3 +106,52 @@ async def test_a_venue_that_fails_to_open_fails_its_queue(monkeypatch):
         venues.bind(sink)
         venues.link(('sim', 'live')).send_nowait(order('a'))
     assert sink.failed and 'no such broker process' in sink.failed[0][1]
+
+
+async def test_a_venue_that_stays_down_is_logged_once_not_per_retry(monkeypatch, caplog):
+    """emsd retries a lost venue every second: its outage is one WARNING (with the reason), a
+    reminder once REMIND_S passed, and one INFO when it is back; never an ERROR per attempt."""
+    from piker_ems.clearing._outage import REMIND_S
+
+    now = [1000.0]
+    attempts = []
+    opened = trio.Event()
+
+    async def down_then_up(self, link, open_cs):
+        attempts.append(link.name)
+        if len(attempts) == 20:
+            now[0] += REMIND_S  # a minute into the outage: one reminder
+        if len(attempts) < 40:
+            raise _venues.VenueUnavailable('paperboi.sim is down since 04:01:02 (silent for 3s)')
+        link.state = 'open'
+        if not self.outages.up(link.name):
+            raise AssertionError('the venue was not known as down')
+        link.opened.set()
+        opened.set()
+        await trio.sleep_forever()
+
+    class Retrying(Sink):  # like the Router with a live order there: reopen at once
+        def on_venue_lost(self, link, reason):
+            super().on_venue_lost(link, reason)
+            venues.reopen(link.key, 0)
+
+    monkeypatch.setattr(VenueDirectory, '_open_and_relay', down_then_up)
+    caplog.set_level('DEBUG', logger='piker_ems')
+    async with trio.open_nursery() as n:
+        venues = VenueDirectory(n.start_soon, actor_n=None, clock=lambda: now[0])
+        venues.bind(Retrying())
+        venues.link(('sim', 'paper'))
+        with trio.fail_after(10):
+            await opened.wait()
+        n.cancel_scope.cancel()
+    assert len(attempts) == 40
+    records = [r for r in caplog.records if r.name == 'piker_ems.clearing._venues']
+    assert not [r for r in records if r.levelname in ('ERROR', 'CRITICAL')]
+    warnings = [r.getMessage() for r in records if r.levelname == 'WARNING']
+    reason = 'paperboi.sim is down since 04:01:02 (silent for 3s)'  # (no class name: owners see it)
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == f'trades dialogue sim.paper is down: {reason}'
+    assert warnings[1].startswith('trades dialogue sim.paper is still down (since ')
+    assert warnings[1].endswith(f', 20 attempts; last: {reason})')
+    back = [r.getMessage() for r in records if r.levelname == 'INFO']
+    assert back == ['trades dialogue sim.paper is back after 60s down (39 failed attempts)']

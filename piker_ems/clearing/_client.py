@@ -10,7 +10,7 @@ import math
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 import tractor
 import trio
@@ -18,7 +18,8 @@ import trio
 from ..brokers import get_brokermod
 from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
-from ..service._auth import client_credential, credential_for, make_auth, refusal, use_credential
+from ..service._auth import Refused, WatchRefused, client_credential, credential_for, make_auth, refusal, use_credential
+from ..service._specs import ServiceDown, remote_error
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
@@ -326,7 +327,7 @@ async def open_ems(
                     )
                 )
             except BaseException as err:
-                refused = refusal(err)
+                refused = refusal(err) or remote_error(err, ServiceDown)
                 if refused is not None:
                     raise refused from None
                 raise
@@ -380,6 +381,29 @@ async def open_ems(
         if _is_link_error(body_error):
             raise EmsLost(trades.lost) from None
         raise body_error from None
+
+
+@asynccontextmanager
+async def open_ems_watching(
+    fqsn: str,
+    watch: Literal['symbol', 'all'],
+    on_not_watching: Callable[[Refused], Any] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[tuple[OrderBook, TradesStream, list[BrokerdPosition]]]:
+    """:func:`open_ems` watching other clients' orders (``watch``), or, for a participant
+    without the watch role (:class:`~piker_ems.service._auth.WatchRefused`), not watching:
+    its own orders only. ``on_not_watching`` is told that refusal. Any other error is raised."""
+    async with AsyncExitStack() as stack:
+        try:
+            session = await stack.enter_async_context(open_ems(fqsn, watch=watch, **kwargs))
+        except Exception as err:
+            refused = refusal(err)
+            if not isinstance(refused, WatchRefused):
+                raise
+            if on_not_watching is not None:
+                on_not_watching(refused)
+            session = await stack.enter_async_context(open_ems(fqsn, **kwargs))
+        yield session
 
 
 async def _leave(ctx: tractor.Context, clean: bool) -> None:

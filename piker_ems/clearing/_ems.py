@@ -8,7 +8,8 @@ import trio
 
 from ..config import load_config
 from ..log import get_logger, setup_console
-from ..service._auth import Refused, act_as_service, guarded, verify
+from ..service._auth import Refused, WatchRefused, act_as_service, guarded, verify
+from ..service._specs import ServiceDown
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
@@ -119,7 +120,8 @@ EMSD_MAIN = 'piker_ems.clearing._ems._emsd_main'
 def verify_refusal(principal, what: str, role: str) -> Refused:
     """A refusal (logged) of something the authenticated ``principal`` lacks ``role`` for."""
     log.warning('refused %s: participant %r may not %s (no %s role)', EMSD_MAIN, principal.participant, what, role)
-    return Refused(f'participant {principal.participant!r} may not {what} (no {role} role)')
+    cls = WatchRefused if role == 'watch' else Refused  # (a client may then connect without watching)
+    return cls(f'participant {principal.participant!r} may not {what} (no {role} role)')
 
 
 async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelScope) -> None:
@@ -151,10 +153,9 @@ async def _emsd_main(
 
     ``auth`` is the client's signed credential (see :mod:`piker_ems.service._auth`): the
     connection acts for that participant, its orders are owned by ``participant/client`` (the
-    bare ``client`` label for the local participant). ``watch`` needs the ``watch`` role
-    (without it the session sees its own orders only, and a request to also control others is
-    refused); ``control_others`` needs the ``control-others`` role (refused otherwise); placing
-    orders needs the ``trade`` role.
+    bare ``client`` label for the local participant). ``watch`` needs the ``watch`` role and
+    ``control_others`` the ``control-others`` role (the connection is refused otherwise, with
+    one line naming the missing role); placing orders needs the ``trade`` role.
 
     ``started()`` carries ``{'positions': [...], 'orders': <blob>}``: the broker/account
     positions and the open orders for ``fqsn`` (so a restarted client can redraw them), the
@@ -168,13 +169,9 @@ async def _emsd_main(
         raise ValueError(f'client name {client!r} is reserved (names starting with @ are emsd\'s own)')
     if '/' in client:
         raise ValueError(f'client name {client!r} may not contain "/"')
-    if control_others and watch is not None and 'watch' not in principal.roles:
-        raise verify_refusal(principal, 'watch other clients\' orders', 'watch')
     if watch is not None and 'watch' not in principal.roles:
-        # (a chart always asks to watch its symbol) the session sees its own orders only
-        log.warning('%s: participant %r has no watch role: its session %r sees its own orders only',
-                    EMSD_MAIN, principal.participant, client)
-        watch = None
+        # refused, not narrowed: a client that asked to watch must not believe it sees everything
+        raise verify_refusal(principal, 'watch other clients\' orders', 'watch')
     if control_others and 'control-others' not in principal.roles:
         raise verify_refusal(principal, 'control other clients\' orders', 'control-others')
     fqsn = fqsn.strip().lower()
@@ -191,7 +188,8 @@ async def _emsd_main(
     scan = router.scans.get(fqsn)
     await scan.wait_ready(CONNECT_WAIT_S)
     if scan.failed:
-        raise ValueError(scan.failed)
+        # (a brokerd that is down is said as is: the client shows that line, not an error type)
+        raise ServiceDown(scan.failed) if scan.down else ValueError(scan.failed)
     # the venue opens meanwhile; its positions are in the start state if it opens in time
     await router.venues.wait_open(router.venues.key_for(broker, account), CONNECT_WAIT_S)
     router.add_client(conn)

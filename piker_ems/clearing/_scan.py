@@ -17,8 +17,10 @@ import trio
 
 from ..data import FeedLost, open_feed
 from ..log import get_logger
+from ..service._specs import ServiceDown, remote_error
 from ..symbols import Symbol
 from ._darkbook import DarkBook
+from ._outage import OutageLog
 
 log = get_logger(__name__)
 
@@ -34,10 +36,13 @@ class DarkScan:
         self.symbol: Symbol | None = None
         self.last: float | None = None
         self.failed: str | None = None  # why the feed could not be opened (the scan is dead)
+        self.down = False  # ... because its brokerd was started elsewhere and is down (ServiceDown)
         self.quotes = 0
         self.ready = trio.Event()   # set once symbol info and a first price are known, or failed
         self.scope = trio.CancelScope()
         self.sink: Any = None
+        # (a lost feed is retried every second: its outage is logged once, not per attempt)
+        self.outage = OutageLog(log, 'feed of the dark scan of')
 
     def __len__(self) -> int:
         return len(self.book)
@@ -93,6 +98,7 @@ class DarkScan:
                 if self.last is None:
                     self.last = first.get('last') or first.get('bid')
                 self.ready.set()
+                self.outage.up(self.fqsn)
                 async for packet in feed.stream:
                     quote = packet.get(self.fqsn)
                     if quote is not None:
@@ -101,15 +107,16 @@ class DarkScan:
                         except Exception:
                             log.exception('dark scan for %s failed on a quote; continuing', self.fqsn)
         except* FeedLost as eg:
-            log.error('dark scan for %s lost its feed (%s); reconnecting', self.fqsn, eg.exceptions[0])
+            self.outage.down(self.fqsn, f'{eg.exceptions[0]} (reconnecting)')
         except* Exception as eg:
             err = eg.exceptions[0]
             if not self.ready.is_set():
                 self.failed = str(err) or f'feed for {self.fqsn} failed ({type(err).__name__})'
+                self.down = remote_error(eg, ServiceDown) is not None
                 self.ready.set()
                 log.warning('dark scan for %s could not start: %s', self.fqsn, self.failed)
             else:
-                log.error('dark scan for %s: feed failed (%r); reconnecting', self.fqsn, err)
+                self.outage.down(self.fqsn, f'{type(err).__name__}: {err} (reconnecting)')
         return self.failed is None
 
 

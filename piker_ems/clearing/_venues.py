@@ -12,6 +12,8 @@ coming and going. Every event from the venue goes to the *sink* (emsd's Router, 
 from __future__ import annotations
 
 import math
+import time
+from contextlib import AsyncExitStack
 from typing import Any, Callable
 
 import tractor
@@ -19,10 +21,12 @@ import trio
 
 from ..brokers import get_brokermod
 from ..log import get_logger
-from ..service import maybe_spawn_brokerd
-from ..service._auth import AUTH_MODULE, endpoint_name, local_credential, make_auth
+from ..service import PikerdError, find_service, maybe_spawn_brokerd
+from ..service._auth import AUTH_MODULE, NotGenuine, endpoint_name, local_credential, make_auth
+from ..service._served import replacement_refused
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
+from ._outage import OutageLog
 from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
 from ._orders import VenueKey, VenueUnavailable
 
@@ -49,6 +53,7 @@ class VenueLink:
         self.relay_scope = trio.CancelScope()
         self.sent = 0
         self.received = 0
+        self.served_from: str | None = None  # 'host:port' of a venue served elsewhere
 
     @property
     def name(self) -> str:
@@ -73,10 +78,9 @@ class VenueLink:
 
     def lose(self, reason: str) -> None:
         """Declare the dialogue dead: stop its relay (which then tells the sink)."""
-        if not self.closed:
+        if not self.closed:  # (the directory logs it, once per outage)
             self.state = 'closed'
             self.lost = reason
-            log.error('trades dialogue %s lost: %s', self.name, reason)
         self.relay_scope.cancel()
 
     def drain_failed(self) -> list[Any]:
@@ -92,12 +96,15 @@ class VenueLink:
 class VenueDirectory:
     """emsd's venue links, one per (broker, kind), opened in the service nursery on first need."""
 
-    def __init__(self, start_soon: Callable[..., Any], actor_n: Any, loglevel: str | None = None) -> None:
+    def __init__(self, start_soon: Callable[..., Any], actor_n: Any, loglevel: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.start_soon = start_soon
         self.actor_n = actor_n
         self.loglevel = loglevel
         self.links: dict[VenueKey, VenueLink] = {}
         self.sink: Any = None
+        # (a lost venue is retried every second: its outage is logged once, not per attempt)
+        self.outages = OutageLog(log, 'trades dialogue', clock)
 
     def bind(self, sink: Any) -> None:
         self.sink = sink
@@ -142,9 +149,12 @@ class VenueDirectory:
                 link.lost = link.lost or f'did not open within {OPEN_TIMEOUT_S:g}s'
         except* Exception as eg:
             err = eg.exceptions[0]
-            link.lost = link.lost or f'{type(err).__name__}: {err}'
-            log.error('trades dialogue %s ended: %s', link.name, link.lost)
+            # (our own one-line refusals read as they are: owners see this reason)
+            said = isinstance(err, (VenueUnavailable, PikerdError)) and str(err)
+            link.lost = link.lost or said or f'{type(err).__name__}: {err}'
         finally:
+            if link.lost:
+                self.outages.down(link.name, link.lost)
             link.state = 'closed'
             link.opened.set()
             if self.links.get(link.key) is link:
@@ -164,10 +174,23 @@ class VenueDirectory:
         if kind == 'paper':
             from . import _paper
 
-            portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
+            kwargs = {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}
+            async with AsyncExitStack() as stack:
+                served = await self._served_paperboi(broker, stack)
+                if served is not None:  # (a served engine is never cancelled from here)
+                    link.served_from = '{}:{}'.format(*served.channel.raddr)
+                    log.info('trades dialogue %s: using paperboi.%s served at %s', link.name, broker, link.served_from)
+                    await self._relay(link, served, _paper.trades_dialogue, kwargs, open_cs)
+                    return
+            refused = await replacement_refused(f'paperboi.{broker}')
+            if refused is not None:
+                raise VenueUnavailable(refused)
+            # (it listens where emsd does: emsd may be served on another host)
+            host = tractor.current_actor().accept_addr[0]
+            portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES,
+                                                    bind_addr=(host, 0))
             try:
-                await self._relay(link, portal, _paper.trades_dialogue,
-                                  {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
+                await self._relay(link, portal, _paper.trades_dialogue, kwargs, open_cs)
             finally:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
@@ -176,6 +199,17 @@ class VenueDirectory:
             async with maybe_spawn_brokerd(broker, loglevel=self.loglevel) as portal:
                 await self._relay(link, portal, endpoint,
                                   {'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
+
+    async def _served_paperboi(self, broker: str, stack: AsyncExitStack) -> tractor.Portal | None:
+        """A genuine ``paperboi.<broker>`` registered by someone else (``piker serve``), if any.
+
+        emsd's own paper engine exists only while its link runs, so any live registration seen
+        while opening a link is a served one. An impostor entry is ignored (and reported)."""
+        try:
+            return await stack.enter_async_context(find_service(f'paperboi.{broker}'))
+        except NotGenuine as err:
+            log.error('ignoring the registered paperboi.%s: %s', broker, err)
+            return None
 
     async def _relay(self, link: VenueLink, portal: tractor.Portal, endpoint, kwargs: dict,
                      open_cs: trio.CancelScope) -> None:
@@ -193,7 +227,8 @@ class VenueDirectory:
                     link.snapshot = snapshot
                     link.state = 'open'
                     open_cs.deadline = math.inf  # opened: no more open timeout
-                    log.info('trades dialogue %s open', link.name)
+                    if not self.outages.up(link.name):
+                        log.info('trades dialogue %s open', link.name)
                     self.sink.on_venue_open(link)  # reconcile before anything else is relayed
                     link.opened.set()
                     with link.relay_scope:

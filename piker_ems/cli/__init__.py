@@ -14,6 +14,7 @@ from .participants import participants
 from .positions import positions
 from .quotes import quote
 from .risk import halt, reduce, resume
+from .serve import serve
 from .services import services
 
 LOGLEVEL = click.Choice(LEVELS, case_sensitive=False)
@@ -30,6 +31,12 @@ def pikerd(host: str | None, port: int | None, loglevel: str, tractor_loglevel: 
     from ..config import registry_addr
 
     addr = registry_addr(host, port)
+    from ..service._root import is_loopback
+
+    if not is_loopback(addr[0]):
+        click.secho(f'WARNING: pikerd and its services listen on {addr[0]}, reachable from other hosts; the '
+                    f'transport has no TLS: use a trusted network, WireGuard or an SSH tunnel '
+                    f'(README "Several machines")', fg='yellow', err=True)
     if pdb:
         click.secho('WARNING: debug mode: a crashed service blocks until resumed from this console', fg='yellow', err=True)
 
@@ -67,3 +74,4 @@ cli.add_command(participants)
 cli.add_command(halt)
 cli.add_command(reduce)
 cli.add_command(resume)
+cli.add_command(serve)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import click
 
@@ -187,20 +187,12 @@ def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | 
 async def _cancel_session(symbol: str, name: str, by_oid: bool, loglevel: str):
     """An emsd session to cancel from: watching the whole broker to find an oid by its prefix,
     or (for a participant without the watch role) only its own orders: then give the full oid."""
-    from ..clearing import open_ems
-    from ..service._auth import refusal
+    from ..clearing import open_ems, open_ems_watching
 
-    async with AsyncExitStack() as stack:
-        session = None
-        if by_oid:
-            try:
-                session = await stack.enter_async_context(open_ems(symbol, name=name, watch='all', loglevel=loglevel))
-            except Exception as err:
-                if refusal(err) is None:
-                    raise
-        if session is None:
-            session = await stack.enter_async_context(open_ems(symbol, name=name, loglevel=loglevel))
-        yield session
+    session = (open_ems_watching(symbol, 'all', name=name, loglevel=loglevel) if by_oid
+               else open_ems(symbol, name=name, loglevel=loglevel))
+    async with session as opened:
+        yield opened
 
 
 async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> int:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ._common import CliState, check_fqsn, run
+from ._common import CliState, check_fqsn, participant_options, run
 
 
 def format_quote(fqsn: str, q: dict) -> str:
@@ -52,6 +52,7 @@ async def stream_quotes(state: CliState, fqsns: list[str], count: int | None, as
 @click.argument('fqsns', nargs=-1, required=True)
 @click.option('--count', '-n', type=click.IntRange(min=1), default=None, help='Stop after N quotes.')
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per quote per line.')
+@participant_options
 @click.pass_obj
 def quote(state: CliState, fqsns: tuple[str, ...], count: int | None, as_json: bool) -> None:
     """Print live quotes for FQSNS (e.g. btcusd.sim) until Ctrl-C or --count."""

@@ -52,7 +52,7 @@ NAME_RE = re.compile(r'^[a-z][a-z0-9_-]{0,31}$')
 __all__ = [
     'AuthError', 'Credential', 'LOCAL', 'ROLES', 'Refused', 'add_participant', 'client_credential',
     'credential_for', 'ensure_secret', 'guarded', 'list_participants', 'make_auth',
-    'remove_participant', 'secret_path', 'use_credential', 'verify',
+    'remove_participant', 'secret_path', 'use_credential', 'verify', 'WatchRefused',
 ]
 
 
@@ -62,6 +62,11 @@ class AuthError(RuntimeError):
 
 class Refused(PermissionError):
     """A guarded call was refused: unknown participant, bad credential or missing role."""
+
+
+class WatchRefused(Refused):
+    """A client without the ``watch`` role asked to watch other clients' orders: it may
+    connect again without watching (its own orders only)."""
 
 
 class NotGenuine(Refused):
@@ -103,8 +108,31 @@ def load_secret() -> bytes | None:
     return text.encode()
 
 
+def no_secret_line(registry: tuple[str, int] | None = None) -> str:
+    """Why a client with no cluster secret (and no participant) cannot go on, and what to do."""
+    if registry is None:
+        import tractor
+
+        actor = tractor.current_actor(err_on_no_runtime=False)
+        registry = tuple(actor._arb_addr) if actor is not None else config.registry_addr()
+    return (f'no credential for the cluster at {registry[0]}:{registry[1]}: no cluster secret at '
+            f'{secret_path()}; copy it from the pikerd host (README "Several machines") or give '
+            f'--participant NAME --token TOKEN')
+
+
+def require_secret() -> bytes:
+    """The cluster secret; :class:`AuthError` (one line saying how to get it) if there is none.
+    Only pikerd makes one (:func:`ensure_secret`): a client or a served service that made its
+    own would hold a secret no other process of the cluster knows."""
+    secret = load_secret()
+    if secret is None:
+        raise AuthError(no_secret_line())
+    return secret
+
+
 def ensure_secret() -> bytes:
-    """The cluster secret, made now (mode 0600) if there is none (pikerd's first start)."""
+    """The cluster secret, made now (mode 0600) if there is none: pikerd's first start (or
+    ``piker participants add`` on the pikerd host), nobody else."""
     secret = load_secret()
     if secret is not None:
         return secret
@@ -185,6 +213,9 @@ def _participant(name: str) -> tuple[bytes, frozenset[str]] | None:
     if name == LOCAL:
         secret = load_secret()
         return None if secret is None else (_local_key(secret), frozenset(ROLES))
+    mirror = _mirror()
+    if mirror is not None:  # a served service: pikerd's table, not this host's config dir
+        return mirror.get(name)
     entry = _load_participants().get(name)
     if entry is None:
         return None
@@ -212,9 +243,9 @@ def credential_for(participant: str | None = None, token: str | None = None) -> 
     participant = participant or os.environ.get(ENV_PARTICIPANT) or None
     token = token or os.environ.get(ENV_TOKEN) or None
     if participant in (None, LOCAL) and token is None:
-        # whoever may write this config dir owns this installation: with no pikerd started
-        # yet (an embedding app, a first command), the secret is made here, as pikerd would
-        return Credential(LOCAL, _local_key(ensure_secret()))
+        # whoever can read this host's cluster secret is the local participant; a client never
+        # makes one (pikerd does, on its first start)
+        return Credential(LOCAL, _local_key(require_secret()))
     if participant is None:
         raise AuthError('a token was given without --participant')
     if token is None:
@@ -249,7 +280,7 @@ def set_default_credential(cred: Credential) -> None:
 def local_credential() -> Credential:
     """The local participant's credential, whatever this process's default is: services and
     pikerd sign their own calls to each other with it (they run where the secret is)."""
-    return Credential(LOCAL, _local_key(ensure_secret()))
+    return Credential(LOCAL, _local_key(require_secret()))
 
 
 def act_as_service() -> None:
@@ -431,22 +462,61 @@ async def call(portal: Any, ns: str, fn: str, cred: Credential | None = None, **
 def refusal(err: BaseException) -> Refused | None:
     """The :class:`Refused` a remote service answered with (as a local exception), if ``err``
     (or a group or chain around it) is one; ``None`` otherwise."""
-    seen = 0
-    stack = [err]
-    while stack and seen < 50:
-        exc = stack.pop()
-        seen += 1
-        if isinstance(exc, Refused):
-            return exc
-        msgdata = getattr(exc, 'msgdata', None)
-        if isinstance(msgdata, dict) and msgdata.get('type_str') == 'Refused':
-            tb = (msgdata.get('tb_str') or '').strip().splitlines()
-            last = tb[-1] if tb else 'refused'
-            return Refused(last.partition(': ')[2] or last)
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        if exc.__cause__ is not None:
-            stack.append(exc.__cause__)
-        elif exc.__context__ is not None:
-            stack.append(exc.__context__)
-    return None
+    from ._specs import remote_error
+
+    return remote_error(err, WatchRefused, Refused)  # type: ignore[return-value]
+
+
+# --- participants of a service served on another host -------------------------------------
+# The participants live in pikerd's config dir. A served service (``piker serve``) gets pikerd's
+# table through its supervisor, which fetches it from pikerd every MIRROR_EVERY_S; the
+# verifiers travel wrapped (XOR with an HMAC keystream of the cluster secret and a fresh nonce),
+# so only a holder of the secret can use them.
+
+MIRROR_EVERY_S = 2.0
+_MIRROR_KEY = 'participants_mirror'
+
+
+def _mirror() -> dict[str, tuple[bytes, frozenset[str]]] | None:
+    from ._state import maybe_actor_state
+
+    state = maybe_actor_state()
+    return None if state is None else state.get(_MIRROR_KEY)
+
+
+def _wrap(secret: bytes, nonce: str, name: str, data: bytes) -> bytes:
+    pad = hmac.new(secret, f'wrap participant:{nonce}:{name}'.encode(), hashlib.sha256).digest()
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
+
+
+@guarded('admin')
+async def participants_table(nonce: str) -> dict:
+    """RPC (pikerd): every participant's roles and wrapped verifier, for a served service's
+    supervisor (admin: it holds the cluster secret)."""
+    if not isinstance(nonce, str) or not _CHALLENGE_RE.match(nonce):
+        raise Refused('participants_table: the nonce must be 32 hex digits')
+    secret = require_secret()
+    return {name: {'roles': list(p.get('roles', ())),
+                   'wrapped': _wrap(secret, nonce, name, bytes.fromhex(p['verifier'])).hex()}
+            for name, p in _load_participants().items()}
+
+
+async def fetch_participants(portal: Any) -> tuple[str, dict]:
+    """``(nonce, table)`` from pikerd's :func:`participants_table` (signed as local)."""
+    nonce = secrets.token_hex(16)
+    return nonce, await call(portal, AUTH_MODULE, 'participants_table', cred=local_credential(), nonce=nonce)
+
+
+@guarded('admin')
+async def set_participants_mirror(nonce: str, table: dict) -> int:
+    """RPC (a served service, from its supervisor): verify callers against ``table`` (pikerd's
+    participants, verifiers wrapped with ``nonce``) instead of this host's config dir."""
+    from ._state import actor_state
+
+    secret = require_secret()
+    mirror = {}
+    for name, p in table.items():
+        key = _wrap(secret, str(nonce), name, bytes.fromhex(p['wrapped']))
+        mirror[name] = (key, frozenset(r for r in p.get('roles', ()) if r in ROLES))
+    actor_state()[_MIRROR_KEY] = mirror
+    return len(mirror)

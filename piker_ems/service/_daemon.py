@@ -8,9 +8,10 @@ through :func:`spawn_service` / :func:`cancel_service` / :func:`list_services` R
 from __future__ import annotations
 
 import signal
+import time
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import tractor
@@ -22,13 +23,14 @@ from ._auth import AUTH_MODULE, act_as_service, endpoint_name, ensure_secret, gu
 from ._cache import SharedCache
 from ._ipc import open_supervisor
 from ._registry import find_service, registry_is_up
-from ._specs import PikerdError, ServiceSpec, service_spec
+from ._specs import PikerdError, ServiceDown, ServiceSpec, service_spec
 from ._state import actor_state, maybe_actor_state
 
 log = get_logger(__name__)
 
 DEATHSIG_MODULE = 'piker_ems.service._deathsig'
-PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon', 'piker_ems.service._auth']
+PIKERD_MODULES = [DEATHSIG_MODULE, 'piker_ems.service._daemon', 'piker_ems.service._auth',
+                  'piker_ems.service._served']
 TRACTOR_QUIET = 'critical'
 
 __all__ = ['PikerdError', 'ServiceSpec', 'Services', 'local_services', 'maybe_open_pikerd', 'open_pikerd']
@@ -39,6 +41,36 @@ class _Running:
     portal: tractor.Portal
     cancel_scope: trio.CancelScope
     done: trio.Event
+
+
+@dataclass
+class Served:
+    """A service started elsewhere (``piker serve``) that pikerd accepted after it proved it
+    holds the cluster secret. ``up`` while its announcement heartbeats; a service that died
+    (rather than stopped) stays known as down, so pikerd does not replace it by default."""
+
+    name: str
+    uid: tuple[str, str]
+    addr: tuple[str, int]
+    up: bool = True
+    since: float = field(default_factory=time.time)
+    reason: str = ''
+
+    def describe(self) -> dict:
+        return {'uid': list(self.uid), 'addr': list(self.addr), 'up': self.up, 'since': self.since,
+                'reason': self.reason}
+
+
+def replace_remote_allowed(name: str, settings: dict | None = None) -> bool:
+    """``[services] replace_remote`` of ``piker_ems.toml``: may pikerd (or emsd, for a paper
+    engine) start a local ``name`` while the one started remotely is down? ``false`` (default),
+    ``true``, or a list of service names."""
+    if settings is None:
+        settings = config.load_config().get('services') or {}
+    allowed = settings.get('replace_remote', False)
+    if isinstance(allowed, (list, tuple)):
+        return name in allowed
+    return bool(allowed)
 
 
 class Services:
@@ -66,6 +98,32 @@ class Services:
         self.debug_mode = debug_mode
         self._running: dict[str, _Running] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.served: dict[str, Served] = {}
+
+    def replacement_refused(self, name: str) -> str | None:
+        """Why a local ``name`` must not be started now (one line), or ``None``: a service
+        that was started remotely is not replaced while it runs, nor by default while it is
+        down (``[services] replace_remote``)."""
+        served = self.served.get(name)
+        if served is None:
+            return None
+        where = f'{served.addr[0]}:{served.addr[1]}'
+        if served.up:
+            return f'{name} is served from {where} (piker serve); not starting another one here'
+        if replace_remote_allowed(name):
+            return None
+        down = time.strftime('%H:%M:%S', time.localtime(served.since))
+        return (f'{name} is down since {down}{" (" + served.reason + ")" if served.reason else ""}: '
+                f'it was started remotely (piker serve, last at {where}); start it again there '
+                f'([services] replace_remote = true lets pikerd replace it meanwhile)')
+
+    def describe(self) -> dict:
+        """What runs where: pikerd's own services and the served ones."""
+        own = {}
+        for name, running in self._running.items():
+            uid = running.portal.channel.uid
+            own[name] = {'uid': list(uid) if uid else None}
+        return {'own': own, 'served': {n: s.describe() for n, s in self.served.items()}}
 
     def list(self) -> list[str]:
         """Names of the services this pikerd runs."""
@@ -75,6 +133,11 @@ class Services:
         """The portal of a running service, if any."""
         running = self._running.get(name)
         return running.portal if running else None
+
+    def ended(self, name: str) -> trio.Event | None:
+        """Set when the running service ``name`` ends (stopped, or its process died)."""
+        running = self._running.get(name)
+        return running.done if running else None
 
     async def start_service_task(
         self,
@@ -117,18 +180,24 @@ class Services:
         self._running[name] = _Running(portal, cs, done)
         return first
 
-    async def spawn(self, spec: ServiceSpec) -> bool:
-        """Start ``spec`` unless it already runs; return whether it was started now."""
+    async def spawn(self, spec: ServiceSpec, bind: tuple[str, int] | None = None) -> bool:
+        """Start ``spec`` (listening at ``bind``; default: pikerd's host and a free port) unless
+        it already runs; return whether it was started now."""
         async with self._locks[spec.name]:
             running = self._running.get(spec.name)
             if running is not None and not running.done.is_set():
                 return False
+            refused = self.replacement_refused(spec.name)
+            if refused is not None:
+                raise (PikerdError if self.served[spec.name].up else ServiceDown)(refused)
             log.info('spawning %s', spec.name)
             portal = await self.actor_n.start_actor(
                 spec.name,
                 enable_modules=[DEATHSIG_MODULE, AUTH_MODULE, *spec.enable_modules],
                 loglevel=self.tractor_loglevel,
                 debug_mode=self.debug_mode,
+                # (pikerd's children listen where pikerd does, so other hosts can reach them)
+                bind_addr=bind or (_ipv4(self.registry[0]), 0),
             )
             try:
                 await self.start_service_task(
@@ -161,10 +230,14 @@ class Services:
         running.cancel_scope.cancel()
         try:
             with trio.move_on_after(1):
-                async with tractor.get_arbiter(*self.registry) as reg:
-                    await reg.run_from_ns('self', 'unregister_actor', uid=uid)
+                await self.forget_registration(uid)
         except Exception:  # already unregistered, or the registry is going away
             log.debug('could not unregister %s', uid, exc_info=True)
+
+    async def forget_registration(self, uid: tuple[str, str]) -> None:
+        """Drop ``uid``'s registry entry (an actor that died cannot do it itself)."""
+        async with tractor.get_arbiter(*self.registry) as reg:
+            await reg.run_from_ns('self', 'unregister_actor', uid=uid)
 
     async def cancel_service(self, name: str) -> bool:
         """Stop one service cleanly: end its service task, then cancel its actor."""
@@ -180,6 +253,16 @@ class Services:
         """Stop every service (used on pikerd shutdown)."""
         for name in list(self._running):
             await self.cancel_service(name)
+
+
+def _ipv4(host: str) -> str:
+    """``host`` as one IPv4 address (a name such as ``localhost`` could bind several)."""
+    import socket
+
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
 
 
 def local_services() -> Services | None:
@@ -213,6 +296,21 @@ async def cancel_service(name: str) -> bool:
 async def list_services() -> list[str]:
     """RPC: names of running services."""
     return _require_local().list()
+
+
+@guarded()
+async def describe_services() -> dict:
+    """RPC: pikerd's own services (``own``: name -> uid) and those started elsewhere with
+    ``piker serve`` that it accepted (``served``: name -> uid, addr, up, since, reason)."""
+    return _require_local().describe()
+
+
+@guarded()
+async def replacement_refused(name: str) -> str | None:
+    """RPC: why a local ``name`` must not be started now (see
+    :meth:`Services.replacement_refused`), or ``None``. emsd asks before starting its own
+    paper engine."""
+    return _require_local().replacement_refused(name)
 
 
 def _require_local() -> Services:
@@ -317,6 +415,7 @@ async def _embedded_pikerd(
 
 @asynccontextmanager
 async def _open_embedded_pikerd(loglevel: str | None, tractor_loglevel: str) -> AsyncIterator[None]:
+    ensure_secret()  # this tree is about to host pikerd: its first start makes the secret
     async with tractor.open_nursery() as an:
         portal = await an.start_actor(
             'pikerd', enable_modules=PIKERD_MODULES, loglevel=tractor_loglevel,
@@ -377,10 +476,10 @@ async def maybe_open_pikerd(
     addr = registry_addr or config.registry_addr()
     setup_console(loglevel)
     if await registry_is_up(addr):
-        async with tractor.open_root_actor(
-            name=name, arbiter_addr=addr, loglevel=tl, debug_mode=debug_mode,
-            enable_modules=[DEATHSIG_MODULE, *(enable_modules or [])],
-        ):
+        from ._root import open_client_root  # (another host's registry: bind a local address)
+
+        async with open_client_root(name, addr, loglevel=tl, debug_mode=debug_mode,
+                                    enable_modules=[DEATHSIG_MODULE, *(enable_modules or [])]):
             yield None
     else:
         log.info('no pikerd at %s:%s: running services in this process', *addr)

@@ -79,13 +79,25 @@ async def _our_key_is_wrong(addr: tuple[str, int]) -> bool:
         return False
 
 
+def _whose_key(participant: str) -> str:
+    """What is wrong with this client's key, in words (the local participant has no token)."""
+    from ._auth import LOCAL, secret_path
+
+    if participant == LOCAL:
+        return f"this host's cluster secret ({secret_path()}) is not the cluster's"
+    return f"wrong token for participant {participant!r} (or not this cluster's secret)"
+
+
 async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack) -> tractor.Portal | None:
     """Connect to the newest live, *genuine* registration of ``name``; unregister dead ones on
     the way, and skip (and report) any that cannot prove it is this cluster's service."""
     from ._auth import client_credential, is_genuine
 
+    registered = await _registered(name, addr)
+    if registered:
+        client_credential()  # no credential (no secret here, no participant): say so before connecting
     rejected = 0
-    for uid, sockaddr in reversed(await _registered(name, addr)):
+    for uid, sockaddr in reversed(registered):
         candidate = AsyncExitStack()
         try:
             chan = await candidate.enter_async_context(tractor._ipc._connect_chan(*sockaddr))
@@ -99,15 +111,17 @@ async def _connect_live(name: str, addr: tuple[str, int], stack: AsyncExitStack)
             except Exception:  # the registry may itself be going away
                 log.debug('could not unregister %s', uid, exc_info=True)
             continue
-        why = None if _started_here(name, uid) else await is_genuine(portal, name)
+        try:
+            why = None if _started_here(name, uid) else await is_genuine(portal, name)
+        except BaseException:
+            await candidate.aclose()  # (else its portal's tasks outlive this call)
+            raise
         if why is not None:
             rejected += 1
             await candidate.aclose()  # (no cancel scope around it: it exits the portal's nursery)
             if rejected == 1 and await _our_key_is_wrong(addr):
-                raise NotGenuine(
-                    f'wrong token for participant {client_credential().participant!r} (or not this '
-                    f"cluster's secret): the registry at {addr[0]}:{addr[1]} does not recognise it"
-                )
+                raise NotGenuine(f'{_whose_key(client_credential().participant)}: the registry at '
+                                 f'{addr[0]}:{addr[1]} does not recognise it')
             log.error('IGNORED registry entry %s at %s:%s: not a genuine %s (%s)', uid, *sockaddr, name, why)
             continue
         stack.push_async_callback(candidate.aclose)

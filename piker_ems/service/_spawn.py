@@ -16,7 +16,7 @@ from ..log import get_logger
 from ._auth import call
 from ._daemon import local_services, maybe_open_pikerd
 from ._registry import _connect_live, current_registry, find_service, wait_for_service
-from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceSpec, service_spec
+from ._specs import BROKERD_MODULES, EMSD_MODULES, PikerdError, ServiceDown, ServiceSpec, remote_error, service_spec
 from ._state import spawn_lock
 
 log = get_logger(__name__)
@@ -37,7 +37,20 @@ async def _request_spawn(name: str, loglevel: str | None) -> None:
     async with find_service('pikerd') as pikerd:
         if pikerd is None:
             raise PikerdError('no pikerd is registered to spawn services')
-        await call(pikerd, 'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel)
+        try:
+            await call(pikerd, 'piker_ems.service._daemon', 'spawn_service', name=name, loglevel=loglevel)
+        except BaseException as err:
+            refused = _pikerd_refusal(err)
+            if refused is None:
+                raise
+            raise refused from None
+
+
+def _pikerd_refusal(err: BaseException) -> PikerdError | None:
+    """pikerd's own one-line refusal to spawn (e.g. :class:`ServiceDown`: a served service
+    that is down) out of the remote error around it, so callers (a venue, a feed, the CLI)
+    report that line, not a remote traceback."""
+    return remote_error(err, ServiceDown, PikerdError)  # type: ignore[return-value]
 
 
 @asynccontextmanager

@@ -218,15 +218,17 @@ class SymbolSession:
     async def _order_mode_loop(self) -> None:
         import trio
 
-        from ..clearing import EmsLost, open_ems
+        from ..clearing import EmsLost, open_ems_watching
         from ..service._auth import refusal
 
         opts = self.opts
         starting = self.status.open_status('starting order mode..')
         try:
-            async with open_ems(
-                self.fqsn, mode='paper' if opts.account == 'paper' else 'live',
-                account=opts.account, name=opts.name, loglevel=opts.loglevel, watch='symbol',
+            async with open_ems_watching(
+                self.fqsn, 'symbol', lambda _: self.status.open_status(
+                    'order mode: your own orders only (no watch role)', clear_on_next=True),
+                mode='paper' if opts.account == 'paper' else 'live',
+                account=opts.account, name=opts.name, loglevel=opts.loglevel,
                 control_others=opts.control_others,
             ) as (book, trades, positions):
                 self.book = book
