@@ -1,5 +1,5 @@
-"""Regenerate ``docs/chart.png``, ``docs/order-mode.png`` and ``docs/chart-narrow.png``
-(headless, about 100 seconds).
+"""Regenerate ``docs/chart.png``, ``docs/order-mode.png``, ``docs/chart-narrow.png``,
+``docs/chart-tabs.png`` and ``docs/chart-help.png`` (headless, about 100 seconds).
 
     QT_QPA_PLATFORM=offscreen uv run python docs/make_screenshots.py [--port 6199] [--warmup 75]
 
@@ -42,7 +42,7 @@ def main() -> None:
 
     async def trio_main() -> None:
         app = ChartApp(ChartOptions('btcusd.sim', period=1.0, registry=('127.0.0.1', args.port),
-                                    size=2, width=1280, height=720))
+                                    size=2, width=1280, height=720, more=['ethusd.sim']))
 
         async def drive() -> None:
             while app.mode is None or app.last_price is None:
@@ -127,6 +127,27 @@ def main() -> None:
             await trio.sleep(1.5)
             chart.set_cursor(time.time() - 20, app.last_price - 0.1 * span)
             app.save_screenshot(args.out / 'chart-narrow.png')
+
+            # the second symbol's tab, with its own order mode: a dark sell there
+            app.window.resize(1280, 720)
+            eth = app.sessions[1]
+            app.window.tabs.setCurrentIndex(1)
+            while eth.mode is None or eth.last_price is None:
+                await trio.sleep(0.1)
+            await trio.sleep(1.5)
+            ey0, ey1 = eth.chart.vb.viewRange()[1]
+            x = time.time()
+            eth.chart.set_cursor(x, eth.last_price + 0.25 * (ey1 - ey0))
+            QtTest.QTest.keyPress(eth.chart, Qt.Key_D)
+            eth.chart.sigClicked.emit(x, eth.chart.cursor_price(), Qt.LeftButton)
+            QtTest.QTest.keyRelease(eth.chart, Qt.Key_D)
+            await trio.sleep(1.5)
+            eth.chart.set_cursor(time.time() - 30, eth.last_price - 0.1 * (ey1 - ey0))
+            app.save_screenshot(args.out / 'chart-tabs.png')
+            # every key at a glance: ?
+            QtTest.QTest.keyClick(eth.chart, Qt.Key_Question, Qt.ShiftModifier)
+            await trio.sleep(0.3)
+            app.save_screenshot(args.out / 'chart-help.png')
             app.close()
 
         async def both() -> None:

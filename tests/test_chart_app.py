@@ -10,6 +10,8 @@ os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -31,10 +33,10 @@ BOOT_MS = 20_000
 class Running:
     """A ChartApp running as a trio guest, plus helpers to drive it."""
 
-    def __init__(self, qtbot, reg_addr, name: str = 'chart') -> None:
+    def __init__(self, qtbot, reg_addr, name: str = 'chart', **opts) -> None:
         self.qtbot = qtbot
         self.app = ChartApp(ChartOptions(FQSN, period=1.0, registry=reg_addr, loglevel='error',
-                                         name=name))
+                                         name=name, **opts))
         qtbot.addWidget(self.app.window)
         self.guest = start_guest(self.app.run)
         self.seen: list = []
@@ -79,9 +81,9 @@ class Running:
             raise box['error']
         return box['value']
 
-    def place(self, key, price: float, live: bool = False) -> str:
+    def place(self, key, price: float, live: bool = False, chart=None) -> str:
         """Hold the order key (and s), click at ``price``, release; returns the new line's oid."""
-        chart, qtbot = self.chart, self.qtbot
+        chart, qtbot = chart or self.chart, self.qtbot
         before = {ln.oid for ln in chart.lines()}
         x = time.time()
         chart.set_cursor(x, price)
@@ -96,7 +98,12 @@ class Running:
         return oid
 
     def close(self) -> None:
-        self.app.window.close()                      # the real path: closeEvent -> cancel
+        if self.app.background:
+            self.app.stop_background()
+        else:
+            self.app.window.close()                  # the real path: closeEvent -> cancel
+            if self.app.close_dialog is not None:    # orders rest in our pikerd: it asks
+                self.app.close_dialog.button_for('cancel').click()
         self.qtbot.waitUntil(lambda: self.guest.done, timeout=15_000)
         self.guest.result()
 
@@ -188,8 +195,8 @@ def test_other_clients_order_drawn_foreign(running, qtbot):
     chart.set_cursor(time.time(), r.last() + 5)
     qtbot.keyPress(chart, Qt.Key_C)
     qtbot.keyPress(chart, Qt.Key_C)
-    assert status.text().startswith('cancelling 1 orders')
-    r.wait(lambda: status.text() == 'cancelled 1 orders')
+    assert status.text().startswith('cancelling 1 order')
+    r.wait(lambda: status.text() == 'cancelled 1 order')
     assert chart.get_line(oid) is not None           # cc left the other client's order alone
     assert r.call(ems_stats)['dark'] == 1
 
@@ -273,6 +280,62 @@ def test_cli_no_display_one_line(reg_addr):
     assert '--screenshot' in lines[0] and 'QT_QPA_PLATFORM=offscreen' in lines[0]
 
 
+def _plugin_missing_a_library(tmp_path) -> Path:
+    """A copy of Qt's xcb platform plugin whose dependency ``libxcb-icccm.so.4`` is renamed
+    to a library no system has: what a fresh Debian install looks like to Qt."""
+    import PyQt5
+
+    real = Path(PyQt5.__file__).parent / 'Qt5' / 'plugins' / 'platforms' / 'libqxcb.so'
+    data = real.read_bytes()
+    assert b'libxcb-icccm.so.4' in data
+    plugins = tmp_path / 'platforms'
+    plugins.mkdir()
+    (plugins / 'libqxcb.so').write_bytes(data.replace(b'libxcb-icccm.so.4', b'libxcb-icczz.so.4'))
+    return plugins
+
+
+def test_cli_missing_xcb_libraries_one_line(tmp_path, reg_addr):
+    """Issue 12 item 15: Qt would abort ('no Qt platform plugin could be initialized');
+    the chart names what is missing and the package to install, in one line, exit 2."""
+    env = _env(DISPLAY=':99', QT_QPA_PLATFORM='xcb',
+               QT_QPA_PLATFORM_PLUGIN_PATH=str(_plugin_missing_a_library(tmp_path)))
+    # what happens without the check: Qt itself aborts the process
+    qt = subprocess.run(
+        [sys.executable, '-c', 'from PyQt5 import QtWidgets; QtWidgets.QApplication([])'],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert qt.returncode < 0 or qt.returncode == 134, qt
+    assert 'platform plugin' in qt.stderr
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert 'libxcb-icczz.so.4' in lines[0] and 'apt-get install libxcb-icczz4' in lines[0]
+
+
+def test_cli_unreachable_x_display_one_line(reg_addr):
+    """A DISPLAY nobody serves: Qt would abort ('could not connect to display'); one line."""
+    res = subprocess.run(
+        [script('piker'), '--port', str(reg_addr[1]), 'chart', FQSN],
+        env=_env(DISPLAY=':97'), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "X display ':97'" in lines[0], res.stderr
+
+
+def test_debian_package_names():
+    from piker_ems.ui._exec import debian_package
+    assert [debian_package(n) for n in (
+        'libxcb-icccm.so.4', 'libxcb-keysyms.so.1', 'libxcb-xinerama.so.0',
+        'libxcb-render-util.so.0', 'libxkbcommon-x11.so.0', 'libX11-xcb.so.1', 'libdbus-1.so.3',
+    )] == ['libxcb-icccm4', 'libxcb-keysyms1', 'libxcb-xinerama0', 'libxcb-render-util0',
+           'libxkbcommon-x11-0', 'libx11-xcb1', 'libdbus-1-3']
+
+
 @pytest.mark.parametrize('fqsn,needle', [('btcusd', 'broker suffix'), ('btcusd.nope', 'nope')])
 def test_cli_bad_fqsn_one_line(fqsn, needle, reg_addr):
     res = subprocess.run(
@@ -293,6 +356,26 @@ def test_chart_opens_with_backfilled_history(running):
     assert len(bars) >= HISTORY_BARS            # history loaded, then live bars appended
     assert abs(bars['close'][-1] - running.last()) < 1.0  # history joins the live market
     assert (bars['time'][1:] > bars['time'][:-1]).all()
+
+
+def test_a_second_chart_of_the_symbol_gets_the_same_bars(running):
+    """Issue 12 item 10 through the chart app: after the chart drew live bars, a second chart
+    asking brokerd for the history gets exactly this chart's bars (same times, OHLC, volume)."""
+    import numpy as np
+
+    from piker_ems.data import fetch_history
+
+    r = running
+    agg = r.app.aggregator
+    t_open = float(agg.array['time'][-1])
+    r.wait(lambda: agg.array['time'][-1] >= t_open + 3, msg='no live bars')
+    hist = r.call(fetch_history, FQSN, 1.0, 300)
+    mine = agg.array.copy()
+    closed = min(mine['time'][-1], hist.bars['time'][-1])
+    ours, theirs = mine[mine['time'] < closed][-250:], hist.bars[hist.bars['time'] < closed]
+    theirs = theirs[np.isin(theirs['time'], ours['time'])]
+    assert len(theirs) == len(ours) == 250
+    assert np.array_equal(ours, theirs)
 
 
 def test_far_foreign_order_keeps_the_bars_tall(running, tmp_path):

@@ -101,7 +101,7 @@ def test_far_foreign_order_does_not_squash_the_bars(chart, tmp_path):
     texts = [(m.edge, m.textItem.toPlainText()) for m in chart.edge_markers()]
     assert ('top', f'▲ 2 @ {last + 70:.2f}') in texts
     assert ('bottom', '▼ bot: 3 @ 50.00') in texts
-    assert ('bottom', '▼ pos 2 @ 60.000') in texts
+    assert ('bottom', '▼ pos 2 @ 60.00') in texts
     # the markers sit inside the plot, stacked, never on top of each other
     rects = [m.sceneBoundingRect() for m in chart.edge_markers()]
     vb = chart.vb.sceneBoundingRect()

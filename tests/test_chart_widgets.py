@@ -214,7 +214,10 @@ def test_position_line_hidden_when_flat():
     pos.set_position(3, 101.25)
     assert pos.isVisible()
     assert pos.value() == 101.25
-    assert pos.label.toPlainText() == 'pos 3 @ 101.250'
+    assert pos.label.toPlainText() == 'pos 3 @ 101.25'
+    # an average of fills falls between ticks: shown with the tick's decimals (issue 12 item 14)
+    pos.set_position(3, 101.2566666667)
+    assert pos.label.toPlainText() == 'pos 3 @ 101.26'
     pos.set_position(0, 101.25)
     assert not pos.isVisible()
 
@@ -370,7 +373,7 @@ def test_position_and_arrows_on_chart(chart):
     assert not chart.position_line.isVisible()
     chart.set_position(-2, 100.5)
     assert chart.position_line.isVisible()
-    assert chart.position_line.label.toPlainText() == 'pos -2 @ 100.500'
+    assert chart.position_line.label.toPlainText() == 'pos -2 @ 100.50'
     t = float(chart.bars.array['time'][-3]) + 1.2
     arrow = chart.add_fill_arrow('buy', t, 100.0)
     assert arrow.pos().x() == float(chart.bars.array['time'][-3]) + 2.5   # bar centre

@@ -309,11 +309,11 @@ def test_c_cancels_under_cursor(env, qtbot):
     cursor(e, 99.5)
     qtbot.keyPress(e.chart, Qt.Key_C)
     assert e.book.cancels == [b]
-    assert e.status.text() == f'cancelling 1 orders | cancelling order {b[:6]}'
+    assert e.status.text() == f'cancelling 1 order | cancelling order {b[:6]}'
     assert e.chart.get_line(b) is not None           # until confirmed
     e.mode.on_msg(st(e.book, b, 'dark_cancelled'))
     assert e.chart.get_line(b) is None
-    assert e.status.text() == 'cancelled 1 orders'
+    assert e.status.text() == 'cancelled 1 order'
     assert {ln.oid for ln in e.chart.lines()} == {a, c}
 
     e.clock.t += 1
@@ -452,7 +452,7 @@ def test_position_line(env):
     e = env
     e.mode.on_msg(BrokerdPosition(broker='sim', account='paper', symbol='btcusd', size=3, avg_price=100.25))
     assert e.chart.position_line.isVisible()
-    assert e.chart.position_line.label.toPlainText() == 'pos 3 @ 100.250'
+    assert e.chart.position_line.label.toPlainText() == 'pos 3 @ 100.25'
     # other symbols / accounts are not this chart's position
     e.mode.on_msg(BrokerdPosition(broker='sim', account='paper', symbol='ethusd', size=9, avg_price=5))
     e.mode.on_msg(BrokerdPosition(broker='sim', account='live', symbol='btcusd', size=9, avg_price=5))
@@ -498,7 +498,7 @@ def test_snapshot_and_foreign_orders(env, qtbot):
     e.clock.t += CC_WINDOW / 3
     qtbot.keyPress(e.chart, Qt.Key_C)
     assert e.book.cancels == [mine.oid]
-    assert e.status.text().startswith('cancelling 1 orders')
+    assert e.status.text().startswith('cancelling 1 order')
     # another client's order being cancelled removes its line
     e.mode.on_msg(Status(oid=bob2.oid, resp='dark_cancelled', req=bob2, owner='bob'))
     assert e.chart.get_line(bob2.oid) is None

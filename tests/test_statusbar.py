@@ -123,18 +123,18 @@ def test_group_without_members_needs_close_group(model):
 
 
 def test_two_groups_newest_last(model):
-    k1 = model.open_status('cancelling 1 orders', final_msg='cancelled 1 orders', group_key=True)
+    k1 = model.open_status('cancelling 1 order', final_msg='cancelled 1 order', group_key=True)
     c1 = model.open_status('cancelling order 111111', group_key=k1)
-    k2 = model.open_status('cancelling 1 orders', final_msg='cancelled 1 orders', group_key=True)
+    k2 = model.open_status('cancelling 1 order', final_msg='cancelled 1 order', group_key=True)
     c2 = model.open_status('cancelling order 222222', group_key=k2)
     assert model.text() == (
-        'cancelling 1 orders | cancelling order 111111'
-        '  ·  cancelling 1 orders | cancelling order 222222'
+        'cancelling 1 order | cancelling order 111111'
+        '  ·  cancelling 1 order | cancelling order 222222'
     )
     c2()
-    assert model.text() == 'cancelling 1 orders | cancelling order 111111  ·  cancelled 1 orders'
+    assert model.text() == 'cancelling 1 order | cancelling order 111111  ·  cancelled 1 order'
     c1()
-    assert model.text() == 'cancelled 1 orders  ·  cancelled 1 orders'
+    assert model.text() == 'cancelled 1 order  ·  cancelled 1 order'
 
 
 def test_group_timeout_with_explicit_time(model, clock):

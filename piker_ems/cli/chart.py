@@ -14,7 +14,7 @@ from ._common import CliState, check_fqsn, participant_options, run
 
 
 @click.command()
-@click.argument('fqsn')
+@click.argument('fqsns', metavar='FQSN [FQSN...]', nargs=-1, required=True)
 @click.option('--period', type=float, default=5.0, show_default=True, help='Bar period in seconds.')
 @click.option('--size', type=float, default=1.0, show_default=True, help='Starting size of orders placed with f/d (+/- change it).')
 @click.option('--account', default='paper', show_default=True,
@@ -29,9 +29,9 @@ from ._common import CliState, check_fqsn, participant_options, run
               help="Let this chart cancel/drag other clients' orders (c under the cursor, Shift+cc for all).")
 @participant_options
 @click.pass_obj
-def chart(state: CliState, fqsn: str, period: float, size: float, account: str, name: str,
+def chart(state: CliState, fqsns: tuple[str, ...], period: float, size: float, account: str, name: str,
           screenshot: str | None, exit_after: float | None, notify: bool, control_others: bool) -> None:
-    """Chart FQSN live and trade it from the keyboard.
+    """Chart FQSN live and trade it from the keyboard (several FQSNs: a tab each).
 
     \b
     hold f (buy), d (sell), a (alert): stage a line at the cursor
@@ -42,8 +42,10 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
     +/- : order size up/down by one lot (or type it in the status bar's size field)
     drag the plot: pan (stops following)   End: follow the newest bar again
     drag/wheel the price axis: scale prices   R: prices fit the bars again
+    ?: all keys   Ctrl+T: add a symbol (tab)   Ctrl+Tab: next tab   Ctrl+Q: quit
     """
-    check_fqsn(fqsn)
+    for fqsn in fqsns:
+        check_fqsn(fqsn)
     if period <= 0:
         raise click.UsageError('--period must be > 0')
     if size <= 0:
@@ -51,11 +53,13 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
     if exit_after is not None and exit_after < 0:
         raise click.UsageError('--exit-after must be >= 0')
 
-    from ..ui._exec import display_problem, run_qt
+    from ..ui._exec import display_problem, platform_problem, run_qt
 
     if screenshot and display_problem() is not None:
         os.environ['QT_QPA_PLATFORM'] = 'offscreen'   # a screenshot needs no screen
-    problem = display_problem()
+    # Qt aborts the process (no exception) when it cannot open a display or load its platform
+    # plugin: check both first and say what is missing in one line
+    problem = display_problem() or platform_problem()
     if problem is not None:
         click.secho(f'error: {problem}', fg='red', err=True)
         sys.exit(2)
@@ -63,7 +67,7 @@ def chart(state: CliState, fqsn: str, period: float, size: float, account: str, 
     from ..ui.app import ChartApp, ChartOptions
 
     opts = ChartOptions(
-        fqsn=fqsn, period=period, size=size, account=account, name=name,
+        fqsn=fqsns[0], more=list(fqsns[1:]), period=period, size=size, account=account, name=name,
         registry=state.registry, loglevel=state.loglevel, tractor_loglevel=state.tractor_loglevel,
         screenshot=screenshot, exit_after=exit_after, notify=notify, control_others=control_others,
     )

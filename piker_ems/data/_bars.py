@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 
-__all__ = ['BAR_DTYPE', 'BarAggregator']
+__all__ = ['BAR_DTYPE', 'BarAggregator', 'TRADE_TICKS', 'fold_quote']
+
+#: tick types that are trades (they shape bars and add volume)
+TRADE_TICKS = ('trade', 'last')
 
 #: Layout of one bar. ``time`` is the bar's start (epoch seconds, a multiple
 #: of the period); the chart draws the bar over ``[time, time + period)``.
@@ -158,3 +161,29 @@ class BarAggregator:
             self._buf = grown
         self._buf[self._n] = (start, price, price, price, price, volume)
         self._n += 1
+
+
+def fold_quote(agg: BarAggregator, quote: dict, now: float | None = None) -> bool:
+    """Fold one quote (SPEC §2: its trade ticks, else its bid/ask mid) into ``agg``.
+
+    The one rule for turning quotes into bars, shared by brokerd's per-symbol bar store and
+    every chart, so bars built from the same quotes are the same everywhere. Returns True if
+    the quote traded.
+    """
+    ts = quote.get('time') or now
+    if ts is None:
+        import time
+        ts = time.time()
+    traded = False
+    for tick in quote.get('ticks') or ():
+        if tick.get('type') in TRADE_TICKS and tick.get('price') is not None:
+            agg.update(ts, tick['price'], tick.get('size') or 0.0, is_trade=True)
+            traded = True
+    bid, ask = quote.get('bid'), quote.get('ask')
+    if not traded and _finite(bid) and _finite(ask):
+        agg.update(ts, (bid + ask) / 2, is_trade=False)
+    return traded
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -7,6 +7,11 @@ upstream task reading the backend; it pushes into a bounded buffer per subscribe
 waiting, so a subscriber that stops reading only loses its own quotes (counted and reported to
 it) and never stalls the upstream or the other subscribers. The upstream stops when its last
 subscriber leaves.
+
+History is one per symbol too: the first chart asking for a period's bars gets the backend's
+backfill, which the upstream then extends from the same quotes it fans out; every later chart
+gets those very bars (:meth:`Upstream.history`), so a fill seen in one chart sits on the same bar
+in another. A backfill taken at a different moment would be a different past.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import tractor
 import trio
 
 from ..brokers import get_brokermod
+from ._bars import BarAggregator, fold_quote
 from ..log import get_logger, setup_console
 from ..service._auth import act_as_service, guarded
 from ..service._cache import SharedCache
@@ -28,6 +34,8 @@ from ..service._state import actor_state, maybe_actor_state
 log = get_logger(__name__)
 
 DEFAULT_BUFSIZE = 2048
+#: bars a symbol's shared store is backfilled with (charts ask for fewer)
+HISTORY_DEPTH = 1000
 _BUS_KEY = 'feed_bus'
 
 
@@ -62,6 +70,11 @@ class Upstream:
     subscribers: set[Subscriber] = field(default_factory=set)
     quotes_in: int = 0
     failed: BaseException | None = None
+    #: the bars served to every chart, one store per bar period (see :meth:`history`)
+    bars: dict[float, BarAggregator] = field(default_factory=dict)
+    #: time of the newest quote folded into :attr:`bars`
+    through: float | None = None
+    _filling: dict[float, trio.Event] = field(default_factory=dict)
 
     async def pump(self, quotes: AsyncIterator[dict]) -> None:
         """Read the backend forever and fan every quote out; never waits on a subscriber."""
@@ -69,6 +82,9 @@ class Upstream:
             async for quote in quotes:
                 self.first_quote = quote
                 self.quotes_in += 1
+                for agg in self.bars.values():
+                    fold_quote(agg, quote)
+                self.through = quote.get('time', self.through)
                 for sub in list(self.subscribers):
                     sub.push(self.symbol, quote)
         except Exception as err:  # a backend failure must not take brokerd down
@@ -76,6 +92,36 @@ class Upstream:
             self.failed = err
             for sub in list(self.subscribers):
                 sub.tx.close()
+
+    async def history(self, backfill, period_s: float, count: int) -> dict:
+        """``{'bars': rows, 'through': t}``: the last ``count`` bars of this symbol's shared
+        store for ``period_s`` (backfilled once, then extended by the live quotes).
+
+        ``through`` is the time of the newest quote already in the bars: a chart skips the
+        quotes it buffered up to then instead of counting them twice.
+        """
+        period_s = float(period_s)
+        while period_s not in self.bars:
+            filling = self._filling.get(period_s)
+            if filling is not None:         # another chart is backfilling it: share that
+                await filling.wait()
+                continue
+            self._filling[period_s] = done = trio.Event()
+            try:
+                agg = BarAggregator(period_s)
+                rows = [] if backfill is None else await backfill(
+                    self.symbol, period_s, max(int(count), HISTORY_DEPTH))
+                if rows:
+                    import numpy as np
+
+                    from ._bars import BAR_DTYPE
+                    agg.load(np.array([tuple(r) for r in rows], dtype=BAR_DTYPE))
+                self.bars[period_s] = agg   # from now on, every quote extends it
+            finally:
+                del self._filling[period_s]
+                done.set()
+        array = self.bars[period_s].array[-max(0, int(count)):] if count else []
+        return {'bars': [[float(v) for v in row] for row in array], 'through': self.through}
 
 
 class FeedBus:
@@ -90,6 +136,8 @@ class FeedBus:
         self.brokermod = brokermod
         self.upstreams = SharedCache(nursery)
         self.started_per_symbol: dict[str, int] = {}
+        #: running upstreams by symbol (their bar stores serve history)
+        self.live: dict[str, Upstream] = {}
 
     @staticmethod
     def current() -> 'FeedBus':
@@ -104,14 +152,17 @@ class FeedBus:
     async def _open_upstream(self, symbol: str) -> AsyncIterator[Upstream]:
         info = (await self.brokermod.get_symbol_info(symbol)).model_dump()
         async with self.brokermod.open_quote_stream(symbol) as (first, quotes):
-            upstream = Upstream(symbol, first, info)
+            upstream = Upstream(symbol, first, info, through=first.get('time'))
             self.started_per_symbol[symbol] = self.started_per_symbol.get(symbol, 0) + 1
             log.info('upstream for %s.%s started', symbol, self.broker)
             async with trio.open_nursery() as n:
                 n.start_soon(upstream.pump, quotes)
+                self.live[symbol] = upstream
                 try:
                     yield upstream
                 finally:
+                    if self.live.get(symbol) is upstream:
+                        del self.live[symbol]
                     n.cancel_scope.cancel()
                     log.info('upstream for %s.%s stopped', symbol, self.broker)
 
@@ -157,12 +208,21 @@ async def _setup_persistent_brokerd(ctx: tractor.Context, broker: str, loglevel:
 
 
 @guarded('watch', 'trade')
-async def history(symbol: str, period_s: float, count: int) -> list[list[float]]:
-    """RPC: past bars from the backend's optional ``backfill`` (empty if it has none)."""
-    backfill = getattr(FeedBus.current().brokermod, 'backfill', None)
-    if backfill is None:
-        return []
-    return [list(row) for row in await backfill(symbol.lower(), period_s, count)]
+async def history(symbol: str, period_s: float, count: int) -> dict:
+    """RPC: ``{'bars': rows, 'through': t}``, the symbol's bars for ``period_s``.
+
+    While the symbol is streamed, the same shared store for every caller
+    (:meth:`Upstream.history`); otherwise straight from the backend's optional ``backfill``
+    (``through`` None; empty if it has none).
+    """
+    bus = FeedBus.current()
+    symbol = symbol.lower()
+    backfill = getattr(bus.brokermod, 'backfill', None)
+    upstream = bus.live.get(symbol)
+    if upstream is not None and upstream.failed is None:
+        return await upstream.history(backfill, period_s, count)
+    rows = [] if backfill is None else await backfill(symbol, period_s, count)
+    return {'bars': [list(row) for row in rows], 'through': None}
 
 
 @guarded('admin')

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import tractor
 import trio
@@ -132,6 +132,32 @@ def _remote_reason(err: tractor.RemoteActorError) -> str:
     return tb[-1] if tb else str(err)
 
 
+async def _abandon_draining(ctx: tractor.Context) -> None:
+    """:func:`abandon_context`, reading (and dropping) the quotes still arriving meanwhile.
+
+    Nobody reads the feed any more, but brokerd keeps sending until our cancel reaches it:
+    once the context's buffer is full, tractor 0.1.0a5's message loop blocks on it (stalling
+    every context on the channel, including the cancel's own answer), and closing the buffer
+    under that blocked send crashes the actor (``BrokenResourceError``). A process that closes
+    a feed and lives on (a chart tab, a chart that leaves pikerd running) must not die of it.
+    """
+    async def drain() -> None:
+        chan = ctx._recv_chan
+        if chan is None:
+            return
+        try:
+            async for _ in chan:
+                pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as n:
+            n.start_soon(drain)
+            await abandon_context(ctx)
+            n.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def _open_broker_feed(
     broker: str,
@@ -163,7 +189,7 @@ async def _open_broker_feed(
                             await ctx.result()
                             finished = True
                     if not finished:
-                        await abandon_context(ctx)
+                        await _abandon_draining(ctx)
         except BaseExceptionGroup as eg:
             # once the feed is lost the consumer already got FeedLost; tractor re-raises the
             # remote side's failure beside it at context exit: keep only the local story
@@ -223,10 +249,28 @@ async def open_feed(
             n.cancel_scope.cancel()
 
 
-async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | None = None):
-    """Past OHLCV bars of ``fqsn`` as a ``BAR_DTYPE`` array (empty if the backend has none).
+@dataclass
+class History:
+    """Bars from :func:`fetch_history`.
 
-    Asks ``brokerd.<broker>`` (spawning it if needed) for its backend's ``backfill``.
+    ``through``: the time of the newest quote already folded into ``bars`` (None when the
+    symbol was not streamed): quotes up to then are in the bars and must not be folded again.
+    """
+
+    bars: Any   # numpy array of BAR_DTYPE
+    through: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.bars)
+
+
+async def fetch_history(
+    fqsn: str, period_s: float, count: int, loglevel: str | None = None,
+) -> History:
+    """Past OHLCV bars of ``fqsn`` (empty if the backend has none).
+
+    Asks ``brokerd.<broker>`` (spawning it if needed). While the symbol is streamed (a feed is
+    open), every caller gets the same bars: brokerd keeps one store per symbol and period.
     """
     import numpy as np
 
@@ -234,7 +278,8 @@ async def fetch_history(fqsn: str, period_s: float, count: int, loglevel: str | 
 
     sym, broker = parse_fqsn(fqsn)
     async with maybe_spawn_brokerd(broker, loglevel=loglevel) as portal:
-        rows = await call(
+        reply = await call(
             portal, 'piker_ems.data._brokerd', 'history', symbol=sym, period_s=period_s, count=count,
         )
-    return np.array([tuple(r) for r in rows], dtype=BAR_DTYPE)
+    bars = np.array([tuple(r) for r in reply['bars']], dtype=BAR_DTYPE)
+    return History(bars, reply.get('through'))

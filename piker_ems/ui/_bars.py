@@ -16,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui
 
-__all__ = ['UP_COLOR', 'DOWN_COLOR', 'OHLCBarsItem', 'bars_path']
+__all__ = ['UP_COLOR', 'DOWN_COLOR', 'OHLCBarsItem', 'VolumeItem', 'bars_path']
 
 UP_COLOR = QtGui.QColor(38, 194, 140)
 DOWN_COLOR = QtGui.QColor(232, 77, 87)
@@ -261,3 +261,77 @@ class OHLCBarsItem(pg.GraphicsObject):
             painter.drawPath(down_path)
         painter.setPen(up if self._last_up else down)
         painter.drawPath(self._last_path)
+
+
+class VolumeItem(pg.GraphicsObject):
+    """Volume bars (one column per OHLC bar, coloured like it) for the pane under the chart.
+
+    Built like :class:`OHLCBarsItem`: all columns as two painter paths from the numpy array
+    (``pg.arrayToQPath``), so a day of bars redraws in one call. :meth:`max_volume` gives the
+    pane's y range for the visible x range.
+    """
+
+    def __init__(self, period_s: float, up_color: QtGui.QColor = UP_COLOR,
+                 down_color: QtGui.QColor = DOWN_COLOR) -> None:
+        super().__init__()
+        self.period = float(period_s)
+        self._up_brush = QtGui.QBrush(QtGui.QColor(up_color.red(), up_color.green(), up_color.blue(), 150))
+        self._down_brush = QtGui.QBrush(QtGui.QColor(down_color.red(), down_color.green(), down_color.blue(), 150))
+        self._array = np.zeros(0, dtype=[('time', 'f8'), ('open', 'f8'), ('close', 'f8'), ('volume', 'f8')])
+        self._paths = (QtGui.QPainterPath(), QtGui.QPainterPath())
+        self._rect = QtCore.QRectF()
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array
+
+    def set_data(self, array: np.ndarray) -> None:
+        """Redraw from the aggregator's bars (``time, open, close, volume``)."""
+        if 'volume' not in (array.dtype.names or ()):
+            return
+        self._array = array
+        up = array['close'] >= array['open']
+        self._paths = (self._path(array[up]), self._path(array[~up]))
+        if len(array):
+            top = float(np.nanmax(array['volume'])) or 1.0
+            x0 = float(array['time'][0])
+            self._rect = QtCore.QRectF(x0, 0.0, float(array['time'][-1]) + self.period - x0, top)
+        else:
+            self._rect = QtCore.QRectF()
+        self.prepareGeometryChange()
+        self.update()
+
+    def _path(self, bars: np.ndarray) -> QtGui.QPainterPath:
+        n = len(bars)
+        if n == 0:
+            return QtGui.QPainterPath()
+        x0 = bars['time'] + self.period * 0.12
+        x1 = bars['time'] + self.period * 0.88
+        x = np.empty((n, 5))
+        y = np.empty((n, 5))
+        x[:, 0] = x[:, 1] = x[:, 4] = x0
+        x[:, 2] = x[:, 3] = x1
+        y[:, 0] = y[:, 3] = y[:, 4] = 0.0
+        y[:, 1] = y[:, 2] = bars['volume']
+        connect = np.ones((n, 5), dtype=bool)
+        connect[:, 4] = False            # each column its own closed shape
+        return pg.arrayToQPath(x.ravel(), y.ravel(), connect=connect.ravel(), finiteCheck=False)
+
+    def max_volume(self, x0: float, x1: float) -> float:
+        """The largest volume among the bars overlapping ``[x0, x1]`` (0 when none)."""
+        a = self._array
+        if not len(a):
+            return 0.0
+        i0 = int(np.searchsorted(a['time'], x0 - self.period, side='left'))
+        i1 = int(np.searchsorted(a['time'], x1, side='right'))
+        vis = a['volume'][i0:i1]
+        return float(vis.max()) if len(vis) else 0.0
+
+    def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
+        return self._rect
+
+    def paint(self, painter: QtGui.QPainter, *args) -> None:
+        painter.setPen(QtCore.Qt.PenStyle.NoPen)
+        for path, brush in zip(self._paths, (self._up_brush, self._down_brush)):
+            painter.setBrush(brush)
+            painter.drawPath(path)

@@ -17,7 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from ._bars import OHLCBarsItem
+from ._bars import OHLCBarsItem, VolumeItem
 from ._lines import (
     BUY_COLOR,
     SELL_COLOR,
@@ -56,7 +56,36 @@ def _font(point_size: float, bold: bool = False) -> QtGui.QFont:
     return f
 
 
-class AxisLabel(QtWidgets.QGraphicsObject):
+class _AxisTag(QtWidgets.QGraphicsObject):
+    """A tag drawn on an axis at a view value, kept in place as the view moves."""
+
+    def __init__(self, axis: pg.AxisItem, vb: pg.ViewBox, font: QtGui.QFont | None = None) -> None:
+        super().__init__(axis)
+        self._axis = axis
+        self._vb = vb
+        self._font = font or _font(8.5, bold=True)
+        self._text = ''
+        self._value: float | None = None
+        self.setZValue(100)
+        self.setVisible(False)
+        vb.sigTransformChanged.connect(self._reposition)
+        vb.sigResized.connect(self._reposition)
+        axis.geometryChanged.connect(self._reposition)
+
+    @property
+    def value(self) -> float | None:
+        """The view value the tag points at (None: hidden)."""
+        return self._value
+
+    def text(self) -> str:
+        """The tag's text."""
+        return self._text
+
+    def _reposition(self, *_args) -> None:
+        raise NotImplementedError
+
+
+class AxisLabel(_AxisTag):
     """A filled price tag pinned to the (right) price axis at a view y value.
 
     Exists so values that matter at a glance -- the last price and the
@@ -72,31 +101,13 @@ class AxisLabel(QtWidgets.QGraphicsObject):
         fg: QtGui.QColor = QtGui.QColor(14, 17, 22),
         font: QtGui.QFont | None = None,
     ) -> None:
-        super().__init__(axis)
-        self._axis = axis
-        self._vb = vb
         self._bg = QtGui.QColor(bg)
         self._fg = QtGui.QColor(fg)
-        self._font = font or _font(8.5, bold=True)
-        self._text = ''
-        self._value: float | None = None
-        self._h = QtGui.QFontMetricsF(self._font).height() + 6
         #: another tag this one must not cover (the cursor tag avoids the last price tag)
         self.avoid: AxisLabel | None = None
-        self.setZValue(100)
-        self.setVisible(False)
-        vb.sigTransformChanged.connect(self._reposition)
-        vb.sigResized.connect(self._reposition)
-        axis.geometryChanged.connect(self._reposition)
-
-    @property
-    def value(self) -> float | None:
-        """The view y value the tag points at (None: hidden)."""
-        return self._value
-
-    def text(self) -> str:
-        """The tag's text."""
-        return self._text
+        f = font or _font(8.5, bold=True)
+        self._h = QtGui.QFontMetricsF(f).height() + 6
+        super().__init__(axis, vb, f)
 
     def set_value(self, y: float | None, text: str | None = None) -> None:
         """Point the tag at ``y`` showing ``text``; ``None`` hides it."""
@@ -161,6 +172,69 @@ class AxisLabel(QtWidgets.QGraphicsObject):
             int(QtCore.Qt.AlignmentFlag.AlignVCenter | QtCore.Qt.AlignmentFlag.AlignLeft),
             self._text,
         )
+
+
+class TimeTag(_AxisTag):
+    """The crosshair's time on the time axis (``14:05:10``; with the date when the view
+    spans more than a day), so a bar's time is read where the eye already is."""
+
+    def set_value(self, x: float | None, text: str = '') -> None:
+        """Point the tag at time ``x`` showing ``text``; ``None`` hides it."""
+        self._value = x
+        if text != self._text:
+            self.prepareGeometryChange()
+            self._text = text
+            self.update()
+        self._reposition()
+
+    def _reposition(self, *_args) -> None:
+        if self._value is None or not math.isfinite(self._value):
+            self.setVisible(False)
+            return
+        scene_pt = self._vb.mapViewToScene(QtCore.QPointF(self._value, 0))
+        ax = self._axis.mapFromScene(scene_pt).x()
+        half = self.boundingRect().width() / 2
+        # stay whole at the axis' ends
+        x = min(max(ax, half), max(half, self._axis.width() - half))
+        self.setPos(x, 0)
+        self.setVisible(0 <= ax <= self._axis.width())
+
+    def boundingRect(self) -> QtCore.QRectF:  # noqa: N802
+        w = QtGui.QFontMetricsF(self._font).horizontalAdvance(self._text) + 10
+        h = max(self._axis.height(), QtGui.QFontMetricsF(self._font).height() + 4)
+        return QtCore.QRectF(-w / 2, 0, w, h)
+
+    def paint(self, p: QtGui.QPainter, *args) -> None:
+        r = self.boundingRect()
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        p.setBrush(_CURSOR_TAG_BG)
+        p.drawRect(r)
+        p.setPen(_CURSOR_TAG_FG)
+        p.setFont(self._font)
+        p.drawText(r, int(QtCore.Qt.AlignmentFlag.AlignCenter), self._text)
+
+
+class PriceAxis(pg.AxisItem):
+    """The price axis: every label with the tick size's decimals (``170.00 170.50 171.00``,
+    never ``170 170.5 171``), like the last price tag and the order labels."""
+
+    def __init__(self, chart: 'ChartWidget', **kwargs) -> None:
+        super().__init__(orientation='right', **kwargs)
+        self._chart = chart
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        tick = self._chart.tick_size
+        return [format_price(v * scale, tick) for v in values]
+
+
+class VolumeAxis(pg.AxisItem):
+    """The volume pane's axis: compact sizes (``12,500``, ``100k``, ``2.5M``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(orientation='right', **kwargs)
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph API)
+        return [format_size(v * scale) if v > 0 else '' for v in values]
 
 
 class _ChartViewBox(pg.ViewBox):
@@ -288,6 +362,9 @@ class ChartWidget(QtWidgets.QWidget):
         self._ask: float | None = None
         self._last: float | None = None
         self._cursor: tuple[float, float] | None = None   # raw view (x, y)
+        # where the mouse is on screen: when the view moves under a still mouse (zoom, pan,
+        # new bars while following) the crosshair is re-derived from it, never left stale
+        self._cursor_scene: QtCore.QPointF | None = None
         self._in_y_update = False
 
         self.setStyleSheet(
@@ -319,9 +396,17 @@ class ChartWidget(QtWidgets.QWidget):
             parent=self,
             background=BG_COLOR,
             viewBox=self._vb,
-            axisItems={'bottom': pg.DateAxisItem(orientation='bottom')},
+            axisItems={'bottom': pg.DateAxisItem(orientation='bottom'),
+                        'right': PriceAxis(self)},
         )
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.plot, 5)
+        #: the volume pane under the price bars (time axis at its bottom), x linked
+        self.volume_plot = pg.PlotWidget(
+            parent=self, background=BG_COLOR,
+            axisItems={'bottom': pg.DateAxisItem(orientation='bottom'), 'right': VolumeAxis()},
+        )
+        self.volume_plot.setMinimumHeight(48)
+        layout.addWidget(self.volume_plot, 1)
         self.plot_item: pg.PlotItem = self.plot.getPlotItem()
         self.vb: pg.ViewBox = self.plot_item.getViewBox()
         self._vb.chart = self
@@ -338,6 +423,24 @@ class ChartWidget(QtWidgets.QWidget):
         #: the OHLC bars
         self.bars = OHLCBarsItem(period_s=self._period)
         self.plot_item.addItem(self.bars)
+
+        vpi = self.volume_plot.getPlotItem()
+        self.volume_vb: pg.ViewBox = vpi.getViewBox()
+        vpi.hideButtons()
+        vpi.setMenuEnabled(False)
+        vpi.showAxis('right')
+        vpi.hideAxis('left')
+        vpi.showGrid(x=True, y=False, alpha=0.07)
+        self.volume_vb.setMouseEnabled(x=False, y=False)
+        self.volume_vb.disableAutoRange()
+        self.volume_vb.setXLink(self.vb)
+        #: volume columns, coloured like their bars
+        self.volume = VolumeItem(self._period)
+        vpi.addItem(self.volume)
+        self._vvline = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(
+            _CROSSHAIR_COLOR, width=1, style=QtCore.Qt.PenStyle.DashLine, cosmetic=True))
+        self._vvline.setVisible(False)
+        vpi.addItem(self._vvline, ignoreBounds=True)
 
         # L1: bid and ask lines with small labels
         self._bid_line = self._make_l1_line(_BID_COLOR, anchor=(0, 0))
@@ -365,6 +468,8 @@ class ChartWidget(QtWidgets.QWidget):
         self.cursor_label = AxisLabel(axis, self.vb, bg=_CURSOR_TAG_BG, fg=_CURSOR_TAG_FG)
         self.cursor_label.setZValue(101)
         self.cursor_label.avoid = self.last_label
+        #: crosshair time tag on the time axis (under the volume pane)
+        self.time_tag = TimeTag(self.volume_plot.getPlotItem().getAxis('bottom'), self.volume_vb)
 
         scene = self.plot.scene()
         scene.sigMouseMoved.connect(self._on_scene_mouse_moved)
@@ -374,6 +479,7 @@ class ChartWidget(QtWidgets.QWidget):
         self.vb.sigResized.connect(lambda *_: self._update_y_range())
         self.vb.sigResized.connect(lambda *_: self._place_follow_button())
         self.vb.sigYRangeChanged.connect(lambda *_: self._update_edge_markers())
+        self.vb.sigTransformChanged.connect(self._refresh_cursor)
 
         #: small on-screen control shown while not following: back to the newest bars
         self.follow_button = QtWidgets.QToolButton(self.plot)
@@ -413,17 +519,23 @@ class ChartWidget(QtWidgets.QWidget):
     # ------------------------------------------------------------------ setup
     def _setup_axes(self) -> None:
         pi = self.plot_item
+        vpi = self.volume_plot.getPlotItem()
         pi.showAxis('right')
         pi.hideAxis('left')
         tick_font = _font(8.5)
-        for name in ('right', 'bottom'):
-            ax = pi.getAxis(name)
-            ax.setPen(pg.mkPen(_AXIS_COLOR))
-            ax.setTextPen(pg.mkPen(_AXIS_TEXT))
-            ax.setTickFont(tick_font)
-            ax.setStyle(tickLength=-5, tickTextOffset=6)
-        pi.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)
-        pi.getAxis('bottom').setHeight(26)
+        for item in (pi, vpi):   # the price plot and the volume pane: the same look
+            for name in ('right', 'bottom'):
+                ax = item.getAxis(name)
+                ax.setPen(pg.mkPen(_AXIS_COLOR))
+                ax.setTextPen(pg.mkPen(_AXIS_TEXT))
+                ax.setTickFont(tick_font)
+                ax.setStyle(tickLength=-5, tickTextOffset=6)
+            item.getAxis('right').setWidth(_PRICE_AXIS_WIDTH)   # same width: x lines up
+        # the time axis is the volume pane's; here only its grid lines
+        pi.getAxis('bottom').setStyle(showValues=False, tickLength=0)
+        pi.getAxis('bottom').setHeight(1)
+        vpi.getAxis('right').setStyle(maxTickLevel=0)
+        vpi.getAxis('bottom').setHeight(26)
 
     def _make_l1_line(self, color: QtGui.QColor, anchor: tuple[float, float]) -> pg.InfiniteLine:
         pen = pg.mkPen(color, width=1, style=QtCore.Qt.PenStyle.DotLine)
@@ -460,7 +572,8 @@ class ChartWidget(QtWidgets.QWidget):
         col = BUY_COLOR if b['close'] >= b['open'] else SELL_COLOR
         c = col.name()
         vol = float(b['volume']) if 'volume' in a.dtype.names else float('nan')
-        when = time.strftime('%H:%M:%S', time.localtime(float(b['time'])))
+        # the date too: history spans days, and a time alone cannot say which
+        when = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(b['time'])))
         self.info_label.setText(
             f'<span style="color:#8a93a6">{when}</span>&nbsp;&nbsp; '
             f'<span style="color:#8a93a6">O</span> <span style="color:{c}">{fp(b["open"])}</span>&nbsp; '
@@ -498,8 +611,10 @@ class ChartWidget(QtWidgets.QWidget):
         return self._period
 
     def update_bars(self, array: np.ndarray) -> None:
-        """Redraw the bars from the aggregator's array (call on every tick)."""
+        """Redraw the bars (and volume) from the aggregator's array (call on every tick)."""
         self.bars.set_data(array)
+        self.volume.set_data(array)
+        self._update_volume_range()
         if self._follow and len(array):
             self._apply_follow()
         self._place_l1_labels()
@@ -568,21 +683,55 @@ class ChartWidget(QtWidgets.QWidget):
         Public so tests and keyboard-driven code can position the cursor.
         """
         self._cursor = (float(x), float(price))
+        self._cursor_scene = self.vb.mapViewToScene(QtCore.QPointF(float(x), float(price)))
+        self._show_cursor(float(x), float(price))
+
+    def _show_cursor(self, x: float, price: float) -> None:
         snapped = self.snap(price)
         self._vline.setPos(x)
+        self._vvline.setPos(x)
         self._hline.setPos(snapped)
         self._vline.setVisible(True)
+        self._vvline.setVisible(True)
         # while staging, the staged line *is* the horizontal crosshair
         self._hline.setVisible(self._staged is None)
         self.cursor_label.set_value(snapped, format_price(snapped, self._tick))
+        self.time_tag.set_value(x, self.time_text(x))
         if self._staged is not None:
             self._staged.setPos(snapped)
         self._update_info(x)
         self.sigCursorMoved.emit(float(x), snapped)
 
+    def _refresh_cursor(self, *_args) -> None:
+        """The view moved under a still mouse: the crosshair (lines, price and time tags, the
+        staged line, the OHLC readout) follows what is now under the mouse."""
+        if self._cursor_scene is None or self._cursor is None:
+            return
+        pt = self.vb.mapSceneToView(self._cursor_scene)
+        x, y = float(pt.x()), float(pt.y())
+        if (x, y) == self._cursor:
+            return
+        self._cursor = (x, y)
+        self._show_cursor(x, y)
+
+    def time_text(self, x: float) -> str:
+        """The crosshair's time tag: the bar's time, with the date when the view spans days."""
+        t = math.floor(x / self._period) * self._period
+        (x0, x1) = self.vb.viewRange()[0]
+        fmt = '%H:%M:%S' if self._period < 60 else '%H:%M'
+        if x1 - x0 > 86_400 or time.localtime(x0).tm_yday != time.localtime(x1).tm_yday:
+            fmt = '%a %d %b ' + fmt
+        try:
+            return time.strftime(fmt, time.localtime(t))
+        except (OverflowError, OSError, ValueError):
+            return ''
+
     def clear_cursor(self) -> None:
         """Hide the crosshair (mouse left the chart)."""
         self._cursor = None
+        self._cursor_scene = None
+        self._vvline.setVisible(False)
+        self.time_tag.set_value(None)
         self._vline.setVisible(False)
         self._hline.setVisible(False)
         self.cursor_label.set_value(None)
@@ -857,7 +1006,14 @@ class ChartWidget(QtWidgets.QWidget):
     def _apply_follow(self) -> None:
         self._set_x_window(float(self.bars.array['time'][-1]))
 
+    def _update_volume_range(self) -> None:
+        """The volume pane fits the visible columns (0 at the bottom)."""
+        (x0, x1) = self.vb.viewRange()[0]
+        top = self.volume.max_volume(x0, x1)
+        self.volume_vb.setYRange(0.0, (top or 1.0) * 1.12, padding=0)
+
     def _on_x_range_changed(self, *_args) -> None:
+        self._update_volume_range()
         self._place_l1_labels()
         self._update_y_range()
         self._update_edge_markers()

@@ -26,7 +26,8 @@ from ..log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ['GuestRun', 'NoDisplay', 'ScreenshotError', 'display_problem', 'run_qt', 'start_guest']
+__all__ = ['GuestRun', 'NoDisplay', 'ScreenshotError', 'display_problem', 'missing_xcb_libraries',
+           'platform_problem', 'run_qt', 'start_guest']
 
 
 class NoDisplay(RuntimeError):
@@ -52,6 +53,122 @@ def display_problem(environ: dict[str, str] | None = None) -> str | None:
         return None
     return ('no display (DISPLAY/WAYLAND_DISPLAY unset): run headless with '
             '--screenshot PATH --exit-after SECONDS, or set QT_QPA_PLATFORM=offscreen')
+
+
+def _xcb_plugin_files(env: dict[str, str]) -> list[str]:
+    """The xcb platform plugin Qt would load and PyQt5's xcb glue library next to it."""
+    import glob
+
+    paths = []
+    plugin_dir = env.get('QT_QPA_PLATFORM_PLUGIN_PATH')
+    if plugin_dir:
+        paths.append(os.path.join(plugin_dir, 'libqxcb.so'))
+    try:
+        import PyQt5
+    except ImportError:
+        return paths
+    qt = os.path.join(os.path.dirname(PyQt5.__file__), 'Qt5')
+    if not plugin_dir:
+        paths.append(os.path.join(qt, 'plugins', 'platforms', 'libqxcb.so'))
+    paths += sorted(glob.glob(os.path.join(qt, 'lib', 'libQt5XcbQpa.so*')))[:1]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def missing_xcb_libraries(files: list[str], ldd: str = 'ldd') -> list[str]:
+    """Shared libraries (sonames) the given ELF files need and the system lacks, per ``ldd``.
+
+    Exists because Qt, when its xcb platform plugin cannot load, aborts the process with
+    'no Qt platform plugin could be initialized' and a long hint; asking ``ldd`` first lets us
+    name what is missing in one line. Empty when ``ldd`` is unavailable (then Qt speaks).
+    """
+    import subprocess
+
+    missing: list[str] = []
+    for path in files:
+        try:
+            out = subprocess.run([ldd, path], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        for line in out.splitlines():
+            name, _, where = line.strip().partition(' => ')
+            if where.strip() == 'not found' and name not in missing:
+                missing.append(name)
+    return missing
+
+
+def _x_display_answers(display: str) -> bool:
+    """Whether an X server accepts connections at ``display`` (``:1``, ``host:0.0``)."""
+    import socket
+
+    host, _, rest = display.rpartition(':')
+    try:
+        number = int(rest.split('.')[0])
+    except ValueError:
+        return True   # a form we do not know: let Qt try
+    try:
+        if host in ('', 'unix'):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2)
+                try:
+                    sock.connect(f'/tmp/.X11-unix/X{number}')
+                    return True
+                except OSError:
+                    pass
+            with socket.socket(socket.AF_UNIX) as sock:   # Linux abstract socket
+                sock.settimeout(2)
+                sock.connect(f'\0/tmp/.X11-unix/X{number}')
+                return True
+        with socket.create_connection((host, 6000 + number), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _bundled_with_pyqt(soname: str) -> bool:
+    try:
+        import PyQt5
+    except ImportError:
+        return False
+    return os.path.exists(os.path.join(os.path.dirname(PyQt5.__file__), 'Qt5', 'lib', soname))
+
+
+def debian_package(soname: str) -> str:
+    """The Debian/Ubuntu package that ships ``soname`` by the usual naming rule
+    (``libxcb-icccm.so.4`` -> ``libxcb-icccm4``, ``libxkbcommon-x11.so.0`` ->
+    ``libxkbcommon-x11-0``)."""
+    base, _, version = soname.partition('.so')
+    version = version.lstrip('.').split('.')[0]
+    base = base.lower()
+    if version and base[-1:].isdigit():
+        base += '-'
+    return base + version
+
+
+def platform_problem(environ: dict[str, str] | None = None, ldd: str = 'ldd') -> str | None:
+    """Why Qt's platform plugin would fail to load here (one line), or None.
+
+    Only the X11 (``xcb``) plugin is checked, on Linux: it is the one whose system libraries
+    a fresh Debian/Ubuntu install lacks (README lists them).
+    """
+    env = os.environ if environ is None else environ
+    platform = (env.get('QT_QPA_PLATFORM') or '').split(':')[0]
+    if not sys.platform.startswith('linux'):
+        return None
+    if platform not in ('', 'xcb') or (not platform and not env.get('DISPLAY')):
+        return None
+    missing = missing_xcb_libraries(_xcb_plugin_files(env), ldd=ldd)
+    # Qt's own libraries ship with PyQt5 and are loaded before the plugin (a plugin outside
+    # PyQt5's tree, QT_QPA_PLATFORM_PLUGIN_PATH, does not find them through its rpath)
+    missing = [m for m in missing if not _bundled_with_pyqt(m)]
+    if missing:
+        pkgs = ' '.join(debian_package(m) for m in missing)
+        return (f"Qt's X11 (xcb) plugin cannot load, missing system libraries: "
+                f"{', '.join(missing)} (Debian/Ubuntu: apt-get install {pkgs})")
+    display = env.get('DISPLAY')
+    if display and not _x_display_answers(display):
+        return (f'cannot connect to the X display {display!r} (DISPLAY): is an X server running '
+                'there? (headless: --screenshot PATH, or QT_QPA_PLATFORM=offscreen)')
+    return None
 
 
 class GuestRun:
@@ -181,7 +298,7 @@ def run_qt(
     its exception re-raised. Raises :class:`NoDisplay` instead of letting Qt abort the process
     when there is no display.
     """
-    problem = display_problem()
+    problem = display_problem() or platform_problem()
     if problem is not None:
         raise NoDisplay(problem)
     from PyQt5 import QtCore, QtWidgets

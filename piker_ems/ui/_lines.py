@@ -441,9 +441,9 @@ class PositionLine(pg.InfiniteLine):
         self.label.setVisible(True)
 
     def label_text(self) -> str:
-        """``pos <size> @ <avg price>`` (avg shown with one extra decimal)."""
-        dec = tick_decimals(self.tick_size) + 1
-        return f'pos {format_size(self.size)} @ {self.avg_price:.{dec}f}'
+        """``pos <size> @ <avg price>``, the average with the tick's decimals like every
+        other price on the chart (an average of fills may fall between ticks)."""
+        return f'pos {format_size(self.size)} @ {format_price(self.avg_price, self.tick_size)}'
 
 
 def make_fill_arrow(action: str, x: float, price: float, foreign: bool = False) -> pg.ArrowItem:

@@ -159,7 +159,7 @@ class _CancelBatch:
             counts[what] = counts.get(what, 0) + 1
         cancelled = counts.pop('cancelled', 0)
         if not counts:
-            return f'cancelled {cancelled} orders'      # SPEC §8 wording
+            return f'cancelled {orders(cancelled)}'      # SPEC §8 wording
         return ', '.join([f'cancelled {cancelled}'] + [f'{n} {w}' for w, n in counts.items()])
 
 
@@ -569,9 +569,9 @@ class OrderMode:
             self.status.open_status('no orders to cancel', clear_on_next=True)
             return None
         n = len(everything)
-        # SPEC §8 wording, kept literal (also for n == 1) so tools can match it
+        # SPEC §8 wording ('1 order', not '1 orders')
         key = self.status.open_status(
-            f'cancelling {n} orders', final_msg=f'cancelled {n} orders', group_key=True,
+            f'cancelling {orders(n)}', final_msg=f'cancelled {orders(n)}', group_key=True,
             timeout=self.cancel_timeout,
         )
         members = {
@@ -872,6 +872,11 @@ def _outcome(resp: str) -> str:
     if st.is_error(resp):
         return 'failed'
     return resp.removeprefix(st.BROKER_PREFIX)
+
+
+def orders(n: int) -> str:
+    """``1 order``, ``3 orders``: counts in status messages read as English."""
+    return f'{n} order' if n == 1 else f'{n} orders'
 
 
 def _default_lot(size: float) -> float:
