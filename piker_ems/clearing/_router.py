@@ -573,8 +573,11 @@ class Router:
 
     def _risk_check(self, order: Order, last: float | None, st: OrderState | None = None) -> str | None:
         """Why the risk engine refuses ``order`` (new; or ``st`` modified / triggering)."""
-        if order.action == 'alert' or (self.risk.idle and not order.reduce_only):
+        if order.action == 'alert':
             return None
+        live = order.exec_mode == 'live' or (st is not None and not st.machine.dark)
+        if self.risk.idle and not order.reduce_only:  # no-config fast path: the price band only
+            return self.risk.check_band(order.price, last, self.risk.band) if live else None
         fqsn = order.symbol.lower()
         exposure = None
         if self.risk.needs_exposure(order.account, fqsn, order.reduce_only):
@@ -583,8 +586,7 @@ class Router:
         return self.risk.check_order(
             account=order.account, fqsn=fqsn, action=order.action, price=order.price,
             size=order.size - (st.machine.filled if st is not None else 0.0),
-            live=order.exec_mode == 'live' or (st is not None and not st.machine.dark),
-            last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
+            live=live, last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
 
     def _exposure(self, account: str, fqsn: str) -> Exposure:
         """The account's position in ``fqsn`` and its open orders (a scan of the account's
