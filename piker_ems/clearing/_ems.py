@@ -134,8 +134,9 @@ async def _emsd_main(
     refused); ``control_others`` needs the ``control-others`` role (refused otherwise); placing
     orders needs the ``trade`` role.
 
-    ``started()`` carries ``{'positions': [...], 'orders': [...]}``: the broker/account
-    positions and the open orders for ``fqsn`` (so a restarted client can redraw them).
+    ``started()`` carries ``{'positions': [...], 'orders': [...], 'trading_state': ...}``: the
+    broker/account positions, the open orders for ``fqsn`` (so a restarted client can redraw
+    them) and the account's trading state (later changes arrive as ``TradingState``).
     """
     principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
@@ -180,6 +181,8 @@ async def _emsd_main(
                 broker=broker,
                 owner=None if watch else owner,
             ),
+            # then pushed as a TradingState message whenever it changes
+            'trading_state': router.risk.state_of(account),
         })
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
             n.start_soon(_write, conn, stream, n.cancel_scope)

@@ -42,6 +42,7 @@ from ._messages import (
     MsgError,
     Order,
     Status,
+    TradingState,
     parse_brokerd_msg,
     parse_client_msg,
     to_wire,
@@ -619,6 +620,7 @@ class Router:
         if self.journal is not None:  # a failed write raises: nothing changed
             self.journal.write_state(scope, state, self.clock())
         self.risk.set_state(scope, state)
+        self._announce_state(scope)  # before the halt's cancels: clients learn why first
         cancelled = 0
         if state == HALTED:
             for st in list(self.orders.values()):
@@ -632,6 +634,17 @@ class Router:
                 cancelled += 1
         log.warning('trading state of %s is now %s (%d orders cancelled)', scope, state, cancelled)
         return {'scope': scope, 'state': state, 'cancelled': cancelled, 'states': self.risk.snapshot()}
+
+    def _announce_state(self, scope: str) -> None:
+        """Push the state that now applies to every client whose account ``scope`` covers
+        (a chart's status bar shows it; nothing polls)."""
+        from ._risk import CLUSTER
+
+        now = self.clock()
+        for conn in list(self.clients):
+            if scope == CLUSTER or conn.account == scope:
+                conn.push(to_wire(TradingState(account=conn.account, state=self.risk.state_of(conn.account),
+                                               scope=scope, time_ns=now)))
 
     # --- dark triggers ------------------------------------------------------------------------
 

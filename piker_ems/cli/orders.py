@@ -57,8 +57,8 @@ def check_order(action: str, fqsn: str, price: float, size: float, mode: str, ac
 
 
 def format_msg(msg) -> str:
-    """One readable line for a Status or a position."""
-    from ..clearing import BrokerdPosition
+    """One readable line for a Status, a position or a trading state change."""
+    from ..clearing import BrokerdPosition, TradingState
     from ..clearing._statuses import ALERT_TRIGGERED, BROKER_FILLED, DARK_TRIGGERED
 
     # when it happened (a snapshot of an open order shows its last status's time, not now)
@@ -66,6 +66,9 @@ def format_msg(msg) -> str:
     ts = time.strftime('%H:%M:%S', time.localtime(time_ns / 1e9 if time_ns else None))
     if isinstance(msg, BrokerdPosition):
         return f'{ts} position       {msg.symbol}.{msg.broker} [{msg.account}] size {msg.size:g} @ {msg.avg_price:g}'
+    if isinstance(msg, TradingState):
+        scope = 'cluster' if msg.scope == '*' else f'account {msg.scope}'
+        return f'{ts} trading {msg.state:<8} [{msg.account}] ({scope} changed)'
     req = msg.req
     what = f'{req.action} {req.size:g} {req.symbol} @ {req.price:g} ({req.exec_mode})' if req else ''
     extra = []
