@@ -6,13 +6,15 @@ re-enables trading; only an ``admin`` participant may change the state.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 
 import pytest
 
 from _ems_helpers import SIM_CALM
-from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, wait_gone
+from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, script, wait_gone
 from conftest import write_config
 
 RISK = """
@@ -24,6 +26,14 @@ price_band_pct = 20
 @pytest.fixture
 def pikerd(reg_addr, tmp_path, config_dir):
     write_config(config_dir, SIM_CALM + RISK)
+    with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log') as proc:
+        yield reg_addr[1], proc
+
+
+@pytest.fixture
+def newcomer(reg_addr, tmp_path, config_dir):
+    """A pikerd with no [risk] table at all (only the calm sim market)."""
+    write_config(config_dir, SIM_CALM)
     with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log') as proc:
         yield reg_addr[1], proc
 
@@ -90,3 +100,37 @@ def test_only_admin_may_halt(pikerd):
     [line] = out.stderr.strip().splitlines()
     assert 'admin' in line, line
     assert cli(port, 'services').stdout.count('trading: cluster active') == 1
+
+
+def test_newcomer_default_band_refuses_2x_in_one_line_and_a_watcher_sees_the_halt(newcomer):
+    """Issue 14's done-means with no config: ``--price <last*2> --mode live`` is refused by the
+    default price band in one line naming it; last*1.2 is accepted. A ``piker orders`` watcher
+    is told of a halt (pushed by emsd) before the halt's cancel of the resting order."""
+    port, _ = newcomer
+    last = last_price(port)
+    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 2:.2f}', '--size', '1', '--mode', 'live')
+    assert out.returncode == 1
+    [line] = out.stdout.strip().splitlines()
+    assert ' error ' in line and 'reason: risk: price_band_pct 50: limit ' in line, line
+    assert 'Traceback' not in out.stderr
+    ok = cli(port, 'order', 'sell', 'btcusd.sim', '--price', f'{last * 1.2:.2f}', '--size', '1',
+             '--mode', 'live', '--detach', '--json')
+    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    oid = json_lines(ok.stdout)[-1]['oid']
+
+    watcher = subprocess.Popen(
+        [script('piker'), '--port', str(port), 'orders', 'btcusd.sim', '--all', '--json', '--count', '2'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        snapshot = json.loads(watcher.stdout.readline())   # the resting sell, then it follows
+        assert snapshot['oid'] == oid and snapshot['resp'] == 'broker_submitted'
+        assert cli(port, 'halt').stdout.strip() == 'cluster: halted, 1 order cancelled'
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    notice, cancelled = json_lines(out)
+    assert (notice['name'], notice['state'], notice['scope']) == ('trading_state', 'halted', '*')
+    assert cancelled['oid'] == oid and cancelled['resp'] == 'broker_cancelled', cancelled
