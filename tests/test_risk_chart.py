@@ -37,6 +37,7 @@ def test_status_bar_shows_halted_and_reducing_and_nothing_when_active(running: R
     out = r.call(set_state, 'halted')
     assert out['state'] == 'halted' and out['cancelled'] == 1
     r.wait(lambda: status.trading_text() == 'TRADING HALTED', msg='the halt was not shown')
+    assert 'trading halted (cluster)' in status.text()
     [notice] = [m for m in r.seen if isinstance(m, TradingState)]
     assert (notice.account, notice.state, notice.scope) == ('paper', 'halted', '*')
     # the halt's cancel of our dark order arrives after the notice, on the same dialogue

@@ -672,8 +672,12 @@ class OrderMode:
             log.exception('order mode failed on %r', msg)
 
     def on_trading_state(self, state: str | None, scope: str = '*') -> None:
-        """emsd's trading state for this account (pushed when halt/reduce/resume change it)."""
-        self.trading_state = state
+        """emsd's trading state for this account (pushed when halt/reduce/resume change it):
+        the bar's permanent label, and a message when it changes while we are connected."""
+        before, self.trading_state = self.trading_state, state
+        if before is not None and state is not None and state != before:
+            who = 'cluster' if scope == '*' else f'account {scope}'
+            self.status.open_status(f'trading {state} ({who})', clear_on_next=True)
         show = getattr(self.status, 'set_trading', None)
         if show is not None:
             show(state, scope)
