@@ -134,3 +134,11 @@ def test_newcomer_default_band_refuses_2x_in_one_line_and_a_watcher_sees_the_hal
     notice, cancelled = json_lines(out)
     assert (notice['name'], notice['state'], notice['scope']) == ('trading_state', 'halted', '*')
     assert cancelled['oid'] == oid and cancelled['resp'] == 'broker_cancelled', cancelled
+
+    # --timeout: a follower that does not get its --count in time says so and exits 3;
+    # without --count it just stops (exit 0) after printing the open orders (none now)
+    short = cli(port, 'orders', 'btcusd.sim', '--count', '1', '--timeout', '1')
+    assert short.returncode == 3 and 'timed out after 1s with 0 of 1 new messages' in short.stderr, short
+    assert short.stdout == ''
+    plain = cli(port, 'orders', 'btcusd.sim', '--timeout', '0.5', '--json')
+    assert plain.returncode == 0 and plain.stdout == '', plain
