@@ -42,16 +42,29 @@ def last_price(port: int) -> float:
     return json_lines(cli(port, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
 
 
+def refused_line(port: int, price: float) -> str:
+    """``piker order buy`` live at ``price``, refused: its one output line (exit 1, no traceback)."""
+    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{price:.2f}', '--size', '1', '--mode', 'live')
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out
+    [line] = out.stdout.strip().splitlines()
+    assert ' error ' in line, line
+    return line
+
+
+def resting_live(port: int, action: str, price: float) -> str:
+    """A live order of size 1 at ``price`` the venue accepted (``broker_submitted``): its oid."""
+    ok = cli(port, 'order', action, 'btcusd.sim', '--price', f'{price:.2f}', '--size', '1',
+             '--mode', 'live', '--detach', '--json')
+    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    return json_lines(ok.stdout)[-1]['oid']
+
+
 def test_price_band_refuses_a_fat_finger_in_one_line(pikerd):
     port, _ = pikerd
     last = last_price(port)
-    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 2:.2f}', '--size', '1', '--mode', 'live')
-    assert out.returncode == 1
-    [line] = out.stdout.strip().splitlines()
-    assert ' error ' in line and 'risk: price_band_pct 20' in line, line
-    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
-             '--mode', 'live', '--detach', '--json')
-    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    line = refused_line(port, last * 2)
+    assert 'risk: price_band_pct 20' in line, line
+    resting_live(port, 'buy', last * 0.9)
 
 
 def test_halt_cancels_refuses_survives_kill_9_of_emsd_and_resume(pikerd):
@@ -87,9 +100,7 @@ def test_halt_cancels_refuses_survives_kill_9_of_emsd_and_resume(pikerd):
     assert 'trading: cluster halted' in shown.stdout, shown.stdout
 
     assert cli(port, 'resume').stdout.strip() == 'cluster: active'
-    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
-             '--mode', 'live', '--detach', '--json')
-    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    resting_live(port, 'buy', last * 0.9)
 
 
 def test_only_admin_may_halt(pikerd):
@@ -108,15 +119,9 @@ def test_newcomer_default_band_refuses_2x_in_one_line_and_a_watcher_sees_the_hal
     is told of a halt (pushed by emsd) before the halt's cancel of the resting order."""
     port, _ = newcomer
     last = last_price(port)
-    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 2:.2f}', '--size', '1', '--mode', 'live')
-    assert out.returncode == 1
-    [line] = out.stdout.strip().splitlines()
-    assert ' error ' in line and 'reason: risk: price_band_pct 50: limit ' in line, line
-    assert 'Traceback' not in out.stderr
-    ok = cli(port, 'order', 'sell', 'btcusd.sim', '--price', f'{last * 1.2:.2f}', '--size', '1',
-             '--mode', 'live', '--detach', '--json')
-    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
-    oid = json_lines(ok.stdout)[-1]['oid']
+    line = refused_line(port, last * 2)
+    assert 'reason: risk: price_band_pct 50: limit ' in line, line
+    oid = resting_live(port, 'sell', last * 1.2)
 
     watcher = subprocess.Popen(
         [script('piker'), '--port', str(port), 'orders', 'btcusd.sim', '--all', '--json', '--count', '2'],
