@@ -218,7 +218,8 @@ async def ems_set_trading_state(state: str, account: str | None = None, alerts: 
 @guarded()
 async def ems_trading_states() -> dict[str, str]:
     """RPC (any participant): the trading state of the cluster (``*``) and of every account
-    that is not active, for the chart's status bar and ``piker services``."""
+    that is not active, for ``piker services`` (connected clients get each change pushed as a
+    ``TradingState`` message instead)."""
     return current_router().risk.snapshot()
 
 
