@@ -5,7 +5,7 @@ process with the test fakes (no actors, no journal), under three configurations 
 the same run, in interleaved blocks:
 
 - ``none``: an engine the Router never asks (the order path without risk: the baseline);
-- ``default``: the default engine (every limit off: what a newcomer runs);
+- ``default``: the default engine (only the 50% price band: what a newcomer runs);
 - ``all``: every limit configured (max_long/max_short and max_open_orders scan the account's
   open orders, not the finished ones: the cost grows with them; ``OPEN`` orders rest meanwhile).
 
@@ -35,7 +35,12 @@ class _AcceptAll:
     refused = 0
     idle = True  # the Router skips its risk calls: the order path as it was before risk
 
+    band = 0.0
+
     def check_rate(self, *a, **k):
+        return None
+
+    def check_band(self, *a, **k):
         return None
 
     def needs_exposure(self, *a, **k):

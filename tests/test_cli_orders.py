@@ -58,8 +58,14 @@ def test_dark_buy_prints_submitted_triggered_filled_executed(pikerd):
     assert all(m['oid'] == first['oid'] for m in json_lines(out))
 
 
+def far_ask(port: int) -> str:
+    """A live sell that rests (the calm sim never reaches it) inside emsd's default 50% price band."""
+    last = json_lines(cli(port, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
+    return f'{last * 1.4:.2f}'
+
+
 def test_detach_then_cancel_all_and_unknown_oid(pikerd):
-    placed = cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', '9999', '--size', '2',
+    placed = cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', far_ask(pikerd), '--size', '2',
                  '--mode', 'live', '--detach', '--json')
     assert placed.returncode == 0, placed.stderr
     st = json_lines(placed.stdout)[-1]
@@ -222,7 +228,7 @@ def test_orders_prints_open_orders_first_then_follows(pikerd):
     """issue 9 item 5: the open orders of the scope first (one line each: its last status),
     then the new statuses; no positions before them; --count counts only new messages."""
     assert cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--detach', '--name', 'ann').returncode == 0
-    assert cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', '9999', '--size', '1', '--mode', 'live',
+    assert cli(pikerd, 'order', 'sell', 'btcusd.sim', '--price', far_ask(pikerd), '--size', '1', '--mode', 'live',
                '--detach', '--name', 'ann').returncode == 0
     assert cli(pikerd, 'order', 'alert', 'other.sim', '--price', '1', '--detach', '--name', 'ann').returncode == 0
 

@@ -121,3 +121,35 @@ def test_positions_survive_kill_9_of_the_pikerd_tree(reg_addr, tmp_path, config_
     finally:
         if daemon.poll() is None:
             stop_hard(daemon)
+
+
+def test_pnl_after_many_partial_fills_has_no_float_residue():
+    """50 lots bought in parts at tick prices average to a non-terminating price (kept to 10
+    decimals); the PnL columns must not show that rounding times the size (``+1.490000005``):
+    unrealized is exactly last * size - cost, realized after closing in parts too."""
+    from piker_ems.cli.positions import format_table, with_pnl
+    from piker_ems.simvenue._positions import Position
+
+    def row(p, last):
+        return with_pnl({'symbol': 'btcusd', 'broker': 'sim', 'account': 'paper', 'size': p.size,
+                         'avg_price': p.avg_price, 'realized_pnl': p.realized_pnl, 'fees': p.fees}, last)
+
+    p, cost = Position('paper', 'btcusd'), 0.0
+    for i, (size, price) in enumerate([(5, 171.93), (7, 171.97), (3, 172.01), (5, 171.96), (6, 171.94),
+                                       (4, 172.02), (7, 171.95), (5, 171.99), (3, 171.98), (5, 171.93)]):
+        p = p.after('buy', size, price)
+        cost += size * price
+    assert p.size == 50 and p.avg_price != round(p.avg_price, 8)   # a real non-terminating average
+    for last in (172.0, 171.5, 172.3, 171.97):
+        r = row(p, last)
+        assert r['unrealized_pnl'] == round(last * 50 - cost, 8), (last, r)
+        line = format_table([r])[1]
+        assert f"{r['unrealized_pnl']:+.10g}" in line and len(f"{r['unrealized_pnl']:.10g}") <= 8, line
+    # the residue as first reported: 50 lots at an average of 171.9702 (kept as 171.97020000004)
+    odd = Position('paper', 'btcusd', size=50.0, avg_price=171.9702000001)
+    assert row(odd, 172.0)['unrealized_pnl'] == 1.49
+    # closing in parts realizes the exact cash-flow PnL (same size per part: exact at each step)
+    q = Position('paper', 'btcusd').after('buy', 3, 100.01).after('buy', 4, 100.02).after('buy', 3, 100.05)
+    for _ in range(5):
+        q = q.after('sell', 2, 101.0)
+    assert q.size == 0 and q.realized_pnl == round(10 * 101.0 - (3 * 100.01 + 4 * 100.02 + 3 * 100.05), 8)

@@ -52,6 +52,9 @@ Format (one command per line; ``#`` starts a comment; values with spaces go in d
                                     the *next* message the client received is a status with
                                     that resp and those fields (price/size: of its ``req``;
                                     filled: its ``brokerd_msg['filled']``)
+    expect <label> < trading_state state=halted [scope=*] [account=live]
+                                    the next message is emsd's push of the trading state
+                                    that now applies to the client's account
     expect venue <broker.kind> < order|cancel oid=o1 [reqid=7|none] [price=..] [size=..]
                                     the next command the venue took (a modify is an ``order``
                                     with a reqid)
@@ -310,6 +313,11 @@ class Dialogue:
             self.fail(f'{label}: expected {resp} {kv}, got nothing')
         msg = got[i]
         self.read[label] = i + 1
+        if resp == 'trading_state':  # emsd's push of a trading state change (not a status)
+            if not isinstance(msg, dict) or msg.get('name') != resp or any(
+                    str(msg.get(k)) != want for k, want in kv.items()):
+                self.fail(f'{label}: expected {resp} {kv}, got {_show(msg)}')
+            return
         if not isinstance(msg, Status) or msg.resp != resp:
             self.fail(f'{label}: expected {resp} {kv}, got {_show(msg)}')
         for k, want in kv.items():

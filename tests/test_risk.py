@@ -287,10 +287,38 @@ def test_bad_config_names_the_key():
 
 
 def test_defaults_never_trip():
-    """A newcomer's config (none) refuses nothing: big, far, fast orders pass the risk engine
-    (only emsd's hard sanity bounds apply)."""
+    """A newcomer's config (none) refuses nothing a real trader sends: big, fast orders and live
+    limits within 50% of the last price pass the risk engine (only the price band and emsd's hard
+    sanity bounds apply)."""
     rig = Rig()
     a = rig.client('a', account='live')
     for i in range(200):
-        rig.send(a, live(f'o{i}', price=1000.0, size=1e5))
+        rig.send(a, live(f'o{i}', price=(101.0, 149.0, 51.0)[i % 3], size=1e5))
     assert len(orders_sent(rig)) == 200 and rig.router.risk.refused == 0
+    assert rig.router.risk.idle  # the no-config fast path: only the band is checked
+
+
+def test_default_price_band_refuses_a_2x_typo_and_accepts_1_2x():
+    """With no config a live limit at last*2 (or last/10) is refused naming the default band;
+    last*1.2 reaches the venue. Dark orders are not banded at submit (they rest in emsd)."""
+    rig = Rig()
+    a = rig.client('a', account='live')
+    rig.send(a, live('typo', price=200.0))
+    assert error_of(a, 'typo') == 'risk: price_band_pct 50: limit 200 is 100% from the last price 100'
+    rig.send(a, live('tenth', price=10.0, action='sell'))
+    assert 'risk: price_band_pct 50' in error_of(a, 'tenth')
+    rig.send(a, live('ok', price=120.0))
+    rig.send(a, dark('far', price=1000.0, action='sell'))
+    assert [c.oid for c in orders_sent(rig)] == ['ok'] and a.resps('far') == ['dark_submitted']
+    # a modify of the live order is banded too
+    rig.send(a, live('ok', price=250.0))
+    assert 'price_band_pct 50' in error_of(a, 'ok')
+
+
+@pytest.mark.parametrize('risk', [{'price_band_pct': 0}, {'accounts': {'live': {'price_band_pct': 0}}}])
+def test_price_band_off_with_zero(risk):
+    """``price_band_pct = 0`` turns the band off (for every account, or one)."""
+    rig = rig_with(risk)
+    a = rig.client('a', account='live')
+    rig.send(a, live('far', price=1000.0))
+    assert [c.oid for c in orders_sent(rig)] == ['far'] and rig.router.risk.refused == 0

@@ -6,13 +6,15 @@ re-enables trading; only an ``admin`` participant may change the state.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 
 import pytest
 
 from _ems_helpers import SIM_CALM
-from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, wait_gone
+from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, script, wait_gone
 from conftest import write_config
 
 RISK = """
@@ -28,20 +30,41 @@ def pikerd(reg_addr, tmp_path, config_dir):
         yield reg_addr[1], proc
 
 
+@pytest.fixture
+def newcomer(reg_addr, tmp_path, config_dir):
+    """A pikerd with no [risk] table at all (only the calm sim market)."""
+    write_config(config_dir, SIM_CALM)
+    with pikerd_process(reg_addr[1], tmp_path / 'pikerd.log') as proc:
+        yield reg_addr[1], proc
+
+
 def last_price(port: int) -> float:
     return json_lines(cli(port, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
+
+
+def refused_line(port: int, price: float) -> str:
+    """``piker order buy`` live at ``price``, refused: its one output line (exit 1, no traceback)."""
+    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{price:.2f}', '--size', '1', '--mode', 'live')
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out
+    [line] = out.stdout.strip().splitlines()
+    assert ' error ' in line, line
+    return line
+
+
+def resting_live(port: int, action: str, price: float) -> str:
+    """A live order of size 1 at ``price`` the venue accepted (``broker_submitted``): its oid."""
+    ok = cli(port, 'order', action, 'btcusd.sim', '--price', f'{price:.2f}', '--size', '1',
+             '--mode', 'live', '--detach', '--json')
+    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    return json_lines(ok.stdout)[-1]['oid']
 
 
 def test_price_band_refuses_a_fat_finger_in_one_line(pikerd):
     port, _ = pikerd
     last = last_price(port)
-    out = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 2:.2f}', '--size', '1', '--mode', 'live')
-    assert out.returncode == 1
-    [line] = out.stdout.strip().splitlines()
-    assert ' error ' in line and 'risk: price_band_pct 20' in line, line
-    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
-             '--mode', 'live', '--detach', '--json')
-    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    line = refused_line(port, last * 2)
+    assert 'risk: price_band_pct 20' in line, line
+    resting_live(port, 'buy', last * 0.9)
 
 
 def test_halt_cancels_refuses_survives_kill_9_of_emsd_and_resume(pikerd):
@@ -77,9 +100,7 @@ def test_halt_cancels_refuses_survives_kill_9_of_emsd_and_resume(pikerd):
     assert 'trading: cluster halted' in shown.stdout, shown.stdout
 
     assert cli(port, 'resume').stdout.strip() == 'cluster: active'
-    ok = cli(port, 'order', 'buy', 'btcusd.sim', '--price', f'{last * 0.9:.2f}', '--size', '1',
-             '--mode', 'live', '--detach', '--json')
-    assert ok.returncode == 0 and json_lines(ok.stdout)[-1]['resp'] == 'broker_submitted', ok.stdout
+    resting_live(port, 'buy', last * 0.9)
 
 
 def test_only_admin_may_halt(pikerd):
@@ -90,3 +111,39 @@ def test_only_admin_may_halt(pikerd):
     [line] = out.stderr.strip().splitlines()
     assert 'admin' in line, line
     assert cli(port, 'services').stdout.count('trading: cluster active') == 1
+
+
+def test_newcomer_default_band_refuses_2x_in_one_line_and_a_watcher_sees_the_halt(newcomer):
+    """Issue 14's done-means with no config: ``--price <last*2> --mode live`` is refused by the
+    default price band in one line naming it; last*1.2 is accepted. A ``piker orders`` watcher
+    is told of a halt (pushed by emsd) before the halt's cancel of the resting order."""
+    port, _ = newcomer
+    last = last_price(port)
+    line = refused_line(port, last * 2)
+    assert 'reason: risk: price_band_pct 50: limit ' in line, line
+    oid = resting_live(port, 'sell', last * 1.2)
+
+    watcher = subprocess.Popen(
+        [script('piker'), '--port', str(port), 'orders', 'btcusd.sim', '--all', '--json', '--count', '2'],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        snapshot = json.loads(watcher.stdout.readline())   # the resting sell, then it follows
+        assert snapshot['oid'] == oid and snapshot['resp'] == 'broker_submitted'
+        assert cli(port, 'halt').stdout.strip() == 'cluster: halted, 1 order cancelled'
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    notice, cancelled = json_lines(out)
+    assert (notice['name'], notice['state'], notice['scope']) == ('trading_state', 'halted', '*')
+    assert cancelled['oid'] == oid and cancelled['resp'] == 'broker_cancelled', cancelled
+
+    # --timeout: a follower that does not get its --count in time says so and exits 3;
+    # without --count it just stops (exit 0) after printing the open orders (none now)
+    short = cli(port, 'orders', 'btcusd.sim', '--count', '1', '--timeout', '1')
+    assert short.returncode == 3 and 'timed out after 1s with 0 of 1 new messages' in short.stderr, short
+    assert short.stdout == ''
+    plain = cli(port, 'orders', 'btcusd.sim', '--timeout', '0.5', '--json')
+    assert plain.returncode == 0 and plain.stdout == '', plain

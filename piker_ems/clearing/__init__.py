@@ -2,11 +2,11 @@
 from ._client import EmsLost, OrderBook, TradesStream, open_ems, open_ems_watching
 from ._messages import (
     BrokerdCancel, BrokerdError, BrokerdFill, BrokerdOrder, BrokerdOrderAck, BrokerdPosition,
-    BrokerdStatus, Cancel, MsgError, Order, Status,
+    BrokerdStatus, Cancel, MsgError, Order, Status, TradingState,
 )
 
 __all__ = [
     'BrokerdCancel', 'BrokerdError', 'BrokerdFill', 'BrokerdOrder', 'BrokerdOrderAck',
     'BrokerdPosition', 'BrokerdStatus', 'Cancel', 'EmsLost', 'MsgError', 'Order', 'OrderBook',
-    'Status', 'TradesStream', 'open_ems', 'open_ems_watching',
+    'Status', 'TradesStream', 'TradingState', 'open_ems', 'open_ems_watching',
 ]

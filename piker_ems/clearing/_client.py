@@ -30,6 +30,7 @@ from ._messages import (
     MsgError,
     Order,
     Status,
+    TradingState,
     order_wire,
     parse_ems_msg,
     to_wire,
@@ -77,6 +78,9 @@ class OrderBook:
     owner: str = ''
     """Who owns the orders this book places: ``participant/name`` (``name`` for ``local``)."""
     participant: str = 'local'
+    trading_state: str = 'active'
+    """emsd's trading state for this account (``active``, ``reducing``, ``halted``): from the
+    start state, then kept current by the ``TradingState`` messages of the trades stream."""
 
     def _push(self, msg: dict) -> None:
         self._tx.send_nowait(msg)  # unbounded: never WouldBlock
@@ -139,7 +143,9 @@ class OrderBook:
 
 @dataclass
 class TradesStream:
-    """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`) for this client.
+    """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`, and
+    :class:`TradingState` when ``piker halt/reduce/resume`` changes the account's state) for
+    this client.
 
     Iteration ends quietly only when the client itself leaves :func:`open_ems`; if emsd goes
     away first, ``receive()`` and ``async for`` raise :class:`EmsLost` (after the messages that
@@ -257,6 +263,8 @@ async def _read(
                     continue
                 if isinstance(msg, Status) and msg.req is not None and msg.oid not in book.orders:
                     book.orders[msg.oid] = msg.req
+                elif isinstance(msg, TradingState):
+                    book.trading_state = msg.state
                 try:
                     tx.send_nowait(msg)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -342,6 +350,7 @@ async def open_ems(
                 fqsn=fqsn.lower(), account=account, exec_mode=exec_mode, name=name, _tx=cmd_tx,
                 open_orders=unpack_snapshot(first.get('orders', [])),
                 owner=owner_name(cred.participant, name), participant=cred.participant,
+                trading_state=first.get('trading_state', 'active'),
             )
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
             trades = TradesStream(status_rx, status_tx)

@@ -157,10 +157,11 @@ async def _emsd_main(
     ``control_others`` the ``control-others`` role (the connection is refused otherwise, with
     one line naming the missing role); placing orders needs the ``trade`` role.
 
-    ``started()`` carries ``{'positions': [...], 'orders': <blob>}``: the broker/account
-    positions and the open orders for ``fqsn`` (so a restarted client can redraw them), the
-    latter packed (:func:`~._messages.unpack_snapshot` reads it). Each message on the stream
-    is a status / position dict, or a list of them (a batch: docs/protocol.md).
+    ``started()`` carries ``{'positions': [...], 'orders': <blob>, 'trading_state': ...}``:
+    the broker/account positions, the open orders for ``fqsn`` (so a restarted client can
+    redraw them), packed (:func:`~._messages.unpack_snapshot` reads it), and the account's
+    trading state (later changes arrive as ``TradingState``). Each message on the stream is a
+    status / position / trading-state dict, or a list of them (a batch: docs/protocol.md).
     """
     principal = verify(auth, EMSD_MAIN, ('watch', 'trade'))
     router = current_router()
@@ -203,6 +204,8 @@ async def _emsd_main(
                 broker=broker,
                 owner=None if watch else owner,
             )),
+            # then pushed as a TradingState message whenever it changes
+            'trading_state': router.risk.state_of(account),
         })
         async with ctx.open_stream() as stream, trio.open_nursery() as n:
             n.start_soon(_write, conn, stream, n.cancel_scope)
@@ -238,7 +241,8 @@ async def ems_set_trading_state(state: str, account: str | None = None, alerts: 
 @guarded()
 async def ems_trading_states() -> dict[str, str]:
     """RPC (any participant): the trading state of the cluster (``*``) and of every account
-    that is not active, for the chart's status bar and ``piker services``."""
+    that is not active, for ``piker services`` (connected clients get each change pushed as a
+    ``TradingState`` message instead)."""
     return current_router().risk.snapshot()
 
 

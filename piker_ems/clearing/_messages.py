@@ -60,6 +60,7 @@ __all__ = [
     'MsgError',
     'Order',
     'Status',
+    'TradingState',
     'VenueSnapshot',
     'parse_broker_request',
     'parse_brokerd_msg',
@@ -301,6 +302,24 @@ class BrokerdPosition(BaseModel):
     fees: FiniteFloat = 0.0
 
 
+class TradingState(BaseModel):
+    """emsd -> client: the trading state that now applies to the client's account (issue 14).
+
+    Pushed on every client's order dialogue when ``piker halt/reduce/resume`` changes it (the
+    state at connect is in the start state), so a chart shows it without asking. ``state`` is
+    the stricter of the account's and the cluster's; ``scope`` is what changed (an account, or
+    ``*`` for the cluster).
+    """
+
+    model_config = _LENIENT
+
+    name: Literal['trading_state'] = 'trading_state'
+    account: str
+    state: Literal['active', 'reducing', 'halted']
+    scope: str = '*'
+    time_ns: int = 0
+
+
 class BrokerdOrderInfo(BaseModel):
     """One order as the venue knows it, for reconciliation (part of :class:`VenueSnapshot`).
 
@@ -482,7 +501,7 @@ class _Parser:
 
 
 _parse_client = _Parser('client message', 'action', Order, Cancel)
-_parse_ems = _Parser('ems message', 'name', Status, BrokerdPosition)
+_parse_ems = _Parser('ems message', 'name', Status, BrokerdPosition, TradingState)
 _parse_request = _Parser(
     'broker request', 'name', BrokerdOrder, BrokerdCancel,
 )
@@ -500,8 +519,9 @@ def parse_client_msg(obj: Any) -> Order | Cancel:
     return _parse_client(obj)
 
 
-def parse_ems_msg(obj: Any) -> Status | BrokerdPosition:
-    """What a client receives from emsd: a ``Status`` or a ``BrokerdPosition``.
+def parse_ems_msg(obj: Any) -> Status | BrokerdPosition | TradingState:
+    """What a client receives from emsd: a ``Status``, a ``BrokerdPosition`` or a
+    ``TradingState``.
 
     Raises :class:`MsgError` for anything else.
     """

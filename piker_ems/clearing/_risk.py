@@ -21,9 +21,10 @@ Limits (``[risk]`` of ``piker_ems.toml``, then ``[risk.accounts.<account>]``, th
     order_burst         ... with this many in a burst (default: 2 x order_rate)
     cancel_rate         cancels per second per participant, with ``cancel_burst``
     price_band_pct      a live limit farther than this % from the last price is refused
+                        (default 50: catches a 2x or 10x typo, never a real order; 0 = off)
 
-Every limit is off unless configured (a newcomer's orders are only bounded by emsd's hard
-sanity caps in ``_router``); turning them on is one table in the config.
+Every other limit is off unless configured (a newcomer's orders are only bounded by the price
+band and emsd's hard sanity caps in ``_router``); turning them on is one table in the config.
 
 Trading states, per account and cluster-wide (``*``): ``active`` (default), ``reducing`` (only
 orders that shrink the position are accepted) and ``halted`` (nothing new; cancels still work).
@@ -32,12 +33,13 @@ The stricter of the account's and the cluster's state applies. The Router journa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 __all__ = [
     'ACTIVE',
     'CLUSTER',
+    'DEFAULT_PRICE_BAND_PCT',
     'HALTED',
     'REDUCING',
     'STATES',
@@ -46,6 +48,9 @@ __all__ = [
     'TokenBucket',
     'parse_limits',
 ]
+
+#: The fat-finger guard every account has unless configured (``price_band_pct = 0``: off).
+DEFAULT_PRICE_BAND_PCT = 50.0
 
 ACTIVE = 'active'
 REDUCING = 'reducing'
@@ -58,7 +63,7 @@ CLUSTER = '*'
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The limits of one account (and symbol); ``None`` is no limit."""
+    """The limits of one account (and symbol); ``None`` is no limit (the price band: 0)."""
 
     max_order_size: float | None = None
     max_order_notional: float | None = None
@@ -69,7 +74,7 @@ class Limits:
     order_burst: float | None = None
     cancel_rate: float | None = None
     cancel_burst: float | None = None
-    price_band_pct: float | None = None
+    price_band_pct: float = DEFAULT_PRICE_BAND_PCT
 
     @property
     def needs_position(self) -> bool:
@@ -166,8 +171,12 @@ class RiskEngine:
         self.states: dict[str, str] = {}       # scope (account or CLUSTER) -> state
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self.refused = 0
-        self._limited = any(v != Limits() for v in self.limits.values())
-        self.idle = not self._limited  # no limit, every state active: nothing to check
+        bands = {v.price_band_pct for v in self.limits.values()}
+        #: the one price band of every scope (0: off), checked without a lookup while idle
+        self.band = bands.pop() if len(bands) == 1 else None
+        self._limited = self.band is None or any(
+            replace(v, price_band_pct=DEFAULT_PRICE_BAND_PCT) != Limits() for v in self.limits.values())
+        self.idle = not self._limited  # only the band, every state active: nothing else to check
 
     def _update_idle(self) -> None:
         self.idle = not self._limited and not self.states
@@ -228,6 +237,16 @@ class RiskEngine:
             return None
         return self._refuse(f'{kind}_rate {_fmt(rate)}/s (burst {_fmt(burst)}) exceeded by participant {participant!r}')
 
+    def check_band(self, price: float, last: float | None, band: float) -> str | None:
+        """A live limit ``price`` farther than ``band`` % from ``last`` (``band`` 0: off)."""
+        if not band or not last:
+            return None
+        off = abs(price - last) / last * 100.0
+        if off > band + 1e-9:
+            return self._refuse(f'price_band_pct {_fmt(band)}: limit {_fmt(price)} is '
+                                f'{off:.3g}% from the last price {_fmt(last)}')
+        return None
+
     def check_order(
         self, *, account: str, fqsn: str, action: str, price: float, size: float, live: bool,
         last: float | None, reduce_only: bool = False, exposure: Exposure | None = None,
@@ -250,11 +269,10 @@ class RiskEngine:
         if lim.max_order_notional is not None and notional > lim.max_order_notional:
             return self._refuse(f'max_order_notional {_fmt(lim.max_order_notional)}: '
                                 f'{_fmt(price)} x {_fmt(size)} = {_fmt(notional)} is above it')
-        if live and lim.price_band_pct is not None and last:
-            off = abs(price - last) / last * 100.0
-            if off > lim.price_band_pct + 1e-9:
-                return self._refuse(f'price_band_pct {_fmt(lim.price_band_pct)}: limit {_fmt(price)} is '
-                                    f'{off:.3g}% from the last price {_fmt(last)}')
+        if live:
+            why = self.check_band(price, last, lim.price_band_pct)
+            if why:
+                return why
         ex = exposure or Exposure()
         if lim.max_open_orders is not None and not old_size and ex.open_orders + 1 > lim.max_open_orders:
             return self._refuse(f'max_open_orders {int(lim.max_open_orders)}: '

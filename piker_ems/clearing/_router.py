@@ -42,6 +42,7 @@ from ._messages import (
     MsgError,
     Order,
     Status,
+    TradingState,
     parse_brokerd_msg,
     parse_client_msg,
     to_wire,
@@ -594,8 +595,11 @@ class Router:
 
     def _risk_check(self, order: Order, last: float | None, st: OrderState | None = None) -> str | None:
         """Why the risk engine refuses ``order`` (new; or ``st`` modified / triggering)."""
-        if order.action == 'alert' or (self.risk.idle and not order.reduce_only):
+        if order.action == 'alert':
             return None
+        live = order.exec_mode == 'live' or (st is not None and not st.machine.dark)
+        if self.risk.idle and not order.reduce_only:  # no-config fast path: the price band only
+            return self.risk.check_band(order.price, last, self.risk.band) if live else None
         fqsn = order.symbol.lower()
         exposure = None
         if self.risk.needs_exposure(order.account, fqsn, order.reduce_only):
@@ -604,8 +608,7 @@ class Router:
         return self.risk.check_order(
             account=order.account, fqsn=fqsn, action=order.action, price=order.price,
             size=order.size - (st.machine.filled if st is not None else 0.0),
-            live=order.exec_mode == 'live' or (st is not None and not st.machine.dark),
-            last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
+            live=live, last=last, reduce_only=order.reduce_only, exposure=exposure, old_size=old)
 
     def _exposure(self, account: str, fqsn: str) -> Exposure:
         """The account's position in ``fqsn`` and its open orders (a scan of the account's
@@ -638,6 +641,7 @@ class Router:
         if self.journal is not None:  # a failed write raises: nothing changed
             self.journal.write_state(scope, state, self.clock())
         self.risk.set_state(scope, state)
+        self._announce_state(scope)  # before the halt's cancels: clients learn why first
         cancelled = 0
         if state == HALTED:
             for st in list(self.orders.values()):
@@ -651,6 +655,17 @@ class Router:
                 cancelled += 1
         log.warning('trading state of %s is now %s (%d orders cancelled)', scope, state, cancelled)
         return {'scope': scope, 'state': state, 'cancelled': cancelled, 'states': self.risk.snapshot()}
+
+    def _announce_state(self, scope: str) -> None:
+        """Push the state that now applies to every client whose account ``scope`` covers
+        (a chart's status bar shows it; nothing polls)."""
+        from ._risk import CLUSTER
+
+        now = self.clock()
+        for conn in list(self.clients):
+            if scope == CLUSTER or conn.account == scope:
+                conn.push(to_wire(TradingState(account=conn.account, state=self.risk.state_of(conn.account),
+                                               scope=scope, time_ns=now)))
 
     # --- dark triggers ------------------------------------------------------------------------
 

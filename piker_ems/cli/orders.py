@@ -57,8 +57,8 @@ def check_order(action: str, fqsn: str, price: float, size: float, mode: str, ac
 
 
 def format_msg(msg) -> str:
-    """One readable line for a Status or a position."""
-    from ..clearing import BrokerdPosition
+    """One readable line for a Status, a position or a trading state change."""
+    from ..clearing import BrokerdPosition, TradingState
     from ..clearing._statuses import ALERT_TRIGGERED, BROKER_FILLED, DARK_TRIGGERED
 
     # when it happened (a snapshot of an open order shows its last status's time, not now)
@@ -66,6 +66,9 @@ def format_msg(msg) -> str:
     ts = time.strftime('%H:%M:%S', time.localtime(time_ns / 1e9 if time_ns else None))
     if isinstance(msg, BrokerdPosition):
         return f'{ts} position       {msg.symbol}.{msg.broker} [{msg.account}] size {msg.size:g} @ {msg.avg_price:g}'
+    if isinstance(msg, TradingState):
+        scope = 'cluster' if msg.scope == '*' else f'account {msg.scope}'
+        return f'{ts} trading {msg.state:<8} [{msg.account}] ({scope} changed)'
     req = msg.req
     what = f'{req.action} {req.size:g} {req.symbol} @ {req.price:g} ({req.exec_mode})' if req else ''
     extra = []
@@ -143,7 +146,10 @@ def order(state: CliState, action: str, fqsn: str, price: float, size: float | N
     sys.exit(run(_place, state, action, fqsn, price, size or 0.0, mode, account, name, timeout, detach, as_json))
 
 
-async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_json: bool, count: int | None) -> None:
+async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_json: bool, count: int | None,
+                  timeout: float | None = None) -> int:
+    import trio
+
     from ..clearing import open_ems
     from ..service import maybe_open_pikerd
 
@@ -157,14 +163,19 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
             # order in scope; it is printed in full, then --count counts the new messages
             snapshot = len(book.open_orders)
             seen = 0
-            async for msg in trades:
-                emit(msg, as_json)
-                if snapshot:
-                    snapshot -= 1
-                    continue
-                seen += 1
-                if count is not None and seen >= count:
-                    return
+            with trio.move_on_after(timeout if timeout is not None else float('inf')):
+                async for msg in trades:
+                    emit(msg, as_json)
+                    if snapshot:
+                        snapshot -= 1
+                        continue
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return 0
+            if count is None:
+                return 0   # followed for --timeout seconds: done
+            click.secho(f'timed out after {timeout:g}s with {seen} of {count} new messages', fg='yellow', err=True)
+            return EXIT_TIMEOUT
 
 
 @click.command()
@@ -173,14 +184,18 @@ async def _follow(state: CliState, fqsn: str, watch_all: bool, name: str, as_jso
 @click.option('--name', default='piker', show_default=True)
 @click.option('--count', '-n', type=click.IntRange(min=1), default=None,
               help='Stop after N new messages (the open orders printed first do not count).')
+@click.option('--timeout', type=click.FloatRange(min=0), default=None,
+              help='Stop following after this many seconds (exit 0; exit 3 if --count was not reached).')
 @click.option('--json', 'as_json', is_flag=True, help='One JSON object per message per line.')
 @participant_options
 @click.pass_obj
-def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | None, as_json: bool) -> None:
+def orders(state: CliState, fqsn: str, watch_all: bool, name: str, count: int | None, timeout: float | None,
+           as_json: bool) -> None:
     """Print the open orders on FQSN (each one's last status), then follow every new status
-    on FQSN live, whoever placed the orders (position changes included)."""
+    on FQSN live, whoever placed the orders (position changes and trading state changes
+    included)."""
     check_fqsn(fqsn)
-    run(_follow, state, fqsn, watch_all, name, as_json, count)
+    sys.exit(run(_follow, state, fqsn, watch_all, name, as_json, count, timeout))
 
 
 @asynccontextmanager

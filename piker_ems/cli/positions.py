@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from ..simvenue._numbers import clean_pnl
 from ._common import CliState, UserError, participant_options, run
 
 PRICE_TIMEOUT_S = 10.0
@@ -29,7 +30,7 @@ def with_pnl(raw: dict, last: float | None) -> dict:
     elif last is None or not math.isfinite(last):
         unrealized = None
     else:
-        unrealized = round((last - avg) * size, 10)
+        unrealized = clean_pnl((last - avg) * size, size)  # no residue of the average's rounding
     realized = float(raw.get('realized_pnl') or 0.0)
     fees = float(raw.get('fees') or 0.0)
     return {
@@ -43,7 +44,8 @@ def with_pnl(raw: dict, last: float | None) -> dict:
         'unrealized_pnl': unrealized,
         'fees': fees,
         # after fees: realized + unrealized - fees paid on the position's fills
-        'net_pnl': None if unrealized is None else round(realized + unrealized - fees, 10),
+        # (the sum of rounded parts: one decimal fewer than each part)
+        'net_pnl': None if unrealized is None else clean_pnl(realized + unrealized - fees, 10 * max(abs(size), 1.0)),
         'last': last,
         'currency': raw.get('currency') or '',
     }

@@ -37,7 +37,8 @@ def _report(out: dict, as_json: bool) -> None:
         click.echo(json.dumps(out))
         return
     scope = 'cluster' if out['scope'] == '*' else f"account {out['scope']}"
-    extra = f", {out['cancelled']} orders cancelled" if out['state'] == 'halted' else ''
+    n = out['cancelled']
+    extra = f", {n} order{'' if n == 1 else 's'} cancelled" if out['state'] == 'halted' else ''
     click.echo(f"{scope}: {out['state']}{extra}")
 
 

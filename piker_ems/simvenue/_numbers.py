@@ -17,7 +17,7 @@ from typing import Any
 
 from ..clearing._messages import MAX_PRICE, MAX_SIZE
 
-__all__ = ['MAX_PRICE', 'MAX_SIZE', 'clean', 'eps', 'is_price', 'request_problem']
+__all__ = ['MAX_PRICE', 'MAX_SIZE', 'clean', 'clean_pnl', 'eps', 'is_price', 'request_problem']
 
 
 def eps(price: float) -> float:
@@ -28,6 +28,19 @@ def eps(price: float) -> float:
 def clean(x: float) -> float:
     """Drop float residue (``0.1 + 0.2 - 0.3``) so flat is exactly 0 and sizes stay readable."""
     r = round(x, 10)
+    return 0.0 if r == 0 else r
+
+
+def clean_pnl(pnl: float, size: float) -> float:
+    """A PnL of ``size`` against an average price: drop the residue it inherits from the
+    average (kept to 10 decimals by :func:`clean`, so off by up to 5e-11, which ``size``
+    multiplies: 50 lots show ``1.490000005`` for 1.49).
+
+    Rounded to ``9 - ceil(log10 |size|)`` decimals (9 up to a size of 1), where that error is
+    10x below half a unit; prices on a tick grid times sizes in lots stay exact."""
+    mag = abs(size)
+    digits = 9 - (math.ceil(math.log10(mag)) if mag > 1 else 0) if math.isfinite(mag) else 0
+    r = round(pnl, digits)
     return 0.0 if r == 0 else r
 
 

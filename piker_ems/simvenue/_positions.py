@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ._book import Action
-from ._numbers import clean
+from ._numbers import clean, clean_pnl
 
 __all__ = ['Position', 'PositionBook', 'PositionError']
 
@@ -55,7 +55,7 @@ class Position:
         new = clean(old + qty)
         if old != 0 and (old > 0) != (qty > 0):  # reducing (or crossing): realize the closed part
             closed = min(abs(qty), abs(old))
-            pnl += closed * (price - avg) * (1.0 if old > 0 else -1.0)
+            pnl += clean_pnl(closed * (price - avg) * (1.0 if old > 0 else -1.0), closed)
         if new == 0:
             avg = 0.0
         elif old == 0 or (old > 0) != (new > 0):

@@ -484,6 +484,8 @@ _LEVEL_COLOURS = {'info': _FG, 'warn': '#e8a33c', 'error': '#ff5f5f',
                   'fill': '#5ad1ff', 'other': '#7d8596', 'hint': '#e6c642'}
 _PNL_UP, _PNL_DOWN = '#3ccf72', '#ef5350'
 _MODE_COLOURS = {'buy': '#3ccf72', 'sell': '#ef5350', 'alert': '#e6c642', None: '#a6a6b0'}
+#: emsd's trading states worth a glance (background, text); ``active`` shows nothing
+_TRADING_COLOURS = {'halted': ('#c62828', '#ffffff'), 'reducing': ('#e8a33c', '#101014')}
 
 _STYLE = f"""
 QStatusBar#piker_statusbar {{
@@ -651,6 +653,12 @@ class StatusBar(QtWidgets.QStatusBar):
         #: shown as the newest entry of the message area while hovering
         self._hint = ''
 
+        #: emsd's trading state when it is not ``active`` (white on red: halted, amber: reducing)
+        self._trading_label = QtWidgets.QLabel(self)
+        self._trading_label.setObjectName('status_trading')
+        self._trading_label.hide()
+        self.addPermanentWidget(self._trading_label)
+
         self._pnl_label = FitLabel(self, keep_top=True)
         self._pnl_label.setObjectName('status_pnl')
         self._pnl_label.hide()
@@ -683,7 +691,7 @@ class StatusBar(QtWidgets.QStatusBar):
         self.addPermanentWidget(self._mode_label)
         # style sheet rules on the labels stop font inheritance, so set it on each one
         for label in (self._msg_label, self._pnl_label, self._info_label, self._mode_label,
-                      self.size_box):
+                      self.size_box, self._trading_label):
             label.setFont(font)
 
         #: re-renders once a second while an error shows its countdown
@@ -770,6 +778,28 @@ class StatusBar(QtWidgets.QStatusBar):
         self._info_label.setVisible(bool(text))
         self._mode_label.setToolTip(text or '')
         self._place_pnl()
+
+    def set_trading(self, state: str | None, scope: str = '*') -> None:
+        """Show emsd's trading state for this account: ``HALTED`` white on red, ``REDUCING``
+        on amber (``scope`` says whether the cluster or the account set it); ``active`` or
+        ``None`` (unknown: order mode is off) hides the label."""
+        colours = _TRADING_COLOURS.get(state or '')
+        if colours is None:
+            self._trading_label.hide()
+            self._trading_label.setText('')
+            return
+        bg, fg = colours
+        self._trading_label.setStyleSheet(
+            f'background: {bg}; color: {fg}; font-weight: bold; padding: 2px 10px;')
+        self._trading_label.setText(f'TRADING {state.upper()}')
+        self._trading_label.setToolTip(
+            f"{'the whole cluster' if scope == '*' else 'this account'} is {state}: "
+            f"an admin's `piker resume` trades again")
+        self._trading_label.show()
+
+    def trading_text(self) -> str:
+        """The trading state label ('' while trading is active or unknown)."""
+        return '' if self._trading_label.isHidden() else self._trading_label.text()
 
     def set_pnl(self, parts: list[tuple[str, float | None]] | None) -> None:
         """Show the position summary (``pos 2 @ 100.05 · uPnL +1.20 · rPnL -0.40 ·

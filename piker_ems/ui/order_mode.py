@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Protocol
 from pyqtgraph.Qt import QtCore
 
 from ..clearing import _statuses as st
-from ..clearing._messages import BrokerdPosition, Order, Status
+from ..clearing._messages import BrokerdPosition, Order, Status, TradingState
 from ..log import get_logger
 from ._lines import LevelLine, format_price, format_size, snap_to_tick
 
@@ -224,6 +224,8 @@ class OrderMode:
         self._filter: _FocusFilter | None = None
         #: this chart's position (symbol + account) as last reported, None before any
         self.position: BrokerdPosition | None = None
+        #: emsd's trading state for this account (None: unknown, order mode is off)
+        self.trading_state: str | None = None
         self.enabled = True
         self._apply_mode()
         self._show_size()
@@ -291,6 +293,7 @@ class OrderMode:
                 sig.disconnect(slot)
             except (TypeError, RuntimeError):
                 pass
+        self.on_trading_state(None)   # unknown without the EMS (its loss is shown as an error)
         if self._filter is not None:
             self.chart.removeEventFilter(self._filter)
             self._filter = None
@@ -654,6 +657,7 @@ class OrderMode:
             self.on_msg(snap if isinstance(snap, Status) else Status.model_validate(snap))
         for pos in positions:
             self.on_msg(pos if isinstance(pos, BrokerdPosition) else BrokerdPosition.model_validate(pos))
+        self.on_trading_state(getattr(self.book, 'trading_state', None))
 
     def on_msg(self, msg: Status | BrokerdPosition) -> None:
         """Handle one message from the trades stream; never raises."""
@@ -662,8 +666,21 @@ class OrderMode:
                 self.on_position(msg)
             elif isinstance(msg, Status):
                 self.on_status(msg)
+            elif isinstance(msg, TradingState):
+                self.on_trading_state(msg.state, msg.scope)
         except Exception:
             log.exception('order mode failed on %r', msg)
+
+    def on_trading_state(self, state: str | None, scope: str = '*') -> None:
+        """emsd's trading state for this account (pushed when halt/reduce/resume change it):
+        the bar's permanent label, and a message when it changes while we are connected."""
+        before, self.trading_state = self.trading_state, state
+        if before is not None and state is not None and state != before:
+            who = 'cluster' if scope == '*' else f'account {scope}'
+            self.status.open_status(f'trading {state} ({who})', clear_on_next=True)
+        show = getattr(self.status, 'set_trading', None)
+        if show is not None:
+            show(state, scope)
 
     def on_position(self, pos: BrokerdPosition) -> None:
         """Update the position line for this chart's symbol and account."""
