@@ -120,12 +120,12 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
         assert listed['pikerd'] == [(f'127.0.0.1:{port}', 'pikerd')]
 
         # a paper order and a live order, each placed by a CLI process
-        paper = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+        paper = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
                     '--json', timeout=60)
         assert paper.returncode == 0, paper.stdout + paper.stderr
         paper_oid = json_lines(paper.stdout)[-1]['oid']
         assert json_lines(paper.stdout)[-1]['resp'] == 'broker_executed'
-        live = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+        live = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
                    '--account', 'acct1', '--json', timeout=60)
         assert live.returncode == 0, live.stdout + live.stderr
         live_oid = json_lines(live.stdout)[-1]['oid']
@@ -158,7 +158,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
         async def kill_and_come_back() -> None:
             async with maybe_open_pikerd(reg_addr, name='test.owner'):
                 async with open_ems('btcusd.sim', mode='paper', name='owner') as (book, trades, _):
-                    resting = book.send('buy', 1.0, 1)
+                    resting = book.send('buy', 100.0, 1)  # rests: far below the market, inside the default price band
                     await collect_until(trades, {'broker_submitted'}, resting, timeout=RPC_S)
                     await trio.to_thread.run_sync(kill_group, serves.pop('paper'))
                     told = await collect_until(trades, {'broker_disconnected'}, resting, timeout=RECOVER_S)
@@ -169,7 +169,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                     # (blocking calls run in a thread: this process's own emsd session must
                     # keep reading its heartbeats)
                     late = await trio.to_thread.run_sync(lambda: cli(
-                        port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+                        port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
                         timeout=60))
                     assert late.returncode == 1, late.stdout + late.stderr
                     assert 'paperboi.sim is down since' in late.stdout, late.stdout
@@ -183,7 +183,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                     serves['paper'] = await trio.to_thread.run_sync(
                         start_serve, 'paperboi.sim', PAPER_HOST, port, paper_home, paper_secret,
                         tmp_path / 'paper-1.log')
-                    again = book.send('buy', 999.0, 1)
+                    again = book.send('buy', 200.0, 1)
                     done = await collect_until(trades, {'broker_executed', 'broker_errored', 'error'}, again,
                                                timeout=RECOVER_S)
                     assert done[-1].resp == 'broker_executed', done
@@ -203,7 +203,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
         kill_group(serves.pop('broker'))
         wait_until(lambda: by_name(port)['brokerd.sim'][0][1].startswith('served,down'), RECOVER_S,
                    interval=0.5, msg='pikerd did not notice the served brokerd.sim died')
-        late = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+        late = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
                    '--account', 'acct1', timeout=60)
         assert late.returncode == 1, late.stdout + late.stderr
         # (emsd has no quotes for the symbol either: the order is refused at connect)
@@ -215,7 +215,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
         assert not actor_pids('brokerd.sim', pikerd.pid)
         serves['broker'] = start_serve('brokerd.sim', BROKER_HOST, port, broker_home, broker_secret,
                                        tmp_path / 'broker-1.log')
-        again = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '999', '--size', '1', '--mode', 'live',
+        again = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
                     '--account', 'acct1', '--json', timeout=60)
         assert again.returncode == 0, again.stdout + again.stderr
         assert json_lines(again.stdout)[-1]['resp'] == 'broker_executed'

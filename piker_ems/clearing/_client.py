@@ -320,8 +320,10 @@ async def open_ems(
     body_error: BaseException | None = None
     try:
         async with AsyncExitStack() as stack:
-            if tractor.current_actor(err_on_no_runtime=False) is None:
-                await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
+            # join pikerd, or become it (no runtime yet), or embed one in this app's tree when
+            # none runs anywhere: before the credential, since a pikerd's first start makes the
+            # cluster secret the local participant's key comes from
+            await stack.enter_async_context(maybe_open_pikerd(loglevel=loglevel))
             name = name or tractor.current_actor().name
             cred = credential_for(participant, token) if participant or token else client_credential()
             with use_credential(cred):

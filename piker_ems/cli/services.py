@@ -71,7 +71,7 @@ def kinds(table: dict[str, tuple[str, int]], known: dict) -> list[tuple[str, str
 
 @click.command()
 @click.option('--json', 'as_json', is_flag=True,
-              help='Print {"<name>.<uuid>": {"addr": "host:port", "kind": ...}} as JSON.')
+              help='Print {"<name>.<uuid>": {"addr": "host:port", "kind": ..., emsd: "trading": {...}}} as JSON.')
 @participant_options
 @click.pass_obj
 def services(state: CliState, as_json: bool) -> None:
@@ -83,7 +83,10 @@ def services(state: CliState, as_json: bool) -> None:
     rows = kinds(table, known)
     if as_json:
         out = {f'{n}.{u}': {'addr': a, 'kind': k} for n, a, k, u in rows}
-        click.echo(json.dumps({**out, 'trading': trading} if trading else out, indent=2))
+        for n, _, _, u in rows:
+            if n == 'emsd' and trading:   # the trading states are emsd's
+                out[f'{n}.{u}']['trading'] = trading
+        click.echo(json.dumps(out, indent=2))
         return
     for name, addr, kind, uuid in rows:
         click.echo(f'{name:<20} {addr:<21} {kind:<12} {uuid}')
