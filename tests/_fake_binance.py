@@ -127,7 +127,7 @@ class Exchange:
     user_blocked_until: float = 0.0
     ratelimited: int = 0
     requests: list[str] = field(default_factory=list)
-    pending: list = field(default_factory=list)        # user events queued for delivery
+    public_trades: list = field(default_factory=list)  # the tape (GET /api/v3/trades)
 
     def __post_init__(self) -> None:
         if not self.balances:
@@ -163,6 +163,10 @@ class Exchange:
         m.last = price
         self.next_trade_id += 1
         now = _now_ms()
+        self.public_trades.append({
+            'id': self.next_trade_id, 'price': _s(price), 'qty': _s(qty), 'quoteQty': _s(price * qty),
+            'time': now, 'isBuyerMaker': buyer_maker, 'isBestMatch': True})
+        del self.public_trades[:-1000]
         self.broadcast(f'{m.symbol.lower()}@trade', {
             'e': 'trade', 'E': now, 's': m.symbol, 't': self.next_trade_id, 'p': _s(price),
             'q': _s(qty), 'T': now, 'm': buyer_maker, 'M': True,
@@ -493,9 +497,23 @@ def make_app(ex: Exchange) -> web.Application:
         return {'symbol': m.symbol, 'bidPrice': _s(m.bid), 'bidQty': _s(m.bid_qty),
                 'askPrice': _s(m.ask), 'askQty': _s(m.ask_qty)}
 
+    def placed(o: FakeOrder, p: dict) -> dict:
+        out = o.result(_now_ms())
+        if p.get('newOrderRespType') == 'FULL':  # RESULT plus the order's immediate fills
+            out['fills'] = [{'price': t['price'], 'qty': t['qty'], 'commission': t['commission'],
+                             'commissionAsset': t['commissionAsset'], 'tradeId': t['id']}
+                            for t in ex.trades if t['orderId'] == o.order_id]
+        return out
+
+    @endpoint('GET', '/api/v3/trades')
+    def recent_trades(p):
+        if p.get('symbol', '').upper() != ex.market.symbol:
+            raise BinanceError(400, -1121, 'Invalid symbol.')
+        return ex.public_trades[-min(int(p.get('limit', 500)), 1000):]
+
     @endpoint('POST', '/api/v3/order', signed=True)
     def post_order(p):
-        return ex.new_order(p).result(_now_ms())
+        return placed(ex.new_order(p), p)
 
     @endpoint('DELETE', '/api/v3/order', signed=True)
     def delete_order(p):
@@ -531,7 +549,7 @@ def make_app(ex: Exchange) -> web.Application:
                          'cancelResponse': ex.cancel_wire(old, cancel_id),
                          'newOrderResponse': {'code': err.code, 'msg': err.msg}}}))
         return {'cancelResult': 'SUCCESS', 'newOrderResult': 'SUCCESS',
-                'cancelResponse': ex.cancel_wire(old, cancel_id), 'newOrderResponse': new.result(_now_ms())}
+                'cancelResponse': ex.cancel_wire(old, cancel_id), 'newOrderResponse': placed(new, new_p)}
 
     @endpoint('GET', '/api/v3/openOrders', signed=True)
     def open_orders(p):

@@ -266,12 +266,20 @@ class BinanceVenue:
                         except trio.WouldBlock:   # a slow consumer loses old quotes, never blocks us
                             log.warning('binance quotes for %s: consumer lagging, dropped one', key)
 
+        # the book as it is now (the websocket only speaks on changes, and a quiet market may
+        # not change for a while); its last trade price too, if it printed one
+        market = self.market(key)
+        book = await self.rest(self.ex.public_get_ticker_bookticker, {'symbol': market['id']})
+        on_book({'b': book['bidPrice'], 'B': book['bidQty'], 'a': book['askPrice'], 'A': book['askQty']})
+        tape = await self.rest(self.ex.public_get_trades, {'symbol': market['id'], 'limit': 1})
+        if tape:
+            state['last'] = float(tape[-1]['price'])
+        else:  # nothing printed yet: the mid stands in
+            state['last'] = (state['bid'] + state['ask']) / 2
+        first = {**state, 'time': time.time(), 'ticks': []}
         async with trio.open_nursery() as n:
             n.start_soon(pump, 'watch_bids_asks', on_book)
             n.start_soon(pump, 'watch_trades', on_trade)
-            first = await rx.receive()
-            while first['bid'] != first['bid'] or first['ask'] != first['ask']:  # NaN: no book yet
-                first = await rx.receive()
 
             async def updates() -> AsyncIterator[dict]:
                 async for q in rx:
