@@ -259,7 +259,7 @@ class Exchange:
 
     # -- orders -----------------------------------------------------------------------
 
-    def find(self, p: dict) -> FakeOrder:
+    def find(self, p: dict, missing: tuple[int, str] = (-2013, 'Order does not exist.')) -> FakeOrder:
         if p.get('symbol', '').upper() != self.market.symbol:
             raise BinanceError(400, -1121, 'Invalid symbol.')
         if 'orderId' in p:
@@ -272,7 +272,7 @@ class Exchange:
         else:
             raise BinanceError(400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
         if o is None:
-            raise BinanceError(400, -2013, 'Order does not exist.')
+            raise BinanceError(400, *missing)
         return o
 
     def new_order(self, p: dict) -> FakeOrder:
@@ -324,7 +324,7 @@ class Exchange:
         return o
 
     def cancel(self, p: dict) -> tuple[FakeOrder, str]:
-        o = self.find(p)
+        o = self.find(p, missing=(-2011, 'Unknown order sent.'))
         if o.status not in ('NEW', 'PARTIALLY_FILLED'):
             raise BinanceError(400, -2011, 'Unknown order sent.')
         o.status = 'CANCELED'
