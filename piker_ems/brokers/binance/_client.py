@@ -5,8 +5,9 @@ The connection to Binance spot: one ccxt exchange per ``brokerd.binance`` actor.
 
 :class:`BinanceVenue` owns the asyncio thread (:mod:`._bridge`) and a ``ccxt.pro.binance``
 exchange pointed at the configured URLs (:mod:`._config`). Every user (a quote stream, a
-trades dialogue, a history request) holds it through :func:`open_venue`; the last one to leave
-closes the exchange's sessions and stops the thread, so a normal stop logs no tracebacks.
+trades dialogue, a history request) holds it through :func:`open_venue`; some seconds after the
+last one left (or when the actor stops) the exchange's sessions are closed and the thread
+stopped, so a normal stop logs no tracebacks.
 
 REST goes through ccxt's *implicit* API methods (``private_post_order`` ...) with the venue's
 own parameters, not through its unified ``create_order``: ccxt would round our price to the
@@ -124,6 +125,7 @@ class BinanceVenue:
         self.ex: Any = None
         self.markets: dict[str, dict] = {}   # our key ('btcusdt') -> ccxt market
         self.users = 0
+        self.linger: trio.CancelScope | None = None
         self.lock = trio.Lock()
         self.seen_fills: set[str] = set()    # venue trade ids already reported (this actor)
         self.on_rate_limit: list[Callable[[str, float], None]] = []
@@ -329,12 +331,35 @@ class BinanceVenue:
         return [(float(t), *bar) for t, bar in sorted(bars.items())][-count:]
 
 
+#: How long the connection outlives its last user (a chart asks for symbol info, history and
+#: quotes one after the other: each would otherwise reconnect and reload the markets).
+LINGER_S = 15.0
+
+
+async def _linger(venue: BinanceVenue, scope: trio.CancelScope) -> None:
+    """Stop the idle connection after :data:`LINGER_S` (at once when the actor shuts down)."""
+    try:
+        with scope:
+            await trio.sleep(LINGER_S)
+    finally:
+        with trio.CancelScope(shield=True):
+            async with venue.lock:
+                if venue.users == 0 and venue.ex is not None:
+                    await venue.stop()
+
+
 @asynccontextmanager
 async def open_venue() -> AsyncIterator[BinanceVenue]:
-    """Use this actor's Binance connection, starting it on first use; the last user stops it."""
+    """Use this actor's Binance connection, starting it on first use; it is closed when it
+    has had no user for :data:`LINGER_S` seconds, or when the actor stops."""
+    import tractor
+
     venue: BinanceVenue = owned(_KEY, lambda: BinanceVenue(load_settings()))
     async with venue.lock:
-        if venue.users == 0:
+        if venue.linger is not None:
+            venue.linger.cancel()   # back in use: the pending stop sees a user and does nothing
+            venue.linger = None
+        if venue.ex is None:
             await venue.start()
         venue.users += 1
     try:
@@ -344,4 +369,9 @@ async def open_venue() -> AsyncIterator[BinanceVenue]:
             async with venue.lock:
                 venue.users -= 1
                 if venue.users == 0:
-                    await venue.stop()
+                    venue.linger = trio.CancelScope()
+                    try:
+                        tractor.current_actor()._service_n.start_soon(_linger, venue, venue.linger)
+                    except RuntimeError:  # the actor is going away: stop now
+                        venue.linger = None
+                        await venue.stop()
