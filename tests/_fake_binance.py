@@ -131,7 +131,7 @@ class Exchange:
 
     def __post_init__(self) -> None:
         if not self.balances:
-            self.balances = {'BTC': [Decimal('1.00000000'), Decimal(0)],
+            self.balances = {'BTC': [Decimal('0.00000000'), Decimal(0)],
                              'USDT': [Decimal('100000.00000000'), Decimal(0)]}
         self.rng = random.Random(self.seed)
 

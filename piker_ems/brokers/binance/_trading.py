@@ -384,11 +384,28 @@ class LiveDialogue:
             market = self.venue.markets.get(key)
             if market is None:
                 continue
+            size = round(held.get(market['base'], 0.0), 12)
             out.append(BrokerdPosition(
                 broker='binance', account=self.account, symbol=key, currency=str(market['base']).lower(),
-                size=round(held.get(market['base'], 0.0), 12), avg_price=0.0,
+                size=size, avg_price=await self.average_price(market) if size else 0.0,
             ))
         return out
+
+    async def average_price(self, market: dict) -> float:
+        """The average cost of the holding from the account's recent trades (``myTrades``,
+        the last 1000): buys raise the cost, sells take out at the average. Coins that came
+        from elsewhere (deposits) have no price in the ledger and are not in it."""
+        trades = await self.venue.rest(self.ex.private_get_mytrades, {'symbol': market['id'], 'limit': 1000})
+        qty = cost = 0.0
+        for t in sorted(trades, key=lambda t: int(t['id'])):
+            q, px = float(t['qty']), float(t['price'])
+            if t['isBuyer']:
+                qty, cost = qty + q, cost + q * px
+            elif qty > 0:
+                take = min(q, qty)
+                cost -= cost / qty * take
+                qty -= take
+        return round(cost / qty, 12) if qty > 1e-12 else 0.0
 
     async def positions_loop(self) -> None:
         """After fills, send the balances (coalesced: one REST call for a burst of fills)."""
