@@ -416,12 +416,18 @@ def _klines(ex: Exchange, p: dict) -> list[list]:
         opens = [last_open - ms * i for i in range(limit)][::-1]
     out = []
     mid = float(ex.market.bid)
+    vol = 0.00003 * period ** 0.5          # relative move per bar, like the live walk's
+    walk = random.Random(last_open // ms)
+    close = mid
+    closes = {}
+    for t in sorted(opens, reverse=True):  # walk back from today's price
+        closes[t] = close
+        close *= 1 + walk.uniform(-vol, vol)
     for t in opens:
         r = random.Random(t // ms)   # deterministic per bar
-        drift = (t - last_open) / ms  # bars further back wander from today's price
-        o = mid * (1 + 0.0004 * drift * r.uniform(-0.5, 1.0) / max(1.0, abs(drift)) ** 0.5)
-        c = o * (1 + r.uniform(-0.002, 0.002))
-        h, l = max(o, c) * (1 + r.uniform(0, 0.001)), min(o, c) * (1 - r.uniform(0, 0.001))
+        c = closes[t]
+        o = c * (1 + r.uniform(-vol, vol))
+        h, l = max(o, c) * (1 + r.uniform(0, vol / 2)), min(o, c) * (1 - r.uniform(0, vol / 2))
         v = r.uniform(1, 50)
         out.append([t, f'{o:.2f}', f'{h:.2f}', f'{l:.2f}', f'{c:.2f}', f'{v:.5f}', t + ms - 1,
                     f'{v * c:.8f}', r.randint(100, 2000), f'{v / 2:.5f}', f'{v * c / 2:.8f}', '0'])

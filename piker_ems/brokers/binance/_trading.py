@@ -202,8 +202,8 @@ class LiveDialogue:
             self.fill(tr, ev['t'], float(ev['L']), float(ev['l']), float(ev.get('n') or 0),
                       ev.get('N'), ev.get('T') or ev.get('E'), order_id)
         tr.legs[order_id] = max(tr.legs[order_id], float(ev['z']))
-        if order_id == tr.order_id:
-            self.report(tr, venue_status)
+        if order_id == tr.order_id and order_id not in tr.replaced:  # (a leg being replaced
+            self.report(tr, venue_status)                            # does not end the order)
 
     def apply_rest(self, tr: Tracked, res: dict, force: bool = False) -> None:
         """An order as a REST reply shows it (with its ``fills`` for ``FULL`` replies)."""
@@ -345,6 +345,12 @@ class LiveDialogue:
                 raise
             self.send(BrokerdError(oid=req.oid, reqid=req.oid, symbol=tr.symbol,
                                    reason=f'binance: modify refused: {err.reason}'))
+            # its reports were held while the replace was in flight: the venue says how it stands
+            try:
+                await self.catch_up(tr, await self.venue.rest(self.ex.private_get_order, {
+                    'symbol': market['id'], 'orderId': old}))
+            except VenueError as again:
+                log.warning('binance: state of %s after a refused modify: %s', tr.oid, again.reason)
             return
         cancelled = res.get('cancelResponse') or {}
         if cancelled:
