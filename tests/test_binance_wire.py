@@ -105,3 +105,23 @@ def test_ccxt_pro_parses_the_streams(fake):
             await ex.close()
 
     asyncio.run(main())
+
+
+def test_settings_precedence_and_secrets_kept_out_of_repr(config_dir, monkeypatch):
+    from piker_ems.brokers.binance._config import LIVE_URLS, TESTNET_URLS, load_settings
+    from conftest import write_config
+
+    monkeypatch.delenv('PIKER_EMS_BINANCE_API_KEY', raising=False)
+    monkeypatch.delenv('PIKER_EMS_BINANCE_SECRET', raising=False)
+    assert load_settings().rest_url == LIVE_URLS['rest_url'] and not load_settings().has_keys
+    write_config(config_dir, '[binance]\ntestnet = true\napi_key = "file-key"\nsecret = "file-secret"\n'
+                             'ws_url = "ws://127.0.0.1:1/ws"\n')
+    s = load_settings()
+    assert (s.rest_url, s.ws_api_url) == (TESTNET_URLS['rest_url'], TESTNET_URLS['ws_api_url'])
+    assert s.ws_url == 'ws://127.0.0.1:1/ws'          # an explicit URL wins over testnet
+    assert (s.api_key, s.secret) == ('file-key', 'file-secret')
+    monkeypatch.setenv('PIKER_EMS_BINANCE_API_KEY', 'env-key')
+    monkeypatch.setenv('PIKER_EMS_BINANCE_SECRET', 'env-secret')
+    s = load_settings()
+    assert (s.api_key, s.secret) == ('env-key', 'env-secret')   # the environment wins
+    assert 'env-key' not in repr(s) and 'env-secret' not in repr(s) and 'env-secret' not in str(s)
