@@ -128,12 +128,15 @@ class BinanceVenue:
         self.linger: trio.CancelScope | None = None
         self.lock = trio.Lock()
         self.seen_fills: set[str] = set()    # venue trade ids already reported (this actor)
+        # callables (run on the asyncio loop) that get every raw executionReport
+        self.report_sinks: set[Callable[[dict], None]] = set()
         self.on_rate_limit: list[Callable[[str, float], None]] = []
 
     async def start(self) -> None:
         self.bridge.start()
         try:
             self.ex = await self.bridge.call(_make_exchange, self.settings)
+            self._tap_order_updates(self.ex)
             await self.rest(self.ex.load_markets)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -141,6 +144,24 @@ class BinanceVenue:
             raise
         self.markets = {m['id'].lower(): m for m in self.ex.markets.values() if m.get('spot')}
         log.info('binance: %d spot markets from %s', len(self.markets), self.settings.rest_url)
+
+    def _tap_order_updates(self, ex: Any) -> None:
+        """Hand every raw ``executionReport`` to :attr:`report_sinks` before ccxt parses it
+        (ccxt's order cache keeps only an order's latest state: a fill and the next update
+        arriving together would lose the fill)."""
+        original = ex.handle_order_update
+
+        def tap(client: Any, message: Any) -> Any:
+            event = message.get('event', message) if isinstance(message, dict) else message
+            if isinstance(event, dict) and event.get('e') == 'executionReport':
+                for sink in list(self.report_sinks):
+                    try:
+                        sink(event)
+                    except Exception:
+                        log.exception('binance: execution report sink failed')
+            return original(client, message)
+
+        ex.handle_order_update = tap
 
     async def stop(self) -> None:
         if self.ex is not None and self.bridge.loop is not None:

@@ -487,7 +487,7 @@ class LiveDialogue:
         """An async generator run on the asyncio loop: ``('up',)`` each time the user-data
         subscription is confirmed, ``('down', reason)`` when it drops, ``('report', ev)`` per
         execution report. Reconnects with a doubling backoff."""
-        ex = self.ex
+        ex, sinks = self.ex, self.venue.report_sinks
 
         async def gen() -> AsyncIterator[tuple]:
             import asyncio
@@ -495,13 +495,9 @@ class LiveDialogue:
             import ccxt
 
             queue: asyncio.Queue = asyncio.Queue()
-            original = ex.handle_order_update
 
-            def tap(client: Any, message: dict) -> Any:
-                event = message.get('event', message) if isinstance(message, dict) else message
-                if isinstance(event, dict) and event.get('e') == 'executionReport':
-                    queue.put_nowait(('report', event))
-                return original(client, message)
+            def sink(event: dict) -> None:   # runs on the loop, from the venue's tap
+                queue.put_nowait(('report', event))
 
             async def keep() -> None:
                 backoff = 0.25
@@ -520,14 +516,14 @@ class LiveDialogue:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 15.0)
 
-            ex.handle_order_update = tap
+            sinks.add(sink)
             task = asyncio.ensure_future(keep())
             try:
                 while True:
                     yield await queue.get()
             finally:
                 task.cancel()
-                ex.handle_order_update = original
+                sinks.discard(sink)
 
         return gen
 
