@@ -97,12 +97,12 @@ async def test_quotes_and_history_come_from_the_venue(reg_addr, fake: FakeBinanc
                 q = await moving_market_reaches(feed, fake, 43211.0)
                 ticks = {t['type']: t['price'] for t in q['ticks']}
                 assert ticks['ask'] == 43211.01 and q['bid'] == 43211.0
-            bars = (await fetch_history(FQSN, 60, 30)).tolist()
+            bars = (await fetch_history(FQSN, 60, 30)).bars.tolist()
             assert len(bars) == 30
             times = [b[0] for b in bars]
             assert times == sorted(times) and all(b - a == 60 for a, b in zip(times, times[1:]))
             assert all(b[2] >= max(b[1], b[4]) and b[3] <= min(b[1], b[4]) for b in bars)  # h/l bound o/c
-            five = [b[0] for b in (await fetch_history(FQSN, 5, 12)).tolist()]  # from 1 s klines
+            five = [b[0] for b in (await fetch_history(FQSN, 5, 12)).bars.tolist()]  # from 1 s klines
             assert len(five) == 12 and all(b - a == 5 for a, b in zip(five, five[1:]))
         assert 'GET /api/v3/klines' in (await fake.state())['requests']
 
