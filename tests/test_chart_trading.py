@@ -50,6 +50,10 @@ def test_position_pnl_in_status_bar(env, tmp_path):
     e.mode.on_msg(pos(-1, 100.0))
     assert e.status.pnl_text() == 'pos -1 @ 100.00 · uPnL +0.50'
     shot(e.window, 'pnl', tmp_path)
+    # a loss under a cent reads 0.00 (not -0.00) and is not coloured as a loss
+    e.chart.set_last(100.003)
+    e.mode.update_pnl()
+    assert e.status.pnl_text() == 'pos -1 @ 100.00 · uPnL +0.00'
     # flat: what was made
     e.mode.on_msg(pos(0, 0, realized=3.25, fees=0.2))
     assert e.status.pnl_text() == 'flat · rPnL +3.25 · fees 0.20'

@@ -715,15 +715,16 @@ class OrderMode:
         pos = self.position
         upnl, rpnl, fees = res
         tick = self.chart.tick_size
-        money = lambda v: f'{v:+,.2f}'  # noqa: E731
+        cents = lambda v: round(v, 2) + 0.0  # noqa: E731  (a loss under a cent is 0.00, not -0.00)
+        money = lambda v: f'{cents(v):+,.2f}'  # noqa: E731
         if pos.size:
             parts = [(f'pos {format_size(pos.size)} @ {format_price(pos.avg_price, tick)}', None)]
             if upnl is not None:
-                parts.append((f'uPnL {money(upnl)}', upnl))
+                parts.append((f'uPnL {money(upnl)}', cents(upnl)))
         else:
             parts = [('flat', None)]
         if rpnl or not pos.size:
-            parts.append((f'rPnL {money(rpnl)}', rpnl))
+            parts.append((f'rPnL {money(rpnl)}', cents(rpnl)))
         if fees:
             parts.append((f'fees {fees:,.2f}', None))
         set_pnl(parts)
