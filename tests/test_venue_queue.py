@@ -106,3 +106,47 @@ async def test_a_venue_that_fails_to_open_fails_its_queue(monkeypatch):
         venues.bind(sink)
         venues.link(('sim', 'live')).send_nowait(order('a'))
     assert sink.failed and 'no such broker process' in sink.failed[0][1]
+
+
+async def test_a_venue_batch_is_relayed_item_by_item_in_one_group():
+    """A venue may send a backlog as one list (docs/backends.md): each event reaches the sink
+    alone, in order, inside the sink's group (one journal commit); single messages and
+    heartbeats around it are handled as before."""
+    from contextlib import contextmanager
+
+    class GroupSink(Sink):
+        def __init__(self):
+            super().__init__()
+            self.depth, self.in_group = 0, []
+
+        @contextmanager
+        def group(self):
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+
+        def on_venue_msg(self, link, raw):
+            super().on_venue_msg(link, raw)
+            self.in_group.append(self.depth)
+
+    heartbeat = {'name': 'heartbeat', 'time': 0.0}
+    items = [{'name': 'ack', 'n': 0}, heartbeat,
+             [{'name': 'status', 'n': 1}, {'name': 'fill', 'n': 2}, {'name': 'status', 'n': 3}],
+             {'name': 'position', 'n': 4}]
+
+    class ReadStream:
+        async def receive(self):
+            if not items:
+                raise trio.EndOfChannel
+            return items.pop(0)
+
+    sink = GroupSink()
+    venues = VenueDirectory(lambda *a: None, actor_n=None)
+    venues.bind(sink)
+    link = _venues.VenueLink(('sim', 'paper'))
+    with trio.fail_after(5):
+        await venues._relay_events(link, ReadStream())
+    assert [m['n'] for m in sink.msgs] == [0, 1, 2, 3, 4]
+    assert sink.in_group == [0, 1, 1, 1, 0] and link.received == 5

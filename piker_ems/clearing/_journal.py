@@ -90,7 +90,7 @@ class Journal:
                                f'piker_ems ({SCHEMA_VERSION}); refusing to touch it')
 
     def write(self, oid: str, record: dict[str, Any], final: bool, unseen: bool, now_ns: int) -> None:
-        """Upsert one order's record (one committed transaction)."""
+        """Upsert one order's record (one committed transaction, or part of the open group)."""
         self.db.execute(
             'INSERT INTO orders (oid, record, final, unseen, updated_ns) VALUES (?, ?, ?, ?, ?) '
             'ON CONFLICT(oid) DO UPDATE SET record=excluded.record, final=excluded.final, '
@@ -98,6 +98,20 @@ class Journal:
             (oid, self._encode(record).decode(), int(final), int(unseen), now_ns),
         )
         self.writes += 1
+
+    def begin(self) -> None:
+        """Open a group: the writes until :meth:`commit` share one transaction (the Router's
+        ``group()``: a batch of events, one commit)."""
+        self.db.execute('BEGIN')
+
+    def commit(self) -> None:
+        """Commit the group opened by :meth:`begin` (a failure rolls it back and raises)."""
+        try:
+            self.db.execute('COMMIT')
+        except Exception:
+            if self.db.in_transaction:
+                self.db.execute('ROLLBACK')
+            raise
 
     def defer_checkpoints(self) -> None:
         """Stop SQLite's automatic WAL checkpoints inside ``write`` (one write in ~1000 would

@@ -12,6 +12,7 @@ coming and going. Every event from the venue goes to the *sink* (emsd's Router, 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import tractor
@@ -23,7 +24,7 @@ from ..service import maybe_spawn_brokerd
 from ..service._auth import AUTH_MODULE, endpoint_name, local_credential, make_auth
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
-from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
+from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire, unbatch
 from ._orders import VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
@@ -33,6 +34,9 @@ PAPER_MODULES = [DEATHSIG_MODULE, AUTH_MODULE, 'piker_ems.clearing._paper']
 QUEUE_MAX = 10_000
 #: How long a dialogue may take to open before its queued commands are failed.
 OPEN_TIMEOUT_S = 30.0
+#: The most events the paper engine packs into one message when it has a backlog (the batch
+#: form of docs/backends.md: a lone event still leaves at once, as itself).
+PAPER_MAX_BATCH = 64
 
 
 class VenueLink:
@@ -167,7 +171,8 @@ class VenueDirectory:
             portal = await self.actor_n.start_actor(f'paperboi.{broker}', enable_modules=PAPER_MODULES)
             try:
                 await self._relay(link, portal, _paper.trades_dialogue,
-                                  {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}, open_cs)
+                                  {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key),
+                                   'max_batch': PAPER_MAX_BATCH}, open_cs)
             finally:
                 with trio.CancelScope(shield=True):
                     await portal.cancel_actor()
@@ -233,7 +238,22 @@ class VenueDirectory:
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
                 link.lose(f'the dialogue closed ({type(err).__name__})')
                 return
+            if isinstance(raw, list):  # a backlog in one message (docs/backends.md)
+                self._relay_batch(link, raw)
+                continue
             if is_heartbeat(raw):
                 continue
             link.received += 1
             self.sink.on_venue_msg(link, raw)
+
+    def _relay_batch(self, link: VenueLink, batch: list) -> None:
+        """A batch's events, in order, as if each had arrived alone; inside the sink's
+        ``group()`` (if it has one: the Router's journal commits them together, before anything
+        they cause can leave emsd)."""
+        group = getattr(self.sink, 'group', None)
+        with group() if group is not None else nullcontext():
+            for item in unbatch(batch):
+                if is_heartbeat(item) or isinstance(item, list):  # (never nested: skip)
+                    continue
+                link.received += 1
+                self.sink.on_venue_msg(link, item)

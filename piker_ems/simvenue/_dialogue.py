@@ -191,11 +191,14 @@ class DialogueEngine:
 
     # -- the dialogue ----------------------------------------------------------------
 
-    async def serve(self, ctx: Any, since_ns: int | None = None) -> None:
+    async def serve(self, ctx: Any, since_ns: int | None = None, max_batch: int = 1) -> None:
         """Run one ``trades_dialogue`` on a tractor context until the peer closes its stream.
 
         ``started()`` carries the venue snapshot (:meth:`ClearingCore.snapshot`): positions,
-        open orders and, with ``since_ns``, the orders ended and the fills since then."""
+        open orders and, with ``since_ns``, the orders ended and the fills since then.
+        ``max_batch`` > 1: a backlog of events (an ack and its status, a fill, its status and
+        the position: one request's worth) leaves as one list message (docs/backends.md), for
+        a peer that asked for it; 1: each event alone."""
         import tractor
 
         from ..service._ipc import send_with_heartbeats
@@ -211,7 +214,7 @@ class DialogueEngine:
                 async def sender() -> None:
                     try:
                         # heartbeats let emsd tell a dead venue from a quiet one
-                        await send_with_heartbeats(dialogue.outbox, stream)
+                        await send_with_heartbeats(dialogue.outbox, stream, max_batch=max_batch)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
                         log.warning('%s: %r: peer gone while sending', self.name, dialogue)
                     n.cancel_scope.cancel()
