@@ -211,12 +211,27 @@ class VenueDirectory:
                     await abandon_context(ctx)
 
     async def _write(self, link: VenueLink, stream: tractor.MsgStream) -> None:
-        """Send queued commands in order; a failed send loses the dialogue."""
+        """Send queued commands in order; a failed send loses the dialogue.
+
+        To the paper engine (which takes the list form, docs/backends.md) a backlog of commands
+        goes as one list of up to :data:`PAPER_MAX_BATCH`; a lone command, and every command to
+        any other venue, goes alone and at once.
+        """
+        max_batch = PAPER_MAX_BATCH if link.key[1] == 'paper' else 1
         while True:
             cmd = await link.rx.receive()
+            batch = None
+            while max_batch > 1 and (batch is None or len(batch) < max_batch):
+                try:
+                    nxt = link.rx.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if batch is None:
+                    batch = [to_wire(cmd)]
+                batch.append(to_wire(nxt))
             try:
-                await stream.send(to_wire(cmd))
-                link.sent += 1
+                await stream.send(to_wire(cmd) if batch is None else batch)
+                link.sent += 1 if batch is None else len(batch)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                 # it may or may not have left: the reconciliation on reopening tells
                 link.lose(f'send failed ({type(err).__name__})')

@@ -222,7 +222,11 @@ class DialogueEngine:
                 n.start_soon(sender)
                 # the receive loop: always drains the stream, never blocks, never dies
                 async for raw in stream:
-                    self.handle_raw(dialogue, raw)
+                    if isinstance(raw, list):  # a peer's backlog in one message, in order
+                        for item in raw:
+                            self.handle_raw(dialogue, item)
+                    else:
+                        self.handle_raw(dialogue, raw)
                 n.cancel_scope.cancel()
         finally:
             self.close_dialogue(dialogue)
