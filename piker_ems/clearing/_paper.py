@@ -118,12 +118,13 @@ class PaperEngine(DialogueEngine):
 
     def _release(self, symbol: str) -> None:
         """The first quote is known: process the held orders in arrival order."""
-        for dialogue, req in self.pending.pop(symbol, []):
-            if not dialogue.open:
-                log.warning('%s: dropping held order %s: its dialogue closed', self.name, req.oid)
-                continue
-            # one boundary per order: a failure never loses the other held orders
-            self.guarded_process(dialogue, req, held=True)
+        with self.journal_group():  # the held orders: one journal commit
+            for dialogue, req in self.pending.pop(symbol, []):
+                if not dialogue.open:
+                    log.warning('%s: dropping held order %s: its dialogue closed', self.name, req.oid)
+                    continue
+                # one boundary per order: a failure never loses the other held orders
+                self.guarded_process(dialogue, req, held=True)
 
     def _fail_pending(self, symbol: str, reason: str) -> None:
         for dialogue, req in self.pending.pop(symbol, []):

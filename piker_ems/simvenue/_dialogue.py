@@ -24,7 +24,8 @@ import itertools
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -36,7 +37,7 @@ from ._book import ReqId
 from ._clock import Clock, system_clock
 from ._core import ClearingCore, Execution
 from ._fidelity import Fidelity, Latency
-from ._journal import Journal
+from ._journal import GroupCommitError, Journal
 
 __all__ = ['Dialogue', 'DialogueEngine', 'STATS_MEMORY']
 
@@ -106,9 +107,15 @@ class DialogueEngine:
         self.clock = clock
         self.fidelity = fidelity or Fidelity()
         self.latency = Latency(self.fidelity)
-        self.core = ClearingCore(
-            broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps, fill_prefix=fill_prefix,
-            fidelity=self.fidelity)
+        def make_core(journal: Journal | None) -> ClearingCore:
+            return ClearingCore(
+                broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps,
+                fill_prefix=fill_prefix, fidelity=self.fidelity)
+
+        self._make_core = make_core
+        self.core = make_core(journal)
+        # inside journal_group(): what the group's requests/quotes produce, held until commit
+        self._held: list[tuple[Dialogue, dict]] | None = None
         # latency lanes ('ack', 'fill'): FIFO, so a delay never reorders two reports
         self._lanes: dict[str, Any] = {}
         self._lane_due: dict[str, float] = {}
@@ -223,8 +230,9 @@ class DialogueEngine:
                 # the receive loop: always drains the stream, never blocks, never dies
                 async for raw in stream:
                     if isinstance(raw, list):  # a peer's backlog in one message, in order
-                        for item in raw:
-                            self.handle_raw(dialogue, item)
+                        with self.journal_group():
+                            for item in raw:
+                                self.handle_raw(dialogue, item)
                     else:
                         self.handle_raw(dialogue, raw)
                 n.cancel_scope.cancel()
@@ -280,12 +288,59 @@ class DialogueEngine:
 
     # -- processing --------------------------------------------------------------------
 
+    @contextmanager
+    def journal_group(self) -> Iterator[None]:
+        """Journal everything done inside in one transaction (group commit) and send what it
+        produced only after that commit: a list of requests, or one request with the fill it
+        crossed at once, costs one commit instead of one per write. Write-ahead holds: the
+        messages are held here (not even queued) until the commit. A failed commit (disk full,
+        I/O error) means none of it is on disk: the held messages are dropped, the core is
+        rebuilt from the journal (what is on disk is the truth) and every order the group
+        spoke of gets a ``BrokerdError``. Nested groups join the outer one."""
+        if self._held is not None:
+            yield
+            return
+        held: list[tuple[Dialogue, dict]] = []
+        self._held = held
+        try:
+            with self.core.journal.group():
+                yield
+        except GroupCommitError as err:
+            self._held = None
+            self._group_lost(held, err)
+            return
+        finally:
+            self._held = None
+        for dialogue, msg in held:
+            dialogue.send(msg)
+
+    def _group_lost(self, held: list[tuple[Dialogue, dict]], err: Exception) -> None:
+        self.failures += 1
+        log.error('%s: journal commit failed, %d messages dropped, reloading from the journal: %s',
+                  self.name, len(held), err)
+        self.core = self._make_core(self.core.journal)
+        told: set[tuple[Any, Any]] = set()
+        for dialogue, msg in held:
+            oid = msg.get('oid') or (msg.get('broker_details') or {}).get('oid')
+            if msg.get('name') == 'position' or (oid, dialogue) in told:
+                continue
+            told.add((oid, dialogue))
+            err_msg = self.core.reject({'oid': oid, 'reqid': msg.get('reqid')},
+                                       f'venue could not record it: {err}')
+            if err_msg is not None:
+                self.emit(dialogue, [err_msg])
+
     def process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
-        """Apply a request to the core and send what it produced (synchronous).
+        """Apply a request to the core and send what it produced (synchronous), in one journal
+        group (:meth:`journal_group`).
 
         Each execution it causes runs in its own boundary (:meth:`run_execution`), so a failed
         execution never turns into an error for the request that already got its ack.
         """
+        with self.journal_group():
+            self._process(dialogue, req)
+
+    def _process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
         if isinstance(req, BrokerdCancel):
             msgs = self.core.cancel(req)
             if msgs and msgs[0]['name'] == 'status':
@@ -308,8 +363,11 @@ class DialogueEngine:
             self.failures += 1
             log.exception('%s: failed to match quote for %s', self.name, symbol)
             return
-        for ex in execs:
-            self.run_execution(ex)
+        if not execs:
+            return
+        with self.journal_group():  # the fills one quote crossed: one commit
+            for ex in execs:
+                self.run_execution(ex)
 
     def run_execution(self, ex: Execution) -> None:
         """The error boundary of one execution: report it (:meth:`execute`) or fail its order."""
@@ -364,10 +422,14 @@ class DialogueEngine:
                 self.emit(d, msgs)
 
     def emit(self, dialogue: Dialogue, msgs: Iterable[dict]) -> None:
+        held = self._held
         for msg in msgs:
             oid = msg.get('oid') or (msg.get('broker_details') or {}).get('oid')
             self._journal('out', msg.get('name'), oid, msg.get('reqid'))
-            dialogue.send(msg)
+            if held is not None:  # in a journal group: sent once it is committed
+                held.append((dialogue, msg))
+            else:
+                dialogue.send(msg)
 
     def _journal(self, direction: str, name: Any, oid: Any, reqid: Any) -> None:
         self.journal.append({
