@@ -33,6 +33,7 @@ import trio
 
 from ..clearing._messages import BrokerdCancel, BrokerdOrder, MsgError, parse_broker_request, to_wire
 from ..log import get_logger
+from ..statedb import checkpoint_in_background
 from ._book import ReqId
 from ._clock import Clock, system_clock
 from ._core import ClearingCore, Execution
@@ -137,6 +138,9 @@ class DialogueEngine:
         :meth:`on_bind` lets a subclass resume work for orders restored from its journal)."""
         if self.nursery is None:
             self.nursery = nursery
+            journal = self.core.journal
+            if journal.path is not None:  # WAL checkpoints off the order path (a worker thread)
+                self.spawn(checkpoint_in_background, journal.conn, journal.path)
             self.on_bind()
 
     def on_bind(self) -> None:
@@ -203,9 +207,12 @@ class DialogueEngine:
 
         ``started()`` carries the venue snapshot (:meth:`ClearingCore.snapshot`): positions,
         open orders and, with ``since_ns``, the orders ended and the fills since then.
-        ``max_batch`` > 1: a backlog of events (an ack and its status, a fill, its status and
-        the position: one request's worth) leaves as one list message (docs/backends.md), for
-        a peer that asked for it; 1: each event alone."""
+        ``max_batch`` > 1 (a peer that asked for the list form, docs/backends.md): a backlog of
+        events (an ack and its status, a fill, its status and the position: one request's
+        worth) leaves as one list message, and a list received is that peer's backlog of
+        requests, handled in order in one journal group. 1: every message alone both ways (a
+        list received is one invalid request)."""
+        batches = max_batch > 1
         import tractor
 
         from ..service._ipc import send_with_heartbeats
@@ -229,7 +236,7 @@ class DialogueEngine:
                 n.start_soon(sender)
                 # the receive loop: always drains the stream, never blocks, never dies
                 async for raw in stream:
-                    if isinstance(raw, list):  # a peer's backlog in one message, in order
+                    if batches and isinstance(raw, list):  # the peer's backlog, in order
                         with self.journal_group():
                             for item in raw:
                                 self.handle_raw(dialogue, item)

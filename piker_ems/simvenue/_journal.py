@@ -184,7 +184,8 @@ class Journal:
         self.writes = 0
         self.commits = 0
         self._prio = 0
-        self._grouped = False   # inside group(): every write is a savepoint of one transaction
+        self._grouped = False   # inside group(): the writes share one transaction...
+        self._begun = False     # ... opened by the group's first write
         self._after_commit: list[tuple[Callable[..., Any], tuple]] = []
 
     # -- opening -------------------------------------------------------------------------
@@ -246,29 +247,35 @@ class Journal:
     # -- transactions --------------------------------------------------------------------
 
     class _Tx:
-        """One write: its own committed transaction, or (in a group) a savepoint that a
-        failure rolls back alone, so a failed write still changes nothing."""
+        """One write: its own committed transaction; in a group, the group's transaction (opened
+        by its first write) or a savepoint of it, so a failed write still changes nothing."""
 
         def __init__(self, journal: 'Journal') -> None:
             self.journal = journal
             self.conn = journal.conn
-            self.nested = journal._grouped
+            # 'own': BEGIN..COMMIT; 'first': opens the group's transaction; 'nested': savepoint
+            self.kind = 'own' if not journal._grouped else 'nested' if journal._begun else 'first'
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute('SAVEPOINT w' if self.nested else 'BEGIN IMMEDIATE')
+            self.conn.execute('SAVEPOINT w' if self.kind == 'nested' else 'BEGIN IMMEDIATE')
+            if self.kind == 'first':
+                self.journal._begun = True
             return self.conn
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
             if exc_type is None:
-                self.conn.execute('RELEASE w' if self.nested else 'COMMIT')
-                if not self.nested:
+                if self.kind == 'own':
+                    self.conn.execute('COMMIT')
                     self.journal.commits += 1
-                return
+                elif self.kind == 'nested':
+                    self.conn.execute('RELEASE w')
+                return  # 'first': the group commits
             try:
-                if self.nested:
+                if self.kind == 'nested':
                     self.conn.execute('ROLLBACK TO w')
                     self.conn.execute('RELEASE w')
                 else:
+                    self.journal._begun = False
                     self.conn.execute('ROLLBACK')
             except sqlite3.Error:
                 pass
@@ -280,30 +287,31 @@ class Journal:
     @contextmanager
     def group(self) -> Iterator[None]:
         """Every write inside shares one transaction, committed at the end (group commit: one
-        WAL append instead of one per write). The caller must keep what those writes cause
-        from leaving the process until this returns; callbacks of :meth:`after_commit` run
-        after the commit. A failed commit rolls the whole group back and raises
-        :class:`GroupCommitError` (the caller then knows none of it is on disk). Nested groups
-        join the outer one."""
+        WAL append instead of one per write; a group that writes once costs what that write
+        alone costs). The caller must keep what those writes cause from leaving the process
+        until this returns; callbacks of :meth:`after_commit` run after the commit. A failed
+        commit rolls the whole group back and raises :class:`GroupCommitError` (the caller
+        then knows none of it is on disk). Nested groups join the outer one."""
         if self._grouped:
             yield
             return
-        self.conn.execute('BEGIN IMMEDIATE')
-        self._grouped = True
+        self._grouped, self._begun = True, False
         try:
             yield
         finally:
             self._grouped = False
             after, self._after_commit = self._after_commit, []
-            try:
-                self.conn.execute('COMMIT')
-                self.commits += 1
-            except sqlite3.Error as err:
+            if self._begun:
+                self._begun = False
                 try:
-                    self.conn.execute('ROLLBACK')
-                except sqlite3.Error:
-                    pass
-                raise GroupCommitError(f'group commit failed: {err}') from err
+                    self.conn.execute('COMMIT')
+                    self.commits += 1
+                except sqlite3.Error as err:
+                    try:
+                        self.conn.execute('ROLLBACK')
+                    except sqlite3.Error:
+                        pass
+                    raise GroupCommitError(f'group commit failed: {err}') from err
         for fn, args in after:
             fn(*args)
 
