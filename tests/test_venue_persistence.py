@@ -23,7 +23,7 @@ import trio
 from piker_ems.service._auth import call, endpoint_name, make_auth
 from piker_ems.brokers.sim._exchange import SimExchange
 from piker_ems.brokers.sim._venue import SimVenue
-from piker_ems.clearing._messages import VenueSnapshot, parse_broker_request
+from piker_ems.clearing._messages import VenueSnapshot
 from piker_ems.clearing._paper import PaperEngine
 from piker_ems.simvenue._clock import FakeClock
 from piker_ems.simvenue._dialogue import DialogueEngine
@@ -276,8 +276,9 @@ def test_a_failed_journal_write_answers_an_error_and_changes_nothing(tmp_path):
 
 
 def test_one_request_list_is_one_commit_and_nothing_is_queued_before_it(tmp_path):
-    """Group commit: a list of requests (emsd's backlog) and a marketable order's fill are
-    journaled with one commit, and their events reach the dialogue only after it."""
+    """Group commit: a list of requests (emsd's backlog, handled in one group as ``serve``
+    does), a marketable one's fill included, is journaled with one commit, and its events reach
+    the dialogue only after it."""
     db = tmp_path / 'p.sqlite'
     e = paper(db)
     e.on_quote('btcusd', {'bid': 100.0, 'ask': 100.5})
@@ -322,7 +323,8 @@ def test_a_failed_group_commit_tells_nothing_and_reloads_from_the_journal(tmp_pa
     real = j.conn
     j.conn = FailingCommit(real)
     buy = order('buy', 101.0)
-    e.process(d, parse_broker_request(buy))             # marketable: accept + fill, one group
+    with e.journal_group():                             # as a list of requests is handled
+        e.handle_raw(d, buy)                            # marketable: accept + fill
     j.conn = real
     out = drain(d)
     assert kinds(out) == ['error'] and out[0]['oid'] == buy['oid']

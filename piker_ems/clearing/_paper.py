@@ -40,6 +40,7 @@ RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 import tractor
@@ -118,8 +119,9 @@ class PaperEngine(DialogueEngine):
 
     def _release(self, symbol: str) -> None:
         """The first quote is known: process the held orders in arrival order."""
-        with self.journal_group():  # the held orders: one journal commit
-            for dialogue, req in self.pending.pop(symbol, []):
+        held = self.pending.pop(symbol, [])
+        with self.journal_group() if len(held) > 1 else nullcontext():  # one journal commit
+            for dialogue, req in held:
                 if not dialogue.open:
                     log.warning('%s: dropping held order %s: its dialogue closed', self.name, req.oid)
                     continue

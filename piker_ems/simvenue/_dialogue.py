@@ -338,16 +338,13 @@ class DialogueEngine:
                 self.emit(dialogue, [err_msg])
 
     def process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
-        """Apply a request to the core and send what it produced (synchronous), in one journal
-        group (:meth:`journal_group`).
+        """Apply a request to the core and send what it produced (synchronous).
 
         Each execution it causes runs in its own boundary (:meth:`run_execution`), so a failed
-        execution never turns into an error for the request that already got its ack.
+        execution never turns into an error for the request that already got its ack. (No
+        journal group of its own: one request writes once, twice if it fills at once, and a
+        group costs more than it saves for so few writes; lists of requests are grouped.)
         """
-        with self.journal_group():
-            self._process(dialogue, req)
-
-    def _process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
         if isinstance(req, BrokerdCancel):
             msgs = self.core.cancel(req)
             if msgs and msgs[0]['name'] == 'status':
@@ -370,11 +367,12 @@ class DialogueEngine:
             self.failures += 1
             log.exception('%s: failed to match quote for %s', self.name, symbol)
             return
-        if not execs:
-            return
-        with self.journal_group():  # the fills one quote crossed: one commit
-            for ex in execs:
-                self.run_execution(ex)
+        if len(execs) > 1:
+            with self.journal_group():  # the fills one quote crossed: one commit
+                for ex in execs:
+                    self.run_execution(ex)
+        elif execs:
+            self.run_execution(execs[0])
 
     def run_execution(self, ex: Execution) -> None:
         """The error boundary of one execution: report it (:meth:`execute`) or fail its order."""
