@@ -212,10 +212,11 @@ class DialogueEngine:
         worth) leaves as one list message, and a list received is that peer's backlog of
         requests, handled in order in one journal group. 1: every message alone both ways (a
         list received is one invalid request)."""
-        batches = max_batch > 1
         import tractor
 
         from ..service._ipc import send_with_heartbeats
+
+        batches = max_batch > 1
 
         if self.nursery is None:
             self.bind(tractor.current_actor()._service_n)
@@ -298,8 +299,8 @@ class DialogueEngine:
     @contextmanager
     def journal_group(self) -> Iterator[None]:
         """Journal everything done inside in one transaction (group commit) and send what it
-        produced only after that commit: a list of requests, or one request with the fill it
-        crossed at once, costs one commit instead of one per write. Write-ahead holds: the
+        produced only after that commit: a list of requests (with the fills they cross at once)
+        or a quote's several fills cost one commit instead of one per write. Write-ahead holds: the
         messages are held here (not even queued) until the commit. A failed commit (disk full,
         I/O error) means none of it is on disk: the held messages are dropped, the core is
         rebuilt from the journal (what is on disk is the truth) and every order the group
@@ -309,17 +310,19 @@ class DialogueEngine:
             return
         held: list[tuple[Dialogue, dict]] = []
         self._held = held
+        lost = False
         try:
             with self.core.journal.group():
                 yield
         except GroupCommitError as err:
+            lost = True
             self._held = None
             self._group_lost(held, err)
-            return
         finally:
             self._held = None
-        for dialogue, msg in held:
-            dialogue.send(msg)
+            if not lost:  # committed (also when the block raised: what it wrote is on disk)
+                for dialogue, msg in held:
+                    dialogue.send(msg)
 
     def _group_lost(self, held: list[tuple[Dialogue, dict]], err: Exception) -> None:
         self.failures += 1
