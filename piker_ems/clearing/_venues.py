@@ -224,7 +224,7 @@ class VenueDirectory:
             while max_batch > 1 and (batch is None or len(batch) < max_batch):
                 try:
                     nxt = link.rx.receive_nowait()
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 if batch is None:
                     batch = [to_wire(cmd)]
