@@ -16,6 +16,8 @@ import struct
 import time
 from pathlib import Path
 
+import trio
+
 from .config import config_dir
 from .log import get_logger
 
@@ -143,3 +145,35 @@ def move_aside(path: Path, err: Exception, what: str = 'journal') -> Path:
             side.rename(moved.with_name(moved.name + suffix))
     log.error('%s %s is damaged (%s): moved aside as %s, starting empty', what, path, err, moved.name)
     return moved
+
+
+async def checkpoint_in_background(conn: sqlite3.Connection, path: Path | str,
+                                   every_s: float = 1.0) -> None:
+    """Take over the WAL checkpoints of ``conn``'s file until cancelled.
+
+    SQLite checkpoints inside a commit once the WAL passes ~1000 pages: it copies the WAL into
+    the file and fsyncs, milliseconds on the order path (4x the cost of a paper order's commit,
+    amortized, in ``bench/PROFILE.md``). Instead, automatic checkpoints stop and a PASSIVE one
+    (it never blocks the writer) runs every ``every_s`` in a worker thread on its own
+    connection. Cancelled: the automatic ones resume. Nothing about durability changes: a
+    commit is in the WAL either way, and SQLite replays it on open.
+    """
+    conn.execute('PRAGMA wal_autocheckpoint=0')
+    side = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
+
+    def checkpoint() -> None:
+        side.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchall()
+
+    try:
+        while True:
+            await trio.sleep(every_s)
+            try:
+                await trio.to_thread.run_sync(checkpoint, cancellable=False)
+            except Exception:
+                log.exception('checkpoint of %s failed', path)
+    finally:
+        side.close()
+        try:
+            conn.execute('PRAGMA wal_autocheckpoint=1000')
+        except sqlite3.Error:  # the owner closed it already
+            pass

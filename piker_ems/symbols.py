@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,8 +68,10 @@ class Symbol(BaseModel):
         return round_to_tick(price, self.tick_size)
 
 
+@lru_cache(maxsize=1024)
 def tick_digits(tick_size: float) -> int:
-    """Number of decimals needed to write ``tick_size`` exactly."""
+    """Number of decimals needed to write ``tick_size`` exactly (cached: a Decimal per call
+    was ~1 % of emsd's time on submits; a venue has few distinct tick sizes)."""
     exp = Decimal(repr(tick_size)).normalize().as_tuple().exponent
     return max(0, -int(exp))
 

@@ -372,6 +372,50 @@ def test_a_duplicate_fill_changes_nothing_even_across_a_restart(tmp_path):
     journal.close()
 
 
+def test_a_venue_batch_is_one_journal_commit_before_anything_leaves(tmp_path):
+    """A venue's batch (ack, status, fill, status) is applied in one group: another reader of
+    the journal sees none of it until the group commits, while its statuses wait in the
+    client's outbox (no writer can run inside the synchronous group); then all of it at once,
+    and a restart restores the filled order."""
+    from _router_fakes import FakeClock, FakeConn
+    from piker_ems.clearing._messages import BrokerdStatus
+
+    clock = FakeClock()
+    path = tmp_path / 'emsd.sqlite'
+    router, venues, _, journal = journaled_router(path, clock)
+    alice = FakeConn('alice', FQSN, 'sim', 'live')
+    router.add_client(alice)
+    router.handle_client_msg(alice, live_order('o1', size=1.0))
+    link = venues.link(('sim', 'live'))
+    reader = sqlite3.connect(str(path))
+
+    def journaled_state() -> str:
+        import json
+        row = reader.execute("SELECT record FROM orders WHERE oid='o1'").fetchone()
+        return json.loads(row[0])['machine']['state']
+
+    before = journaled_state()
+    batch = [m.model_dump(mode='json') for m in (
+        BrokerdOrderAck(oid='o1', reqid=7),
+        BrokerdStatus(reqid=7, status='submitted'),
+        BrokerdFill(reqid=7, oid='o1', fill_id='f1', action='buy', size=1, price=99.0, time_ns=clock()),
+        BrokerdStatus(reqid=7, status='filled', filled=1, remaining=0),
+    )]
+    with router.group():
+        for msg in batch:
+            router.on_venue_msg(link, msg)
+        assert alice.resps('o1')[-2:] == ['broker_filled', 'broker_executed']  # queued only
+        assert journaled_state() == before          # not committed yet: nothing has left
+    assert router.grouped == 1
+    assert journaled_state() == router.orders['o1'].machine.state == 'filled'
+    reader.close()
+    journal.close()
+    router, _, _, journal = journaled_router(path, clock)
+    rows = {r.oid: r for r in journal.load()}
+    assert 'o1' not in rows or rows['o1'].final  # restored as finished, never as working
+    journal.close()
+
+
 def test_an_order_queued_while_its_venue_opens_is_sent_once():
     """Regression: the reconciliation of a dialogue's first open re-sent the new orders that
     were queued on that very dialogue while it opened (they went out twice; the sim venues'

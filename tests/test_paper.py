@@ -18,6 +18,7 @@ from piker_ems.service._auth import call
 from piker_ems.clearing import _paper
 from piker_ems.service import find_service, maybe_open_pikerd
 from piker_ems.service._daemon import DEATHSIG_MODULE
+from piker_ems.service._ipc import is_heartbeat
 
 from _dialogue_helpers import SIM_FROZEN as SIM_FROZEN_BASE, cancel, dialogue, kinds, order, recv
 from conftest import write_config
@@ -346,3 +347,33 @@ async def test_huge_orders_of_one_dialogue_do_not_break_another_dialogues_fills(
         assert st['rejected'] == 2 and st['executions'] == 2 and st['failures'] == 0
         assert all(
             math.isfinite(p['size']) and math.isfinite(p['avg_price']) for p in st['positions'])
+
+
+async def test_batches_both_ways_when_asked(reg_addr, config_dir):
+    """Opened with ``max_batch`` (as emsd does), the engine takes a list of requests as one
+    message and sends one request's events as one list: the same events, in the same order, as
+    the single form (docs/backends.md)."""
+    write_config(config_dir, SIM_FROZEN)
+    async with maybe_open_pikerd(reg_addr):
+        async with tractor.open_nursery() as an:
+            portal = await an.start_actor('paperboi.sim', enable_modules=PAPER_MODULES)
+            try:
+                async with dialogue(portal, _paper.trades_dialogue, broker='sim', max_batch=64) as (stream, _):
+                    buy, sell = order('buy', 101.0, size=2), order('sell', 100.5)
+                    await stream.send([buy, sell])
+                    messages, events = 0, []
+                    with trio.fail_after(10):
+                        while len(events) < 7:
+                            msg = await stream.receive()
+                            if is_heartbeat(msg):
+                                continue
+                            messages += 1
+                            events.extend(msg if isinstance(msg, list) else [msg])
+                    assert kinds(events) == ['ack', 'status:submitted', 'fill', 'status:filled',
+                                             'position', 'ack', 'status:submitted']
+                    assert [e['oid'] for e in events if e['name'] == 'ack'] == [buy['oid'], sell['oid']]
+                    assert messages < len(events)  # emitted together: batched
+                    st = await stats(portal)
+                    assert (st['received'], st['resting_orders'], st['rejected']) == (2, 1, 0)
+            finally:
+                await portal.cancel_actor()

@@ -275,6 +275,63 @@ def test_a_failed_journal_write_answers_an_error_and_changes_nothing(tmp_path):
     assert e.core.positions.all(include_flat=True) == [] and len(e.core.book) == 0
 
 
+def test_one_request_list_is_one_commit_and_nothing_is_queued_before_it(tmp_path):
+    """Group commit: a list of requests (emsd's backlog, handled in one group as ``serve``
+    does), a marketable one's fill included, is journaled with one commit, and its events reach
+    the dialogue only after it."""
+    db = tmp_path / 'p.sqlite'
+    e = paper(db)
+    e.on_quote('btcusd', {'bid': 100.0, 'ask': 100.5})
+    d = e.open_dialogue('a')
+    j = e.core.journal
+    reader = sqlite3.connect(db)
+    seen_inside = []
+    commits = j.commits
+    with e.journal_group():
+        e.handle_raw(d, order('buy', 101.0))             # marketable: accept + fill
+        e.handle_raw(d, order('sell', 102.0))            # rests
+        seen_inside.append(reader.execute('SELECT count(*) FROM orders').fetchone()[0])
+        seen_inside.append(len(drain(d)))
+    assert seen_inside == [0, 0]                         # not on disk yet, nothing queued
+    assert j.commits == commits + 1
+    assert reader.execute('SELECT count(*) FROM orders').fetchone()[0] == 2
+    assert kinds(drain(d)) == ['ack', 'status:submitted', 'fill', 'status:filled', 'position',
+                               'ack', 'status:submitted']
+    reader.close()
+
+
+def test_a_failed_group_commit_tells_nothing_and_reloads_from_the_journal(tmp_path):
+    """If the group's commit fails nothing of it reached the dialogue: the engine reloads what
+    is on disk (the earlier order, no position) and answers each order of the group with an
+    error."""
+    e = paper(tmp_path / 'p.sqlite')
+    e.on_quote('btcusd', {'bid': 100.0, 'ask': 100.5})
+    d = e.open_dialogue('a')
+    e.handle_raw(d, order('sell', 102.0))
+    first_ack, _ = drain(d)
+    j = e.core.journal
+
+    class FailingCommit:  # the connection as seen by the journal: COMMIT fails (disk full)
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, *args):
+            if sql == 'COMMIT':
+                raise sqlite3.OperationalError('database or disk is full')
+            return self.conn.execute(sql, *args)
+
+    real = j.conn
+    j.conn = FailingCommit(real)
+    buy = order('buy', 101.0)
+    with e.journal_group():                             # as a list of requests is handled
+        e.handle_raw(d, buy)                            # marketable: accept + fill
+    j.conn = real
+    out = drain(d)
+    assert kinds(out) == ['error'] and out[0]['oid'] == buy['oid']
+    assert [o.oid for o in e.core.book.orders()] == [first_ack['oid']]   # what is on disk
+    assert e.core.positions.all(include_flat=True) == [] and e.failures == 1
+
+
 def test_a_newer_schema_is_refused_not_overwritten(tmp_path):
     db = tmp_path / 'x.sqlite'
     Journal.open(db).close()

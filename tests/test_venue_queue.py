@@ -31,7 +31,8 @@ class FakeStream:
         self.all_sent = trio.Event()  # set once ``expect`` messages went out
 
     async def send(self, msg):
-        self.sent.append(msg)
+        self.messages = getattr(self, 'messages', 0) + 1
+        self.sent.extend(msg if isinstance(msg, list) else [msg])  # a backlog goes as one list
         if len(self.sent) >= self.expect:
             self.all_sent.set()
 
@@ -68,6 +69,7 @@ async def test_commands_queue_while_opening_and_go_out_in_order(monkeypatch):
             await stream.all_sent.wait()
         assert link.queued == 0
         assert [m['oid'] for m in stream.sent] == [f'o{i}' for i in range(100)]
+        assert stream.messages == 2  # the paper engine takes the backlog in lists of 64
         n.cancel_scope.cancel()
     assert sink.failed == [] and sink.lost == []
 
@@ -155,3 +157,47 @@ async def test_a_venue_that_stays_down_is_logged_once_not_per_retry(monkeypatch,
     assert warnings[1].endswith(f', 20 attempts; last: {reason})')
     back = [r.getMessage() for r in records if r.levelname == 'INFO']
     assert back == ['trades dialogue sim.paper is back after 60s down (39 failed attempts)']
+
+
+async def test_a_venue_batch_is_relayed_item_by_item_in_one_group():
+    """A venue may send a backlog as one list (docs/backends.md): each event reaches the sink
+    alone, in order, inside the sink's group (one journal commit); single messages and
+    heartbeats around it are handled as before."""
+    from contextlib import contextmanager
+
+    class GroupSink(Sink):
+        def __init__(self):
+            super().__init__()
+            self.depth, self.in_group = 0, []
+
+        @contextmanager
+        def group(self):
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+
+        def on_venue_msg(self, link, raw):
+            super().on_venue_msg(link, raw)
+            self.in_group.append(self.depth)
+
+    heartbeat = {'name': 'heartbeat', 'time': 0.0}
+    items = [{'name': 'ack', 'n': 0}, heartbeat,
+             [{'name': 'status', 'n': 1}, {'name': 'fill', 'n': 2}, {'name': 'status', 'n': 3}],
+             {'name': 'position', 'n': 4}]
+
+    class ReadStream:
+        async def receive(self):
+            if not items:
+                raise trio.EndOfChannel
+            return items.pop(0)
+
+    sink = GroupSink()
+    venues = VenueDirectory(lambda *a: None, actor_n=None)
+    venues.bind(sink)
+    link = _venues.VenueLink(('sim', 'paper'))
+    with trio.fail_after(5):
+        await venues._relay_events(link, ReadStream())
+    assert [m['n'] for m in sink.msgs] == [0, 1, 2, 3, 4]
+    assert sink.in_group == [0, 1, 1, 1, 0] and link.received == 5

@@ -13,7 +13,7 @@ from ..service._specs import ServiceDown
 from ..service._state import actor_state
 from ..service._ipc import open_supervisor, send_with_heartbeats
 from ..symbols import parse_fqsn
-from ..statedb import state_path
+from ..statedb import checkpoint_in_background, state_path
 from ._journal import Journal
 from ._messages import pack_snapshot
 from ._risk import CLUSTER, RiskEngine, parse_limits
@@ -59,17 +59,8 @@ async def _compact(journal: Journal, settings: dict) -> None:
 
 async def _checkpoints(journal: Journal) -> None:
     """Checkpoint the journal's WAL now and then in a worker thread, not inside a write on
-    the order path (see :meth:`Journal.defer_checkpoints`)."""
-    journal.defer_checkpoints()
-    try:
-        while True:
-            await trio.sleep(CHECKPOINT_EVERY_S)
-            try:
-                await trio.to_thread.run_sync(journal.checkpoint, cancellable=False)
-            except Exception:
-                log.exception('journal checkpoint failed')
-    finally:
-        journal.resume_checkpoints()
+    the order path (:func:`piker_ems.statedb.checkpoint_in_background`)."""
+    await checkpoint_in_background(journal.db, journal.path, CHECKPOINT_EVERY_S)
 
 
 def current_router() -> Router:

@@ -23,7 +23,6 @@ and keeps every complete one.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,6 @@ class Journal:
         # the order path's JSON encoder: msgspec is several times faster than json.dumps for
         # the same compact JSON (load() reads either)
         self._encode = msgspec.json.Encoder().encode
-        self._checkpointer: sqlite3.Connection | None = None
         self.db, self.moved_aside = open_db(self.path, sync, what='emsd journal')
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -90,7 +88,7 @@ class Journal:
                                f'piker_ems ({SCHEMA_VERSION}); refusing to touch it')
 
     def write(self, oid: str, record: dict[str, Any], final: bool, unseen: bool, now_ns: int) -> None:
-        """Upsert one order's record (one committed transaction)."""
+        """Upsert one order's record (one committed transaction, or part of the open group)."""
         self.db.execute(
             'INSERT INTO orders (oid, record, final, unseen, updated_ns) VALUES (?, ?, ?, ?, ?) '
             'ON CONFLICT(oid) DO UPDATE SET record=excluded.record, final=excluded.final, '
@@ -99,23 +97,19 @@ class Journal:
         )
         self.writes += 1
 
-    def defer_checkpoints(self) -> None:
-        """Stop SQLite's automatic WAL checkpoints inside ``write`` (one write in ~1000 would
-        copy the WAL into the file and fsync, a few ms on the order path); the owner then calls
-        :meth:`checkpoint` regularly from a worker thread instead."""
-        self.db.execute('PRAGMA wal_autocheckpoint=0')
+    def begin(self) -> None:
+        """Open a group: the writes until :meth:`commit` share one transaction (the Router's
+        ``group()``: a batch of events, one commit)."""
+        self.db.execute('BEGIN')
 
-    def resume_checkpoints(self) -> None:
-        """Back to SQLite's automatic checkpoints (the background ones stopped)."""
-        self.db.execute('PRAGMA wal_autocheckpoint=1000')
-
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database file (PASSIVE: never blocks the writer). Meant for a
-        worker thread: it uses its own connection, so the order path's is never shared."""
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None,
-                                                 check_same_thread=False, timeout=5.0)
-        self._checkpointer.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchall()
+    def commit(self) -> None:
+        """Commit the group opened by :meth:`begin` (a failure rolls it back and raises)."""
+        try:
+            self.db.execute('COMMIT')
+        except Exception:
+            if self.db.in_transaction:
+                self.db.execute('ROLLBACK')
+            raise
 
     def load(self) -> list[JournalRecord]:
         """Every order worth restoring: not final, or final and not yet seen by its owner.
@@ -161,6 +155,4 @@ class Journal:
         return {'open': live or 0, 'done': done or 0}
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
         self.db.close()

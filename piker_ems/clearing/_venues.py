@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from typing import Any, Callable
 
 import tractor
@@ -27,7 +27,7 @@ from ..service._served import replacement_refused
 from ..service._daemon import DEATHSIG_MODULE
 from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
 from ._outage import OutageLog
-from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire
+from ._messages import BrokerdPosition, MsgError, VenueSnapshot, parse_venue_snapshot, to_wire, unbatch
 from ._orders import VenueKey, VenueUnavailable
 
 log = get_logger(__name__)
@@ -37,6 +37,9 @@ PAPER_MODULES = [DEATHSIG_MODULE, AUTH_MODULE, 'piker_ems.clearing._paper']
 QUEUE_MAX = 10_000
 #: How long a dialogue may take to open before its queued commands are failed.
 OPEN_TIMEOUT_S = 30.0
+#: The most events the paper engine packs into one message when it has a backlog (the batch
+#: form of docs/backends.md: a lone event still leaves at once, as itself).
+PAPER_MAX_BATCH = 64
 
 
 class VenueLink:
@@ -174,7 +177,8 @@ class VenueDirectory:
         if kind == 'paper':
             from . import _paper
 
-            kwargs = {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key)}
+            kwargs = {'broker': broker, 'since_ns': self.sink.since_ns_for(link.key),
+                      'max_batch': PAPER_MAX_BATCH}
             async with AsyncExitStack() as stack:
                 served = await self._served_paperboi(broker, stack)
                 if served is not None:  # (a served engine is never cancelled from here)
@@ -241,12 +245,27 @@ class VenueDirectory:
                     await abandon_context(ctx)
 
     async def _write(self, link: VenueLink, stream: tractor.MsgStream) -> None:
-        """Send queued commands in order; a failed send loses the dialogue."""
+        """Send queued commands in order; a failed send loses the dialogue.
+
+        To the paper engine (which takes the list form, docs/backends.md) a backlog of commands
+        goes as one list of up to :data:`PAPER_MAX_BATCH`; a lone command, and every command to
+        any other venue, goes alone and at once.
+        """
+        max_batch = PAPER_MAX_BATCH if link.key[1] == 'paper' else 1
         while True:
             cmd = await link.rx.receive()
+            batch = None
+            while max_batch > 1 and (batch is None or len(batch) < max_batch):
+                try:
+                    nxt = link.rx.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if batch is None:
+                    batch = [to_wire(cmd)]
+                batch.append(to_wire(nxt))
             try:
-                await stream.send(to_wire(cmd))
-                link.sent += 1
+                await stream.send(to_wire(cmd) if batch is None else batch)
+                link.sent += 1 if batch is None else len(batch)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                 # it may or may not have left: the reconciliation on reopening tells
                 link.lose(f'send failed ({type(err).__name__})')
@@ -268,7 +287,22 @@ class VenueDirectory:
             except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
                 link.lose(f'the dialogue closed ({type(err).__name__})')
                 return
+            if isinstance(raw, list):  # a backlog in one message (docs/backends.md)
+                self._relay_batch(link, raw)
+                continue
             if is_heartbeat(raw):
                 continue
             link.received += 1
             self.sink.on_venue_msg(link, raw)
+
+    def _relay_batch(self, link: VenueLink, batch: list) -> None:
+        """A batch's events, in order, as if each had arrived alone; inside the sink's
+        ``group()`` (if it has one: the Router's journal commits them together, before anything
+        they cause can leave emsd)."""
+        group = getattr(self.sink, 'group', None)
+        with group() if group is not None else nullcontext():
+            for item in unbatch(batch):
+                if is_heartbeat(item) or isinstance(item, list):  # (never nested: skip)
+                    continue
+                link.received += 1
+                self.sink.on_venue_msg(link, item)

@@ -451,7 +451,7 @@ class ClearingCore:
             )
         except Exception as err:
             return [self.fail_execution(ex, f'venue could not record the fill: {err}')], None
-        crash_point('venue.after_fill_journal')
+        self.journal.after_commit(crash_point, 'venue.after_fill_journal')  # (in a group: after its commit)
         self.last_fill = fill_no
         self.positions.commit(pos)
         self.executions += 1

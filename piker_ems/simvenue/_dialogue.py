@@ -24,7 +24,8 @@ import itertools
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -32,11 +33,12 @@ import trio
 
 from ..clearing._messages import BrokerdCancel, BrokerdOrder, MsgError, parse_broker_request, to_wire
 from ..log import get_logger
+from ..statedb import checkpoint_in_background
 from ._book import ReqId
 from ._clock import Clock, system_clock
 from ._core import ClearingCore, Execution
 from ._fidelity import Fidelity, Latency
-from ._journal import Journal
+from ._journal import GroupCommitError, Journal
 
 __all__ = ['Dialogue', 'DialogueEngine', 'STATS_MEMORY']
 
@@ -106,9 +108,15 @@ class DialogueEngine:
         self.clock = clock
         self.fidelity = fidelity or Fidelity()
         self.latency = Latency(self.fidelity)
-        self.core = ClearingCore(
-            broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps, fill_prefix=fill_prefix,
-            fidelity=self.fidelity)
+        def make_core(journal: Journal | None) -> ClearingCore:
+            return ClearingCore(
+                broker, next_reqid, clock=clock, journal=journal, fee_bps=fee_bps,
+                fill_prefix=fill_prefix, fidelity=self.fidelity)
+
+        self._make_core = make_core
+        self.core = make_core(journal)
+        # inside journal_group(): what the group's requests/quotes produce, held until commit
+        self._held: list[tuple[Dialogue, dict]] | None = None
         # latency lanes ('ack', 'fill'): FIFO, so a delay never reorders two reports
         self._lanes: dict[str, Any] = {}
         self._lane_due: dict[str, float] = {}
@@ -130,6 +138,9 @@ class DialogueEngine:
         :meth:`on_bind` lets a subclass resume work for orders restored from its journal)."""
         if self.nursery is None:
             self.nursery = nursery
+            journal = self.core.journal
+            if journal.path is not None:  # WAL checkpoints off the order path (a worker thread)
+                self.spawn(checkpoint_in_background, journal.conn, journal.path)
             self.on_bind()
 
     def on_bind(self) -> None:
@@ -191,14 +202,21 @@ class DialogueEngine:
 
     # -- the dialogue ----------------------------------------------------------------
 
-    async def serve(self, ctx: Any, since_ns: int | None = None) -> None:
+    async def serve(self, ctx: Any, since_ns: int | None = None, max_batch: int = 1) -> None:
         """Run one ``trades_dialogue`` on a tractor context until the peer closes its stream.
 
         ``started()`` carries the venue snapshot (:meth:`ClearingCore.snapshot`): positions,
-        open orders and, with ``since_ns``, the orders ended and the fills since then."""
+        open orders and, with ``since_ns``, the orders ended and the fills since then.
+        ``max_batch`` > 1 (a peer that asked for the list form, docs/backends.md): a backlog of
+        events (an ack and its status, a fill, its status and the position: one request's
+        worth) leaves as one list message, and a list received is that peer's backlog of
+        requests, handled in order in one journal group. 1: every message alone both ways (a
+        list received is one invalid request)."""
         import tractor
 
         from ..service._ipc import send_with_heartbeats
+
+        batches = max_batch > 1
 
         if self.nursery is None:
             self.bind(tractor.current_actor()._service_n)
@@ -211,7 +229,7 @@ class DialogueEngine:
                 async def sender() -> None:
                     try:
                         # heartbeats let emsd tell a dead venue from a quiet one
-                        await send_with_heartbeats(dialogue.outbox, stream)
+                        await send_with_heartbeats(dialogue.outbox, stream, max_batch=max_batch)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
                         log.warning('%s: %r: peer gone while sending', self.name, dialogue)
                     n.cancel_scope.cancel()
@@ -219,7 +237,12 @@ class DialogueEngine:
                 n.start_soon(sender)
                 # the receive loop: always drains the stream, never blocks, never dies
                 async for raw in stream:
-                    self.handle_raw(dialogue, raw)
+                    if batches and isinstance(raw, list):  # the peer's backlog, in order
+                        with self.journal_group():
+                            for item in raw:
+                                self.handle_raw(dialogue, item)
+                    else:
+                        self.handle_raw(dialogue, raw)
                 n.cancel_scope.cancel()
         finally:
             self.close_dialogue(dialogue)
@@ -273,11 +296,57 @@ class DialogueEngine:
 
     # -- processing --------------------------------------------------------------------
 
+    @contextmanager
+    def journal_group(self) -> Iterator[None]:
+        """Journal everything done inside in one transaction (group commit) and send what it
+        produced only after that commit: a list of requests (with the fills they cross at once)
+        or a quote's several fills cost one commit instead of one per write. Write-ahead holds: the
+        messages are held here (not even queued) until the commit. A failed commit (disk full,
+        I/O error) means none of it is on disk: the held messages are dropped, the core is
+        rebuilt from the journal (what is on disk is the truth) and every order the group
+        spoke of gets a ``BrokerdError``. Nested groups join the outer one."""
+        if self._held is not None:
+            yield
+            return
+        held: list[tuple[Dialogue, dict]] = []
+        self._held = held
+        lost = False
+        try:
+            with self.core.journal.group():
+                yield
+        except GroupCommitError as err:
+            lost = True
+            self._held = None
+            self._group_lost(held, err)
+        finally:
+            self._held = None
+            if not lost:  # committed (also when the block raised: what it wrote is on disk)
+                for dialogue, msg in held:
+                    dialogue.send(msg)
+
+    def _group_lost(self, held: list[tuple[Dialogue, dict]], err: Exception) -> None:
+        self.failures += 1
+        log.error('%s: journal commit failed, %d messages dropped, reloading from the journal: %s',
+                  self.name, len(held), err)
+        self.core = self._make_core(self.core.journal)
+        told: set[tuple[Any, Any]] = set()
+        for dialogue, msg in held:
+            oid = msg.get('oid') or (msg.get('broker_details') or {}).get('oid')
+            if msg.get('name') == 'position' or (oid, dialogue) in told:
+                continue
+            told.add((oid, dialogue))
+            err_msg = self.core.reject({'oid': oid, 'reqid': msg.get('reqid')},
+                                       f'venue could not record it: {err}')
+            if err_msg is not None:
+                self.emit(dialogue, [err_msg])
+
     def process(self, dialogue: Dialogue, req: BrokerdOrder | BrokerdCancel) -> None:
         """Apply a request to the core and send what it produced (synchronous).
 
         Each execution it causes runs in its own boundary (:meth:`run_execution`), so a failed
-        execution never turns into an error for the request that already got its ack.
+        execution never turns into an error for the request that already got its ack. (No
+        journal group of its own: one request writes once, twice if it fills at once, and a
+        group costs more than it saves for so few writes; lists of requests are grouped.)
         """
         if isinstance(req, BrokerdCancel):
             msgs = self.core.cancel(req)
@@ -301,8 +370,12 @@ class DialogueEngine:
             self.failures += 1
             log.exception('%s: failed to match quote for %s', self.name, symbol)
             return
-        for ex in execs:
-            self.run_execution(ex)
+        if len(execs) > 1:
+            with self.journal_group():  # the fills one quote crossed: one commit
+                for ex in execs:
+                    self.run_execution(ex)
+        elif execs:
+            self.run_execution(execs[0])
 
     def run_execution(self, ex: Execution) -> None:
         """The error boundary of one execution: report it (:meth:`execute`) or fail its order."""
@@ -357,10 +430,14 @@ class DialogueEngine:
                 self.emit(d, msgs)
 
     def emit(self, dialogue: Dialogue, msgs: Iterable[dict]) -> None:
+        held = self._held
         for msg in msgs:
             oid = msg.get('oid') or (msg.get('broker_details') or {}).get('oid')
             self._journal('out', msg.get('name'), oid, msg.get('reqid'))
-            dialogue.send(msg)
+            if held is not None:  # in a journal group: sent once it is committed
+                held.append((dialogue, msg))
+            else:
+                dialogue.send(msg)
 
     def _journal(self, direction: str, name: Any, oid: Any, reqid: Any) -> None:
         self.journal.append({

@@ -52,6 +52,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ from ..statedb import open_db, state_path
 from ._book import ReqId, RestingOrder
 from ._positions import Position
 
-__all__ = ['Journal', 'JournalError', 'Restored', 'SCHEMA_VERSION', 'fee_setting', 'open_venue_journal', 'state_path', 'venue_settings']
+__all__ = ['GroupCommitError', 'Journal', 'JournalError', 'Restored', 'SCHEMA_VERSION', 'fee_setting', 'open_venue_journal', 'state_path', 'venue_settings']
 
 log = get_logger(__name__)
 
@@ -114,6 +116,10 @@ CREATE TABLE IF NOT EXISTS positions (
 
 class JournalError(RuntimeError):
     """The journal cannot be used (e.g. written by a newer schema)."""
+
+
+class GroupCommitError(JournalError):
+    """A group's commit failed: none of the group's writes is on disk."""
 
 
 def venue_settings(section: str, broker: str | None = None) -> dict[str, Any]:
@@ -176,7 +182,11 @@ class Journal:
         self.path = path
         self.moved_aside: Path | None = None
         self.writes = 0
+        self.commits = 0
         self._prio = 0
+        self._grouped = False   # inside group(): the writes share one transaction...
+        self._begun = False     # ... opened by the group's first write
+        self._after_commit: list[tuple[Callable[..., Any], tuple]] = []
 
     # -- opening -------------------------------------------------------------------------
 
@@ -237,25 +247,81 @@ class Journal:
     # -- transactions --------------------------------------------------------------------
 
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
+        """One write: its own committed transaction; in a group, the group's transaction (opened
+        by its first write) or a savepoint of it, so a failed write still changes nothing."""
+
+        def __init__(self, journal: 'Journal') -> None:
+            self.journal = journal
+            self.conn = journal.conn
+            # 'own': BEGIN..COMMIT; 'first': opens the group's transaction; 'nested': savepoint
+            self.kind = 'own' if not journal._grouped else 'nested' if journal._begun else 'first'
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute('BEGIN IMMEDIATE')
+            self.conn.execute('SAVEPOINT w' if self.kind == 'nested' else 'BEGIN IMMEDIATE')
+            if self.kind == 'first':
+                self.journal._begun = True
             return self.conn
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
             if exc_type is None:
-                self.conn.execute('COMMIT')
-            else:
-                try:
+                if self.kind == 'own':
+                    self.conn.execute('COMMIT')
+                    self.journal.commits += 1
+                elif self.kind == 'nested':
+                    self.conn.execute('RELEASE w')
+                return  # 'first': the group commits
+            try:
+                if self.kind == 'nested':
+                    self.conn.execute('ROLLBACK TO w')
+                    self.conn.execute('RELEASE w')
+                else:
+                    self.journal._begun = False
                     self.conn.execute('ROLLBACK')
-                except sqlite3.Error:
-                    pass
+            except sqlite3.Error:
+                pass
 
     def _tx(self) -> 'Journal._Tx':
         self.writes += 1
-        return Journal._Tx(self.conn)
+        return Journal._Tx(self)
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Every write inside shares one transaction, committed at the end (group commit: one
+        WAL append instead of one per write; a group that writes once costs what that write
+        alone costs). The caller must keep what those writes cause from leaving the process
+        until this returns; callbacks of :meth:`after_commit` run after the commit. A failed
+        commit rolls the whole group back and raises :class:`GroupCommitError` (the caller
+        then knows none of it is on disk). Nested groups join the outer one."""
+        if self._grouped:
+            yield
+            return
+        self._grouped, self._begun = True, False
+        try:
+            yield
+        finally:
+            self._grouped = False
+            after, self._after_commit = self._after_commit, []
+            if self._begun:
+                self._begun = False
+                try:
+                    self.conn.execute('COMMIT')
+                    self.commits += 1
+                except sqlite3.Error as err:
+                    try:
+                        self.conn.execute('ROLLBACK')
+                    except sqlite3.Error:
+                        pass
+                    raise GroupCommitError(f'group commit failed: {err}') from err
+        for fn, args in after:
+            fn(*args)
+
+    def after_commit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` once what was written so far is committed: now, or at the end of
+        the open group (crash points meaning "journaled, not yet sent")."""
+        if self._grouped:
+            self._after_commit.append((fn, args))
+        else:
+            fn(*args)
 
     def _meta_int(self, key: str) -> int:
         row = self.conn.execute('SELECT value FROM meta WHERE key=?', (key,)).fetchone()
