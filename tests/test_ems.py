@@ -179,7 +179,7 @@ async def test_cancel_all_500_from_sync_code(reg_addr, config_dir):
 async def test_open_ems_with_unknown_broker_is_a_clear_error(reg_addr):
     from piker_ems.brokers import NoBrokerBackend
 
-    with pytest.raises(NoBrokerBackend, match='available: sim'):
+    with pytest.raises(NoBrokerBackend, match="no broker backend named 'doggy'; available: binance, sim$"):
         async with open_ems('xbt.doggy', name='alice'):
             pass
 
