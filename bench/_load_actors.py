@@ -108,8 +108,8 @@ async def run_piker(name: str, fqsn: str, m: int, concurrency: int, last: float,
 
     tally = _Tally()
     waiters: dict[str, trio.MemorySendChannel] = {}
-    far_below, far_above = round(last * 0.5, 2), round(last * 2.0, 2)
-    marketable = round(last * 1.5, 2)
+    far_below, far_above = round(last * 0.7, 2), round(last * 1.4, 2)  # rest, never fill (inside the default 50% price band)
+    marketable = round(last * 1.2, 2)  # fills at once (inside the band)
 
     async with open_ems(fqsn, mode='paper', name=name) as (book, trades, _):
 

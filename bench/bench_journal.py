@@ -63,7 +63,7 @@ async def order_path(n: int, cfg) -> dict:
     addr = tuple(os.environ['PIKER_EMS_REGISTRY'].split(':'))
     async with open_pikerd((addr[0], int(addr[1]))) as services:
         async with open_feed(FQSN) as feed:
-            price = round(feed.first_quotes[FQSN]['last'] * 0.5, 2)  # rests, never fills
+            price = round(feed.first_quotes[FQSN]['last'] * 0.7, 2)  # rests, never fills (inside the default 50% price band)
 
             async def block(name: str, count: int, keep: bool) -> None:
                 write_config(cfg, SIM_CONFIG, CONFIGS[name])

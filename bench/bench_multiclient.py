@@ -122,7 +122,7 @@ async def run() -> dict:
     async with open_pikerd((addr[0], int(addr[1]))):
         async with open_feed(FQSN) as feed:
             last = feed.first_quotes[FQSN]['last']
-        price = round(last * 0.5, 2)
+        price = round(last * 0.7, 2)  # rests (inside the default 50% price band)
         # bring emsd (and its scan, venue) up before the clients race for it
         async with open_ems(FQSN, mode='dark', name='warmup'):
             pass
