@@ -31,6 +31,7 @@ from ._messages import (
     Order,
     Status,
     TradingState,
+    fast_order_wire,
     order_wire,
     parse_ems_msg,
     to_wire,
@@ -71,8 +72,9 @@ class OrderBook:
     exec_mode: str
     name: str
     _tx: trio.MemorySendChannel = field(repr=False)
-    orders: dict[str, Order] = field(default_factory=dict)
-    """The latest request per oid: ours as sent, and others' as learned from statuses."""
+    _orders: dict[str, Order] = field(default_factory=dict, repr=False)
+    _pending: dict[str, tuple] = field(default_factory=dict, repr=False)
+    """Orders sent by the fast path of :meth:`send`, not yet made into ``Order`` objects."""
     open_orders: list[dict] = field(default_factory=list)
     """The start-up snapshot: the last status (wire dict) of each order in this client's scope."""
     owner: str = ''
@@ -84,6 +86,19 @@ class OrderBook:
 
     def _push(self, msg: dict) -> None:
         self._tx.send_nowait(msg)  # unbounded: never WouldBlock
+
+    @property
+    def orders(self) -> dict[str, Order]:
+        """The latest request per oid: ours as sent, and others' as learned from statuses.
+
+        ``send`` defers building its ``Order`` (a few µs of pydantic) to the first read here.
+        """
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            for oid, (action, price, size, symbol, exec_mode, account) in pending.items():
+                self._orders[oid] = Order(action=action, oid=oid, symbol=symbol, price=price,
+                                          size=size, exec_mode=exec_mode, account=account)
+        return self._orders
 
     def send(
         self,
@@ -99,16 +114,26 @@ class OrderBook:
         """Submit a new order (or, with a known ``oid``, a modify); returns its oid.
 
         The order is validated here (a bad one raises ``pydantic.ValidationError``) and its
-        wire dict queued; nothing else happens in the caller's time (a few microseconds).
+        wire dict queued; nothing else happens in the caller's time (a few microseconds). A
+        plainly valid order is checked by hand (:func:`fast_order_wire`) and its ``Order`` made
+        when :attr:`orders` is next read.
         """
-        order = Order(
-            action=action, oid=oid or os.urandom(16).hex(), symbol=symbol or self.fqsn,
-            price=price, size=size, exec_mode=exec_mode or self.exec_mode,
-            account=account or self.account,
-        )  # brokers: the symbol's broker (Order's default)
-        self.orders[order.oid] = order
-        self._push(order_wire(order))
-        return order.oid
+        oid = oid or os.urandom(16).hex()
+        symbol = symbol or self.fqsn
+        exec_mode = exec_mode or self.exec_mode
+        account = account or self.account
+        wire = fast_order_wire(action, oid, symbol, price, size, exec_mode, account)
+        if wire is None:  # not a plainly valid order: pydantic decides (and words the refusal)
+            order = Order(
+                action=action, oid=oid, symbol=symbol, price=price, size=size,
+                exec_mode=exec_mode, account=account,
+            )  # brokers: the symbol's broker (Order's default)
+            self.orders[oid] = order
+            self._push(order_wire(order))
+            return oid
+        self._pending[oid] = (action, wire['price'], wire['size'], symbol, exec_mode, account)
+        self._push(wire)
+        return oid
 
     def update(self, oid: str, **fields: Any) -> None:
         """Modify a known order (e.g. ``price=``, ``size=``); the oid stays the same."""
