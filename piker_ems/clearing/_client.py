@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 import tractor
 import trio
+from pydantic import ValidationError
 
 from ..brokers import get_brokermod
 from ..log import get_logger
@@ -73,8 +74,9 @@ class OrderBook:
     name: str
     _tx: trio.MemorySendChannel = field(repr=False)
     _orders: dict[str, Order] = field(default_factory=dict, repr=False)
-    _pending: dict[str, tuple] = field(default_factory=dict, repr=False)
-    """Orders sent by the fast path of :meth:`send`, not yet made into ``Order`` objects."""
+    _pending: dict[str, tuple | dict] = field(default_factory=dict, repr=False)
+    """Requests not yet made into ``Order`` objects: sent by the fast path of :meth:`send`
+    (a tuple of its fields), or from the start-up snapshot (emsd's wire dict)."""
     open_orders: list[dict] = field(default_factory=list)
     """The start-up snapshot: the last status (wire dict) of each order in this client's scope."""
     owner: str = ''
@@ -95,7 +97,14 @@ class OrderBook:
         """
         if self._pending:
             pending, self._pending = self._pending, {}
-            for oid, (action, price, size, symbol, exec_mode, account) in pending.items():
+            for oid, item in pending.items():
+                if type(item) is dict:  # a start-up snapshot's request (as emsd sent it)
+                    try:
+                        self._orders[item['oid']] = Order.model_validate(item)
+                    except (ValidationError, KeyError) as err:
+                        log.warning('invalid order in the start-up snapshot: %s', err)
+                    continue
+                action, price, size, symbol, exec_mode, account = item
                 self._orders[oid] = Order(action=action, oid=oid, symbol=symbol, price=price,
                                           size=size, exec_mode=exec_mode, account=account)
         return self._orders
@@ -166,6 +175,24 @@ class OrderBook:
         self.cancel(oid)
 
 
+@dataclass(slots=True)
+class _SnapshotStatus:
+    """A start-up snapshot's Status wire dict, validated by :meth:`TradesStream.receive`."""
+
+    wire: Any
+
+
+def _typed(msg: Any) -> Any:
+    """A queued message as the trades stream yields it (``None``: an invalid one, skipped)."""
+    if type(msg) is not _SnapshotStatus:
+        return msg
+    try:
+        return Status.model_validate(msg.wire)
+    except ValidationError as err:  # as the reader does for a bad live message
+        log.warning('invalid status in the start-up snapshot: %s', err)
+        return None
+
+
 @dataclass
 class TradesStream:
     """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`, and
@@ -191,10 +218,24 @@ class TradesStream:
 
     async def receive(self) -> Status | BrokerdPosition:
         """The next message; raises :class:`EmsLost` if emsd is gone."""
-        try:
-            return await self.rx.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise EmsLost(self.lost or 'the EMS connection was closed') from None
+        while True:
+            try:
+                msg = _typed(await self.rx.receive())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise EmsLost(self.lost or 'the EMS connection was closed') from None
+            if msg is not None:
+                return msg
+
+    def receive_nowait(self) -> Status | BrokerdPosition:
+        """The next message if one is queued, else ``trio.WouldBlock``; :class:`EmsLost` as
+        :meth:`receive`."""
+        while True:
+            try:
+                msg = _typed(self.rx.receive_nowait())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise EmsLost(self.lost or 'the EMS connection was closed') from None
+            if msg is not None:
+                return msg
 
     def __aiter__(self) -> 'TradesStream':
         return self
@@ -382,10 +423,12 @@ async def open_ems(
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
             trades = TradesStream(status_rx, status_tx)
             for snap in book.open_orders:
-                status = Status.model_validate(snap)
-                if status.req is not None:
-                    book.orders[status.oid] = status.req
-                status_tx.send_nowait(status)
+                # validated when read (trades stream, book.orders), not before open_ems yields:
+                # a thousand statuses are several ms of pydantic on every reconnect
+                req = snap.get('req') if isinstance(snap, dict) else None
+                if isinstance(req, dict) and isinstance(req.get('oid'), str):
+                    book._pending[req['oid']] = req
+                status_tx.send_nowait(_SnapshotStatus(snap))
             try:
                 async with ctx.open_stream() as stream, trio.open_nursery() as n:
                     drained = trio.Event()
