@@ -74,6 +74,7 @@ class OrderBook:
     name: str
     _tx: trio.MemorySendChannel = field(repr=False)
     _orders: dict[str, Order] = field(default_factory=dict, repr=False)
+    _oid_pool: list[str] = field(default_factory=list, repr=False)
     _pending: dict[str, tuple | dict] = field(default_factory=dict, repr=False)
     """Requests not yet made into ``Order`` objects: sent by the fast path of :meth:`send`
     (a tuple of its fields), or from the start-up snapshot (emsd's wire dict)."""
@@ -127,7 +128,11 @@ class OrderBook:
         plainly valid order is checked by hand (:func:`fast_order_wire`) and its ``Order`` made
         when :attr:`orders` is next read.
         """
-        oid = oid or os.urandom(16).hex()
+        if not oid:
+            if not self._oid_pool:  # random oids, 256 per syscall (unpredictable all the same)
+                pool = os.urandom(16 * 256).hex()
+                self._oid_pool = [pool[i:i + 32] for i in range(0, len(pool), 32)]
+            oid = self._oid_pool.pop()
         symbol = symbol or self.fqsn
         exec_mode = exec_mode or self.exec_mode
         account = account or self.account
@@ -191,6 +196,17 @@ def _typed(msg: Any) -> Any:
     except ValidationError as err:  # as the reader does for a bad live message
         log.warning('invalid status in the start-up snapshot: %s', err)
         return None
+
+
+def queue_snapshot(book: OrderBook, status_tx: trio.MemorySendChannel) -> None:
+    """Queue the start-up snapshot (``book.open_orders``) on the trades stream and its requests
+    on ``book.orders``, both validated when read: a thousand statuses are several ms of pydantic
+    that would otherwise delay every reconnect."""
+    for snap in book.open_orders:
+        req = snap.get('req') if isinstance(snap, dict) else None
+        if isinstance(req, dict) and isinstance(req.get('oid'), str):
+            book._pending[req['oid']] = req
+        status_tx.send_nowait(_SnapshotStatus(snap))
 
 
 @dataclass
@@ -422,13 +438,7 @@ async def open_ems(
             )
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
             trades = TradesStream(status_rx, status_tx)
-            for snap in book.open_orders:
-                # validated when read (trades stream, book.orders), not before open_ems yields:
-                # a thousand statuses are several ms of pydantic on every reconnect
-                req = snap.get('req') if isinstance(snap, dict) else None
-                if isinstance(req, dict) and isinstance(req.get('oid'), str):
-                    book._pending[req['oid']] = req
-                status_tx.send_nowait(_SnapshotStatus(snap))
+            queue_snapshot(book, status_tx)
             try:
                 async with ctx.open_stream() as stream, trio.open_nursery() as n:
                     drained = trio.Event()
