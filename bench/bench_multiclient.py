@@ -31,7 +31,8 @@ open orders at once. This measures both against same-run baselines.
     yields with ``len(book.open_orders) == 1000``, against ``open_ems`` for a client with 0 open
     orders (``nobody``) in the same loop. Target: <= 100 ms for 1000 orders.
 
-Run: ``uv run python bench/bench_multiclient.py [--quick] [--json]``
+Run: ``uv run python bench/bench_multiclient.py [--quick] [--json] [--reconnect]``
+(``--reconnect``: only (b), with 30 reps: for comparing reconnect costs).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ PACED = 300
 PACED_INTERVAL = 0.002
 SNAPSHOT_ORDERS = 1000
 SNAPSHOT_REPS = 10
+RECONNECT_ONLY = False
 TARGET_MS = 100.0
 WATCHERS = (['w1', 'w2', 'w3', 'w4', 'w5'], ['w6', 'w7', 'w8', 'w9'])
 OWNER = 'placer'
@@ -153,10 +155,11 @@ async def run() -> dict:
                     ),
                 }
                 # warm-up, then the measured phases (alternating flavours)
-                for name, (ws, owner) in flavours.items():
+                for name, (ws, owner) in (() if RECONNECT_ONLY else flavours.items()):
                     await _phase(owner, ws, 200, 0.0)
                 t_a = time.perf_counter()
-                for mode, n, interval in (('burst', BURST, 0.0), ('paced', PACED, PACED_INTERVAL)):
+                for mode, n, interval in (() if RECONNECT_ONLY else
+                                          (('burst', BURST, 0.0), ('paced', PACED, PACED_INTERVAL))):
                     for name, (ws, owner) in flavours.items():
                         res['a'][(mode, name)] = _summarize(await _phase(owner, ws, n, interval))
                 res['a_s'] = time.perf_counter() - t_a
@@ -186,6 +189,8 @@ def report(res: dict) -> None:
     print('-' * len(hdr))
     for mode, label in (('burst', f'burst {BURST}+{BURST}'),
                         ('paced', f'paced {PACED}+{PACED} @{PACED_INTERVAL * 1e3:g}ms')):
+        if not res['a']:  # --reconnect
+            break
         for flav in ('piker_ems', 'bare'):
             r = res['a'][(mode, flav)]
             print(f"{label:<22} {flav:<10} | {r['deliveries']:>7}/{r['expected']:<7} |"
@@ -204,7 +209,7 @@ def report(res: dict) -> None:
     b = res['b']
     ms = lambda xs, q: pct(xs, q) / 1e6  # noqa: E731
     print(f'(b) reconnect snapshot: open_ems() call -> yielded with the start-up snapshot,'
-          f' {SNAPSHOT_REPS} reps after 1 warm-up (p99 of 10 = the max)')
+          f' {SNAPSHOT_REPS} reps after 1 warm-up')
     hdr = f"{'client':<36} | {'p50 ms':>7} {'p99 ms':>7} | {'close p50 ms':>12}"
     print(hdr)
     print('-' * len(hdr))
@@ -254,6 +259,8 @@ def main() -> None:
 
     if has_flag('quick'):  # fewer orders (the shapes of the phases stay the same)
         globals().update(BURST=500, PACED=100, SNAPSHOT_REPS=5)
+    if has_flag('reconnect'):  # only the reconnect measure, more reps
+        globals().update(RECONNECT_ONLY=True, SNAPSHOT_REPS=30)
     _, cfg = isolate()
     import trio
 

@@ -5,7 +5,8 @@ order is not. Each hop below is the exact code a process runs for one message, t
 ``time.perf_counter_ns`` over many repetitions (median per call), plus a cProfile table of its
 top functions:
 
-- ``client.send``: ``OrderBook.send`` (builds and validates the ``Order``, makes its wire dict);
+- ``client.send``: ``OrderBook.send`` (checks the order, makes its wire dict; the caller's time);
+- ``client.send+orders``: the same plus the ``Order`` object, made when ``book.orders`` is read;
 - ``tractor.fmt``: what tractor 0.1.0a5 formats per message whatever the log level (``send``:
   the sent dict, ``received``: the raw bytes, ``Delivering``: the decoded dict);
 - ``msgpack``: encode + decode of the message (tractor's codec);
@@ -16,7 +17,9 @@ top functions:
   and ``submitted`` status;
 - ``client.read``: ``parse_ems_msg`` of a live ``Status`` (what the client's reader does);
 - ``emsd.snapshot_1000``: ``Router.open_orders`` for an owner with 1000 open orders, and the
-  formatting tractor does on it.
+  formatting tractor does on it; ``client.parse_snapshot_1000``: validating its 1000 statuses
+  (what the client did before yielding until round 3), ``client.open_snapshot_1000``: what it does
+  now (unpack, queue; validated when read).
 
 Run: ``uv run python bench/profile_hops.py [--json] [--profile]`` (``--profile`` adds the
 cProfile tables).
@@ -84,11 +87,18 @@ def build() -> dict:
     tx, rx = trio.open_memory_channel(float('inf'))
     book = _client.OrderBook(fqsn='btcusd.sim', account='paper', exec_mode='live', name='bench', _tx=tx)
 
-    def client_send():
+    def client_send():  # the caller's synchronous cost
+        book.send('buy', 50.0, 1.0)
+        rx.receive_nowait()
+        book._orders.clear()
+        book._pending.clear()
+    hops['client.send'] = client_send
+
+    def client_send_orders():  # plus the Order object, made when book.orders is read
         book.send('buy', 50.0, 1.0)
         rx.receive_nowait()
         book.orders.clear()
-    hops['client.send'] = client_send
+    hops['client.send+orders'] = client_send_orders
 
     rig = Rig(last=100.0)
     conn = rig.client('bench')
@@ -154,6 +164,15 @@ def build() -> dict:
     hops['tractor.fmt.snapshot_1000'] = lambda: (f'send `{started}`', f'received {sblob}',
                                                  f'Delivering {started} from x')
     hops['client.parse_snapshot_1000'] = lambda: [parse_ems_msg(s) for s in snap]
+    from piker_ems.clearing import _messages as msgs
+    sblob_packed = msgs.pack_snapshot(snap)
+    if hasattr(_client, 'queue_snapshot'):  # what open_ems does before it yields (round 3)
+        def client_open_snapshot():
+            qtx, qrx = trio.open_memory_channel(float('inf'))
+            qbook = _client.OrderBook(fqsn='btcusd.sim', account='paper', exec_mode='dark',
+                                      name='owner', _tx=qtx, open_orders=msgs.unpack_snapshot(sblob_packed))
+            _client.queue_snapshot(qbook, qtx)
+        hops['client.open_snapshot_1000'] = client_open_snapshot
     from piker_ems.clearing import _messages as msgs
     if hasattr(msgs, 'pack_snapshot'):
         packed = {'positions': [], 'orders_packed': msgs.pack_snapshot(snap)}

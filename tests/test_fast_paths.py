@@ -281,3 +281,35 @@ def test_snapshot_index_matches_a_walk_over_every_order():
     assert len(rig.router.open_orders()) == 20 == len(_brute_open_orders(rig.router))
     # and the index holds nothing else: a reconnect never walks the finished orders
     assert sorted(rig.router.showable) == sorted(_brute_open_orders(rig.router))
+
+
+def test_hand_checked_send_path_accepts_only_what_pydantic_accepts_with_the_same_wire():
+    """``fast_order_wire`` (send's path) never accepts an order ``Order`` refuses, and what it
+    accepts is exactly ``order_wire(Order(...))``; everything else goes to pydantic."""
+    import itertools
+    from piker_ems.clearing._messages import fast_order_wire
+    nums = [1.0, 0.0, -0.0, -1.0, 1e12, 1e12 + 1, math.nan, math.inf, 1, 0, 10**13, True, '2', None]
+    fast = 0
+    for action, symbol, price, size, mode, oid in itertools.product(
+            ['buy', 'alert', 'short', None], ['btcusd.sim', 'ETH.Sim', 'btcusd', 'a b.sim', 7],
+            nums, nums, ['live', 'yolo'], ['o1', '', 3]):
+        wire = fast_order_wire(action, oid, symbol, price, size, mode, 'paper')
+        try:
+            ref = order_wire(Order(action=action, oid=oid, symbol=symbol, price=price, size=size,
+                                   exec_mode=mode, account='paper'))
+        except pydantic.ValidationError:
+            ref = None
+        if wire is not None:
+            fast += 1
+            assert wire == ref and [type(v) for v in wire.values()] == [type(v) for v in ref.values()]
+    assert fast > 50  # the fast path is taken for plain buys and alerts
+
+
+def test_book_orders_holds_each_sent_order_and_the_latest_modify():
+    book, rx = _book()
+    oid = book.send('buy', 100.0, 1.0)
+    book.send('buy', 101, 2, oid=oid)  # a modify, ints as pydantic takes them
+    other = book.send('alert', 99.0)
+    assert list(book.orders) == [oid, other]
+    assert book.orders[oid] == parse_client_msg(rx.receive_nowait() and rx.receive_nowait())
+    assert book.orders[oid].price == 101.0 and book.orders[other].size == 0.0

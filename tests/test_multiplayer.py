@@ -29,7 +29,7 @@ async def drain(trades, seconds: float = 0.0) -> list:
     with trio.move_on_after(seconds):
         while True:
             try:
-                out.append(trades.rx.receive_nowait())
+                out.append(trades.receive_nowait())
             except trio.WouldBlock:
                 if seconds == 0:
                     break

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 import tractor
 import trio
+from pydantic import ValidationError
 
 from ..brokers import get_brokermod
 from ..log import get_logger
@@ -31,6 +32,7 @@ from ._messages import (
     Order,
     Status,
     TradingState,
+    fast_order_wire,
     order_wire,
     parse_ems_msg,
     to_wire,
@@ -71,8 +73,11 @@ class OrderBook:
     exec_mode: str
     name: str
     _tx: trio.MemorySendChannel = field(repr=False)
-    orders: dict[str, Order] = field(default_factory=dict)
-    """The latest request per oid: ours as sent, and others' as learned from statuses."""
+    _orders: dict[str, Order] = field(default_factory=dict, repr=False)
+    _oid_pool: list[str] = field(default_factory=list, repr=False)
+    _pending: dict[str, tuple | dict] = field(default_factory=dict, repr=False)
+    """Requests not yet made into ``Order`` objects: sent by the fast path of :meth:`send`
+    (a tuple of its fields), or from the start-up snapshot (emsd's wire dict)."""
     open_orders: list[dict] = field(default_factory=list)
     """The start-up snapshot: the last status (wire dict) of each order in this client's scope."""
     owner: str = ''
@@ -84,6 +89,26 @@ class OrderBook:
 
     def _push(self, msg: dict) -> None:
         self._tx.send_nowait(msg)  # unbounded: never WouldBlock
+
+    @property
+    def orders(self) -> dict[str, Order]:
+        """The latest request per oid: ours as sent, and others' as learned from statuses.
+
+        ``send`` defers building its ``Order`` (a few µs of pydantic) to the first read here.
+        """
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            for oid, item in pending.items():
+                if type(item) is dict:  # a start-up snapshot's request (as emsd sent it)
+                    try:
+                        self._orders[item['oid']] = Order.model_validate(item)
+                    except (ValidationError, KeyError) as err:
+                        log.warning('invalid order in the start-up snapshot: %s', err)
+                    continue
+                action, price, size, symbol, exec_mode, account = item
+                self._orders[oid] = Order(action=action, oid=oid, symbol=symbol, price=price,
+                                          size=size, exec_mode=exec_mode, account=account)
+        return self._orders
 
     def send(
         self,
@@ -99,16 +124,30 @@ class OrderBook:
         """Submit a new order (or, with a known ``oid``, a modify); returns its oid.
 
         The order is validated here (a bad one raises ``pydantic.ValidationError``) and its
-        wire dict queued; nothing else happens in the caller's time (a few microseconds).
+        wire dict queued; nothing else happens in the caller's time (a few microseconds). A
+        plainly valid order is checked by hand (:func:`fast_order_wire`) and its ``Order`` made
+        when :attr:`orders` is next read.
         """
-        order = Order(
-            action=action, oid=oid or os.urandom(16).hex(), symbol=symbol or self.fqsn,
-            price=price, size=size, exec_mode=exec_mode or self.exec_mode,
-            account=account or self.account,
-        )  # brokers: the symbol's broker (Order's default)
-        self.orders[order.oid] = order
-        self._push(order_wire(order))
-        return order.oid
+        if not oid:
+            if not self._oid_pool:  # random oids, 256 per syscall (unpredictable all the same)
+                pool = os.urandom(16 * 256).hex()
+                self._oid_pool = [pool[i:i + 32] for i in range(0, len(pool), 32)]
+            oid = self._oid_pool.pop()
+        symbol = symbol or self.fqsn
+        exec_mode = exec_mode or self.exec_mode
+        account = account or self.account
+        wire = fast_order_wire(action, oid, symbol, price, size, exec_mode, account)
+        if wire is None:  # not a plainly valid order: pydantic decides (and words the refusal)
+            order = Order(
+                action=action, oid=oid, symbol=symbol, price=price, size=size,
+                exec_mode=exec_mode, account=account,
+            )  # brokers: the symbol's broker (Order's default)
+            self.orders[oid] = order
+            self._push(order_wire(order))
+            return oid
+        self._pending[oid] = (action, wire['price'], wire['size'], symbol, exec_mode, account)
+        self._push(wire)
+        return oid
 
     def update(self, oid: str, **fields: Any) -> None:
         """Modify a known order (e.g. ``price=``, ``size=``); the oid stays the same."""
@@ -141,6 +180,35 @@ class OrderBook:
         self.cancel(oid)
 
 
+@dataclass(slots=True)
+class _SnapshotStatus:
+    """A start-up snapshot's Status wire dict, validated by :meth:`TradesStream.receive`."""
+
+    wire: Any
+
+
+def _typed(msg: Any) -> Any:
+    """A queued message as the trades stream yields it (``None``: an invalid one, skipped)."""
+    if type(msg) is not _SnapshotStatus:
+        return msg
+    try:
+        return Status.model_validate(msg.wire)
+    except ValidationError as err:  # as the reader does for a bad live message
+        log.warning('invalid status in the start-up snapshot: %s', err)
+        return None
+
+
+def queue_snapshot(book: OrderBook, status_tx: trio.MemorySendChannel) -> None:
+    """Queue the start-up snapshot (``book.open_orders``) on the trades stream and its requests
+    on ``book.orders``, both validated when read: a thousand statuses are several ms of pydantic
+    that would otherwise delay every reconnect."""
+    for snap in book.open_orders:
+        req = snap.get('req') if isinstance(snap, dict) else None
+        if isinstance(req, dict) and isinstance(req.get('oid'), str):
+            book._pending[req['oid']] = req
+        status_tx.send_nowait(_SnapshotStatus(snap))
+
+
 @dataclass
 class TradesStream:
     """Typed messages from emsd (:class:`Status`, :class:`BrokerdPosition`, and
@@ -166,10 +234,24 @@ class TradesStream:
 
     async def receive(self) -> Status | BrokerdPosition:
         """The next message; raises :class:`EmsLost` if emsd is gone."""
-        try:
-            return await self.rx.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise EmsLost(self.lost or 'the EMS connection was closed') from None
+        while True:
+            try:
+                msg = _typed(await self.rx.receive())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise EmsLost(self.lost or 'the EMS connection was closed') from None
+            if msg is not None:
+                return msg
+
+    def receive_nowait(self) -> Status | BrokerdPosition:
+        """The next message if one is queued, else ``trio.WouldBlock``; :class:`EmsLost` as
+        :meth:`receive`."""
+        while True:
+            try:
+                msg = _typed(self.rx.receive_nowait())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise EmsLost(self.lost or 'the EMS connection was closed') from None
+            if msg is not None:
+                return msg
 
     def __aiter__(self) -> 'TradesStream':
         return self
@@ -356,11 +438,7 @@ async def open_ems(
             )
             status_tx, status_rx = trio.open_memory_channel[Any](math.inf)
             trades = TradesStream(status_rx, status_tx)
-            for snap in book.open_orders:
-                status = Status.model_validate(snap)
-                if status.req is not None:
-                    book.orders[status.oid] = status.req
-                status_tx.send_nowait(status)
+            queue_snapshot(book, status_tx)
             try:
                 async with ctx.open_stream() as stream, trio.open_nursery() as n:
                     drained = trio.Event()

@@ -24,6 +24,7 @@ fields, since a misspelled field silently changes meaning (a misspelled
 emsd, emsd -> client) ignore unknown fields so a backend or a newer emsd may
 add detail without breaking older receivers.
 """
+import math
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -67,6 +68,7 @@ __all__ = [
     'parse_client_msg',
     'parse_ems_msg',
     'parse_venue_snapshot',
+    'fast_order_wire',
     'order_wire',
     'pack_snapshot',
     'to_wire',
@@ -564,6 +566,51 @@ def order_wire(order: Order) -> dict[str, Any]:
     wire = dict(order.__dict__)
     wire['brokers'] = list(order.brokers)
     return wire
+
+
+_ACTIONS = frozenset(('buy', 'sell', 'alert'))
+_EXEC_MODES = frozenset(('dark', 'live', 'paper'))
+
+
+def fast_order_wire(
+    action: Any, oid: Any, symbol: Any, price: Any, size: Any, exec_mode: Any, account: Any,
+) -> dict[str, Any] | None:
+    """The wire dict of a new :class:`Order` whose fields are plainly valid, or ``None``.
+
+    The client's ``send`` path: checking a new order's few fields by hand costs a fraction of
+    building the model. It only accepts what :class:`Order` accepts, with the same result
+    (``order_wire(Order(...))``, tests pin it); for anything else (a wrong type, a value out of
+    bounds, an unknown symbol form, an ``int`` subclass ...) it returns ``None`` and the caller
+    lets pydantic decide, so refusals keep pydantic's exceptions and wording.
+    """
+    if (type(action) is not str or action not in _ACTIONS or type(oid) is not str or not oid
+            or type(symbol) is not str or type(exec_mode) is not str
+            or exec_mode not in _EXEC_MODES or type(account) is not str):
+        return None
+    tp = type(price)
+    if tp is not float:
+        if tp is not int:
+            return None
+        price = float(price) if 0 < price <= MAX_PRICE else math.nan
+    ts = type(size)
+    if ts is not float:
+        if ts is not int:
+            return None
+        size = float(size) if 0 <= size <= MAX_SIZE else math.nan
+    # NaN fails every comparison, inf the upper bound
+    if not (0.0 < price <= MAX_PRICE) or not (0.0 <= size <= MAX_SIZE):
+        return None
+    if size == 0.0 and action != 'alert':
+        return None
+    try:
+        broker = _parse_fqsn_cached(symbol)[1]
+    except FqsnError:
+        return None
+    return {
+        'action': action, 'oid': oid, 'symbol': symbol, 'price': price, 'size': size,
+        'brokers': [broker], 'exec_mode': exec_mode, 'account': account, 'owner': None,
+        'reduce_only': False,
+    }
 
 
 # ---------------------------------------------------------------------------
