@@ -665,6 +665,12 @@ def make_app(ex: Exchange) -> web.Application:
         ex.publish_quote()
         return web.json_response({'bid': _s(m.bid), 'ask': _s(m.ask)})
 
+    @routes.post('/_fake/broadcast')
+    async def broadcast(request: web.Request) -> web.Response:
+        body = await request.json()   # one raw market frame, as is (for malformed-input tests)
+        ex.broadcast(body['stream'], body['payload'])
+        return web.json_response({'sent': body['stream']})
+
     @routes.post('/_fake/drop')
     async def drop(request: web.Request) -> web.Response:
         which = (await request.json()).get('which', 'both')

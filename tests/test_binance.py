@@ -107,6 +107,22 @@ async def test_quotes_and_history_come_from_the_venue(reg_addr, fake: FakeBinanc
         assert 'GET /api/v3/klines' in (await fake.state())['requests']
 
 
+async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance):
+    """One bad book-ticker frame (a price that is no number) must not end brokerd's quote
+    stream: the frame is skipped and later quotes still reach the feed."""
+    from piker_ems.data import open_feed
+
+    await fake.quote(43210.5, 43210.51)
+    with trio.fail_after(90):
+        async with open_pikerd(reg_addr):
+            async with open_feed(FQSN) as feed:
+                await moving_market_reaches(feed, fake, 43211.0)
+                await fake.ctl('broadcast', {'stream': 'btcusdt@bookTicker', 'payload': {
+                    'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'}})
+                q = await moving_market_reaches(feed, fake, 43215.0)
+                assert q['bid'] == 43215.0
+
+
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):

@@ -281,7 +281,12 @@ class BinanceVenue:
                 async for item in items:
                     if '_reconnecting' in item:
                         continue
-                    ticks = handle(item.get('info') or {})
+                    try:
+                        ticks = handle(item.get('info') or {})
+                    except (KeyError, TypeError, ValueError) as err:  # one bad frame, not the feed
+                        log.warning('binance %s for %s: skipped a malformed message %r (%r)',
+                                    method, key, item.get('info'), err)
+                        continue
                     if ticks:
                         quote = {**state, 'time': time.time(), 'ticks': ticks}
                         try:

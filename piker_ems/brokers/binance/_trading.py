@@ -240,6 +240,8 @@ class LiveDialogue:
                 await self.catch_up(tr, res)
             except VenueError as err:
                 log.warning('binance: reconciling %s failed: %s', tr.oid, err.reason)
+            except Exception:  # one order's odd answer must not end the user stream's loop
+                log.exception('binance: reconciling %s failed', tr.oid)
 
     # -- requests ----------------------------------------------------------------------------
 
