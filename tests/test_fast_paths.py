@@ -146,9 +146,11 @@ class _RecordingStream:
     def __init__(self) -> None:
         self.sent: list = []
         self.gate = trio.Event()
+        self.first = trio.Event()  # set by the first send
 
     async def send(self, msg) -> None:
         self.sent.append(msg)
+        self.first.set()
         await self.gate.wait()  # a slow wire: a backlog builds behind the first send
 
 
@@ -202,8 +204,7 @@ def test_batched_sender_heartbeats_when_idle():
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
                 n.start_soon(send_with_heartbeats, rx, stream, 0.01, 16)
-                while not stream.sent:
-                    await trio.sleep(0.005)
+                await stream.first.wait()
                 tx.close()
         assert stream.sent[0]['name'] == 'heartbeat'
     trio.run(main)
