@@ -1,7 +1,6 @@
 """`piker positions` as a user runs it: real `pikerd` process, positions opened with `piker order`."""
 from __future__ import annotations
 
-import signal
 
 import pytest
 
@@ -107,20 +106,16 @@ def test_positions_survive_kill_9_of_the_pikerd_tree(reg_addr, tmp_path, config_
         kids = descendants(daemon.pid)
         stop_hard(daemon)  # SIGKILL to pikerd and every descendant
         wait_gone(kids)
-        daemon = start_pikerd(port, tmp_path / 'pikerd2.log')
+    finally:
+        if daemon.poll() is None:
+            stop_hard(daemon)
+    with pikerd_process(port, tmp_path / 'pikerd2.log'):  # (stopped cleanly by SIGTERM at the end)
         shown = cli(port, 'positions', '--json')
         assert shown.returncode == 0, shown.stderr
         got = {p['account']: p for p in json_lines(shown.stdout)}
         assert got['paper']['size'] == 2 and got['paper']['avg_price'] == pytest.approx(bought['price'])
         assert got['acct1']['size'] == -3 and got['acct1']['avg_price'] == pytest.approx(sold['price'])
         assert all(p['symbol'] == 'btcusd.sim' and p['unrealized_pnl'] is not None for p in got.values())
-        kids = descendants(daemon.pid)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=10) == 0
-        wait_gone(kids)
-    finally:
-        if daemon.poll() is None:
-            stop_hard(daemon)
 
 
 def test_pnl_after_many_partial_fills_has_no_float_residue():
