@@ -172,19 +172,21 @@ def test_live_buy_fills_with_up_arrow(running):
            msg=f'no PnL: {status.pnl_text()!r}')
 
 
+async def place_dark(name: str, action: str, price: float, size: float) -> str:
+    """Another client ``name`` places a dark order and leaves once emsd took it; its oid."""
+    async with open_ems(FQSN, mode='dark', name=name) as (book, trades, _):
+        oid = book.send(action, price, size)
+        async for msg in trades:
+            if isinstance(msg, Status) and msg.oid == oid and msg.resp == 'dark_submitted':
+                return oid
+
+
 def test_other_clients_order_drawn_foreign(running, qtbot):
     r = running
     chart, status = r.chart, r.app.status
     price = round(r.last() + 2, 2)
 
-    async def other_places_dark_sell():
-        async with open_ems(FQSN, mode='dark', name='other') as (book, trades, _):
-            oid = book.send('sell', price, 3)
-            async for msg in trades:
-                if isinstance(msg, Status) and msg.oid == oid and msg.resp == 'dark_submitted':
-                    return oid
-
-    oid = r.call(other_places_dark_sell)
+    oid = r.call(place_dark, 'other', 'sell', price, 3)
     r.wait(lambda: chart.get_line(oid) is not None, msg='foreign order not drawn')
     line = chart.get_line(oid)
     assert line.foreign and line.owner == 'other' and not line.movable
@@ -385,14 +387,7 @@ def test_far_foreign_order_keeps_the_bars_tall(running, tmp_path):
     chart = r.chart
     price = round(r.last() * 0.6, 2)
 
-    async def other_places_far_buy():
-        async with open_ems(FQSN, mode='dark', name='bot') as (book, trades, _):
-            oid = book.send('buy', price, 3)
-            async for msg in trades:
-                if isinstance(msg, Status) and msg.oid == oid and msg.resp == 'dark_submitted':
-                    return oid
-
-    oid = r.call(other_places_far_buy)
+    oid = r.call(place_dark, 'bot', 'buy', price, 3)
     r.wait(lambda: chart.get_line(oid) is not None, msg='foreign order not drawn')
     r.wait(lambda: [m.textItem.toPlainText() for m in chart.edge_markers()]
            == [f'▼ bot: 3 @ {price:.2f}'], msg='no edge marker')
