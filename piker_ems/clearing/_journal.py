@@ -45,10 +45,12 @@ CREATE TABLE IF NOT EXISTS orders (
     unseen INTEGER NOT NULL,       -- final while its owner was away
     updated_ns INTEGER NOT NULL
 );
--- (final, unseen) only: an index holding updated_ns would be rewritten by every write (twice
--- the pages per commit); load() and compact() sort their few rows themselves
+-- no secondary index: every write would also rewrite its entry (an upsert re-indexes the
+-- columns it sets): half of a write's cost on the order path (bench/PROFILE.md, round 4).
+-- The table stays small (compaction keeps ``keep_done`` finished orders), so load() at start,
+-- compact() every few minutes and counts() scan it whole in milliseconds
 DROP INDEX IF EXISTS orders_live;
-CREATE INDEX IF NOT EXISTS orders_open ON orders (final, unseen);
+DROP INDEX IF EXISTS orders_open;
 CREATE TABLE IF NOT EXISTS trading_state (
     scope TEXT PRIMARY KEY,        -- an account, or '*' for the whole cluster
     state TEXT NOT NULL,           -- active | reducing | halted
