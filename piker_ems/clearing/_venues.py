@@ -277,23 +277,24 @@ class VenueDirectory:
         Venues heartbeat when idle (part of the ``trades_dialogue`` contract), so
         :data:`HEARTBEAT_TIMEOUT_S` of silence means the broker died or hung.
         """
-        while True:
-            try:
-                with trio.fail_after(HEARTBEAT_TIMEOUT_S):
+        # one scope, its deadline pushed on by each message (a scope per receive: ~9 µs each)
+        silence = trio.CancelScope(deadline=trio.current_time() + HEARTBEAT_TIMEOUT_S)
+        with silence:
+            while True:
+                try:
                     raw = await stream.receive()
-            except trio.TooSlowError:
-                link.lose(f'no message or heartbeat for {HEARTBEAT_TIMEOUT_S:g}s')
-                return
-            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
-                link.lose(f'the dialogue closed ({type(err).__name__})')
-                return
-            if isinstance(raw, list):  # a backlog in one message (docs/backends.md)
-                self._relay_batch(link, raw)
-                continue
-            if is_heartbeat(raw):
-                continue
-            link.received += 1
-            self.sink.on_venue_msg(link, raw)
+                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError) as err:
+                    link.lose(f'the dialogue closed ({type(err).__name__})')
+                    return
+                silence.deadline = trio.current_time() + HEARTBEAT_TIMEOUT_S
+                if isinstance(raw, list):  # a backlog in one message (docs/backends.md)
+                    self._relay_batch(link, raw)
+                    continue
+                if is_heartbeat(raw):
+                    continue
+                link.received += 1
+                self.sink.on_venue_msg(link, raw)
+        link.lose(f'no message or heartbeat for {HEARTBEAT_TIMEOUT_S:g}s')
 
     def _relay_batch(self, link: VenueLink, batch: list) -> None:
         """A batch's events, in order, as if each had arrived alone; inside the sink's

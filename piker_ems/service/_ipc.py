@@ -53,15 +53,20 @@ async def send_with_heartbeats(
     once, as itself. Nothing waits to fill a batch.
     """
     while True:
-        msg = None
-        with trio.move_on_after(interval):
-            try:
-                msg = await outbox.receive()
-            except trio.EndOfChannel:
-                return
-        if msg is None:
-            await stream.send(heartbeat())
-            continue
+        try:  # a backlog needs no timed wait (a cancel scope costs ~9 µs of trio)
+            msg = outbox.receive_nowait()
+        except trio.EndOfChannel:
+            return
+        except trio.WouldBlock:
+            msg = None
+            with trio.CancelScope(deadline=trio.current_time() + interval):
+                try:
+                    msg = await outbox.receive()
+                except trio.EndOfChannel:
+                    return
+            if msg is None:
+                await stream.send(heartbeat())
+                continue
         batch = None
         while max_batch > 1 and (batch is None or len(batch) < max_batch):
             try:
