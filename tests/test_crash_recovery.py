@@ -37,7 +37,7 @@ from piker_ems.brokers import sim
 from piker_ems.clearing import Status
 from piker_ems.clearing._client import EmsLost, open_ems
 from piker_ems.clearing._statuses import is_final
-from piker_ems.clearing._journal import Journal
+from piker_ems.clearing._journal import Journal, read_journal
 from piker_ems.clearing._messages import BrokerdFill, BrokerdOrderAck, BrokerdOrderInfo, Order, VenueSnapshot
 from piker_ems.clearing._router import EXTERNAL_OWNER, Router
 from piker_ems.service import find_service, maybe_open_pikerd
@@ -387,12 +387,9 @@ def test_a_venue_batch_is_one_journal_commit_before_anything_leaves(tmp_path):
     router.add_client(alice)
     router.handle_client_msg(alice, live_order('o1', size=1.0))
     link = venues.link(('sim', 'live'))
-    reader = sqlite3.connect(str(path))
 
-    def journaled_state() -> str:
-        import json
-        row = reader.execute("SELECT record FROM orders WHERE oid='o1'").fetchone()
-        return json.loads(row[0])['machine']['state']
+    def journaled_state() -> str:  # as a restarted emsd would read it
+        return read_journal(path)['o1'].record['machine']['state']
 
     before = journaled_state()
     batch = [m.model_dump(mode='json') for m in (
@@ -408,7 +405,6 @@ def test_a_venue_batch_is_one_journal_commit_before_anything_leaves(tmp_path):
         assert journaled_state() == before          # not committed yet: nothing has left
     assert router.grouped == 1
     assert journaled_state() == router.orders['o1'].machine.state == 'filled'
-    reader.close()
     journal.close()
     router, _, _, journal = journaled_router(path, clock)
     rows = {r.oid: r for r in journal.load()}
@@ -438,9 +434,9 @@ def test_an_order_queued_while_its_venue_opens_is_sent_once():
 def write_dark_orders(path: Path, n: int, owner: str = 'trader', wal_copy: Path | None = None,
                       garble_first: bool = False) -> list[str]:
     """Journal ``n`` dark buys far below the sim market (through a Router with fakes).
-    With ``wal_copy``, the file and its WAL are copied while the writer still holds them
-    (nothing checkpointed), as a ``kill -9`` leaves them; ``garble_first`` overwrites the first
-    order's record with garbage (a complete transaction, early in the WAL)."""
+    With ``wal_copy``, the store, its WAL and the order log are copied while the writer still
+    holds them (nothing folded or checkpointed), as a ``kill -9`` leaves them; ``garble_first``
+    overwrites the first order's record in the store with garbage (a complete transaction)."""
     router, _, _, journal = journaled_router(path)
     journal.db.execute('PRAGMA wal_autocheckpoint=0')
     conn = Rig().client(owner)   # a connection object only (it belongs to another rig)
@@ -452,11 +448,12 @@ def write_dark_orders(path: Path, n: int, owner: str = 'trader', wal_copy: Path 
                                              size=1, exec_mode='dark', account='paper').model_dump(mode='json'))
         oids.append(oid)
         if garble_first and i == 1:
+            journal.fold()  # (emsd folds the log into the store twice a second)
             journal.db.execute("UPDATE orders SET record = '{not json' WHERE oid = 'dark-000'")
     if wal_copy is not None:
         wal_copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, wal_copy)
-        shutil.copy(path.with_name(path.name + '-wal'), wal_copy.with_name(wal_copy.name + '-wal'))
+        for suffix in ('', '-wal', '-log'):
+            shutil.copy(path.with_name(path.name + suffix), wal_copy.with_name(wal_copy.name + suffix))
     journal.close()
     return oids
 
@@ -465,9 +462,7 @@ def test_a_torn_or_garbled_journal_keeps_every_complete_record(tmp_path, caplog)
     src, crash = tmp_path / 'live' / 'emsd.sqlite', tmp_path / 'crash' / 'emsd.sqlite'
     src.parent.mkdir()
     oids = write_dark_orders(src, 20, wal_copy=crash)
-    wal = crash.with_name(crash.name + '-wal')
-    with open(wal, 'r+b') as f:
-        f.truncate(wal.stat().st_size - 100)         # the last transaction is torn
+    tear(crash)                                      # the last write is torn
     journal = Journal(crash)
     assert journal.moved_aside is None
     # one complete record is garbage, one is JSON that is no order
@@ -563,13 +558,19 @@ def test_crash_points_lose_nothing_and_duplicate_nothing(reg_addr, config_dir, t
     trio.run(main)
 
 
+def tear(db: Path, cut: int = 100) -> None:
+    """Cut the end off the journal's order log, as ``kill -9`` in the middle of a write would."""
+    log_file = db.with_name(db.name + '-log')
+    with open(log_file, 'r+b') as f:
+        f.truncate(log_file.stat().st_size - cut)
+
+
 def complete_records(db: Path, tmp: Path) -> set[str]:
-    """The oids SQLite itself recovers from ``db`` and its WAL (opened on a copy)."""
+    """The oids a restart recovers from ``db``, its WAL and its order log (read on a copy)."""
     tmp.mkdir()
-    for suffix in ('', '-wal'):
+    for suffix in ('', '-wal', '-log'):
         shutil.copy(db.with_name(db.name + suffix), tmp / f'probe.sqlite{suffix}')
-    with sqlite3.connect(tmp / 'probe.sqlite') as conn:
-        return {r[0] for r in conn.execute('SELECT oid FROM orders')}
+    return set(read_journal(tmp / 'probe.sqlite'))
 
 
 def test_emsd_starts_on_a_damaged_journal(reg_addr, config_dir, tmp_path, daemon):
@@ -580,9 +581,7 @@ def test_emsd_starts_on_a_damaged_journal(reg_addr, config_dir, tmp_path, daemon
     # a second journal, torn as kill -9 mid-write leaves it, with one unreadable record
     torn = tmp_path / 'torn' / 'emsd.sqlite'
     oids = write_dark_orders(tmp_path / 'src' / 'emsd.sqlite', 20, wal_copy=torn, garble_first=True)
-    wal = torn.with_name(torn.name + '-wal')
-    with open(wal, 'r+b') as f:
-        f.truncate(wal.stat().st_size - 100)
+    tear(torn)
     complete = complete_records(torn, tmp_path / 'probe')
     assert 16 <= len(complete) < 20 and complete == set(oids[:len(complete)])
     pikerd = daemon()
@@ -601,10 +600,10 @@ def test_emsd_starts_on_a_damaged_journal(reg_addr, config_dir, tmp_path, daemon
             # 2. emsd dies; its journal is replaced by the torn one; the next client respawns it
             [pid] = actor_pids('emsd', pikerd.pid)
             await kill(pid)
-            for suffix in ('', '-wal', '-shm'):
+            for suffix in ('', '-wal', '-shm', '-log'):
                 state.joinpath('emsd.sqlite' + suffix).unlink(missing_ok=True)
-            shutil.copy(torn, state / 'emsd.sqlite')
-            shutil.copy(wal, state / 'emsd.sqlite-wal')
+            for suffix in ('', '-wal', '-log'):
+                shutil.copy(torn.with_name(torn.name + suffix), state / f'emsd.sqlite{suffix}')
             snap = await snapshot_of('trader')
             assert snap == {o: 'dark_submitted' for o in complete - {'dark-000'}}
             stats = await bounded_rpc('emsd', 'piker_ems.clearing._ems', 'ems_stats')
@@ -616,16 +615,14 @@ def test_emsd_starts_on_a_damaged_journal(reg_addr, config_dir, tmp_path, daemon
     assert 'dropping unreadable record of order dark-000' in log
 
 
-def test_a_torn_wal_tail_is_logged(tmp_path, caplog):
+def test_a_torn_log_tail_is_logged(tmp_path, caplog):
     src, crash = tmp_path / 'live' / 'emsd.sqlite', tmp_path / 'crash' / 'emsd.sqlite'
     src.parent.mkdir()
     write_dark_orders(src, 5, wal_copy=crash)
-    wal = crash.with_name(crash.name + '-wal')
-    with open(wal, 'r+b') as f:
-        f.truncate(wal.stat().st_size - 100)
+    tear(crash)
     with caplog.at_level(logging.INFO):
         journal = Journal(crash)
         rows = journal.load()
         journal.close()
-    assert len(rows) == 4
-    assert any('torn' in r.getMessage() or 'dropped' in r.getMessage() for r in caplog.records)
+    assert [r.oid for r in rows] == [f'dark-{i:03d}' for i in range(4)]
+    assert any('dropping an incomplete last write' in r.getMessage() for r in caplog.records)

@@ -30,6 +30,8 @@ CONNECT_WAIT_S = 15.0
 COMPACT_EVERY_S = 300.0
 #: How often the journal's WAL is checkpointed (in a worker thread).
 CHECKPOINT_EVERY_S = 1.0
+#: How often the journal's order log is folded into its store (in a worker thread).
+FOLD_EVERY_S = 0.5
 #: At most this many queued messages travel to a client in one IPC message (a list).
 MAX_BATCH = 64
 
@@ -63,6 +65,18 @@ async def _checkpoints(journal: Journal) -> None:
     await checkpoint_in_background(journal.db, journal.path, CHECKPOINT_EVERY_S)
 
 
+async def _fold(journal: Journal) -> None:
+    """Set the journal's order log aside now and then and fold it into the store in a worker
+    thread (the order path only ever appends; see :mod:`._journal`)."""
+    while True:
+        await trio.sleep(FOLD_EVERY_S)
+        try:
+            journal.rotate()
+            await trio.to_thread.run_sync(journal.fold_in_thread, cancellable=False)
+        except Exception:  # a full disk, say: the log stays and is folded later (or at start)
+            log.exception('journal: folding the order log failed; will retry')
+
+
 def current_router() -> Router:
     """The Router of this emsd process (owned by emsd's service task)."""
     router = actor_state().get('router')
@@ -94,6 +108,7 @@ async def _setup_persistent_emsd(ctx: tractor.Context, loglevel: str | None = No
                 router.restore(journal.load())
                 n.start_soon(_compact, journal, settings)
                 n.start_soon(_checkpoints, journal)
+                n.start_soon(_fold, journal)
             state['router'] = router
             try:
                 await ctx.started('emsd')
