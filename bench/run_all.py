@@ -39,6 +39,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     'multiclient': ('bench_multiclient.py', ['--quick'], []),
     'journal': ('bench_journal.py', ['--quick'], []),
     'load': ('bench_load.py', ['--quick'], ['--clients', '10', '--orders', '1000', '--rounds', '1']),
+    'trace_hops': ('trace_hops.py', ['200'], ['600']),
 }
 TIMEOUT_S = 1800
 
@@ -179,6 +180,14 @@ def detail(results: dict) -> str:
         lines.append(f"- journal, live order p50: off {lv['off']['p50_us']} µs, emsd {lv['emsd']['p50_us']} µs, "
                      f"emsd+paper {lv['emsd+paper']['p50_us']} µs; share of emsd+paperboi CPU per live "
                      f"order: {jr.get('journal_share_of_live_cpu')}")
+    th = results.get('trace_hops', {}).get('result')
+    if th:
+        for kind, sp in th['split'].items():
+            ins = ', '.join(f'{k} {v:.0f}' for k, v in sp['in_us'].items())
+            bins = ', '.join(f'{k} {v:.0f}' for k, v in sp['bare_in_us'].items())
+            lines.append(f"- where a {kind} round trip goes (µs, medians, `bench/trace_hops.py`): "
+                         f"{sp['total_us']:.0f} = wire {sp['wire_us']:.0f} + in {ins}; bare "
+                         f"{sp['bare_total_us']:.0f} = wire {sp['bare_wire_us']:.0f} + in {bins}")
     return '\n'.join(lines)
 
 

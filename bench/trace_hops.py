@@ -45,6 +45,7 @@ N = 400
 WARMUP = 100
 TIMEOUT = 10.0
 BARE_OID = 'f' * 32
+BARE_REQID = 'paper-000000'  # wire_templates()' BrokerdStatus reqid, as _what() shortens it
 
 
 async def workload(n: int) -> None:
@@ -147,7 +148,8 @@ def round_trips(events: list) -> dict[str, list[list]]:
                 if steps and steps[-1][1] == proc and steps[-1][2] == 'tx':
                     steps[-1][4] = t - t0
                 continue
-            if dr in ('tx', 'rx') and oid in what:
+            # (the bare venue's answer carries the template's reqid, not the oid)
+            if dr in ('tx', 'rx') and (oid in what or (kind.startswith('bare') and BARE_REQID in what)):
                 steps.append([t - t0, proc, dr, what, None])
         steps.append([events[j][0] - t0, 'root', 'end', kind, fns])
         out.setdefault(kind, []).append(steps)
@@ -242,9 +244,38 @@ def main() -> None:
     summaries = {k: summarize(v) for k, v in trips.items()}
     report(summaries)
     print(f'\nmachine after: {machine_line()}')
+    split = splits(summaries)
+    for pair, sp in split.items():
+        print(f"{pair}: {sp['total_us']:.0f} µs vs {sp['bare_total_us']:.0f} µs bare; wire "
+              f"{sp['wire_us']:.0f} vs {sp['bare_wire_us']:.0f}; in actors "
+              + ', '.join(f'{k} {v:.0f}' for k, v in sp['in_us'].items())
+              + ' vs ' + ', '.join(f'{k} {v:.0f}' for k, v in sp['bare_in_us'].items()))
     if has_flag('json'):
-        emit_json({'bench': 'trace_hops', 'n': n,
+        emit_json({'bench': 'trace_hops', 'n': n, 'split': split,
                    'kinds': {k: {**s, 'segments': segments(s)} for k, s in summaries.items()}})
+
+
+def splits(summaries: dict[str, dict]) -> dict[str, dict]:
+    """Per pair (ours vs bare): the round trip's median total, its wire part and each process's
+    in-actor part (µs)."""
+    def parts(kind: str) -> tuple[float, dict[str, float]]:
+        wire, inside = 0.0, {}
+        for seg in segments(summaries[kind]):
+            if seg['where'] == 'wire':
+                wire += seg['us']
+            else:
+                who = seg['where'][3:]
+                inside[who] = round(inside.get(who, 0.0) + seg['us'], 1)
+        return round(wire, 1), inside
+
+    out = {}
+    for ours, bare in (('live', 'bare3'), ('dark', 'bare1')):
+        if ours in summaries and bare in summaries:
+            (w, ins), (bw, bins) = parts(ours), parts(bare)
+            out[ours] = {'total_us': summaries[ours]['total_us'], 'bare_total_us': summaries[bare]['total_us'],
+                         'wire_us': w, 'bare_wire_us': bw, 'in_us': ins, 'bare_in_us': bins,
+                         'functions_us': summaries[ours]['functions_us']}
+    return out
 
 
 if __name__ == '__main__':
