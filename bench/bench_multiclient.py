@@ -55,19 +55,27 @@ OWNER = 'placer'
 
 
 async def _phase(owner, watchers: list, n: int, interval: float) -> dict:
-    """Run one burst through an owner stream; collect the watchers' receive logs."""
+    """Run one burst through an owner stream; collect the watchers' receive logs, the IPC
+    messages the watchers received and the CPU seconds each actor spent meanwhile."""
+    from bench_load import _tree_cpu
+
     timeout = 60.0
+    cpu0 = _tree_cpu()
     await owner.send({'n': n, 'interval': interval, 'timeout': timeout})
     for w in watchers:
         await w.send({'expect': 2 * n, 'timeout': timeout})
     own = await owner.receive()
     rows: list[list] = []
     gcs = [own['gc']]
+    ipc = 0
     for w in watchers:
         got = await w.receive()
         rows.extend(got['rows'])
         gcs.append(got['gc'])
-    return {'own': own, 'rows': rows, 'n': n, 'interval': interval, 'gc': gcs}
+        ipc += got['ipc']
+    cpu1 = _tree_cpu()
+    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    return {'own': own, 'rows': rows, 'n': n, 'interval': interval, 'gc': gcs, 'ipc': ipc, 'cpu': cpu}
 
 
 def _summarize(ph: dict) -> dict:
@@ -101,6 +109,8 @@ def _summarize(ph: dict) -> dict:
         'gc2': sum(g['n2'] for g in ph['gc']),
         'send_s': (ph['own']['t_sent'] - ph['own']['t0']) / 1e9,
         'owner_done_s': (ph['own']['t_own_done'] - ph['own']['t0']) / 1e9,
+        'ipc': ph['ipc'],
+        'cpu': ph['cpu'],
     }
 
 
@@ -205,6 +215,28 @@ def report(res: dict) -> None:
     print('(ratio = piker_ems / bare; deliveries/s = watcher deliveries / (last watcher receive -'
           ' owner first send);\n client gc = gen-2 collections in the 3 client actors during the'
           ' phase and the longest GC pause of any generation there)')
+    print()
+    print('where the CPU went: seconds of CPU per actor during each phase (emsd column: emsd, or'
+          ' bench_hub for bare), and the IPC messages the 9 watchers received (a batch is one)')
+    hdr = (f"{'phase':<22} {'flavour':<10} | {'watcher IPC msgs':>16} {'statuses/msg':>12} |"
+           f" {'emsd/hub':>8} {'paperboi':>8} {'owner':>6} {'5 watch':>7} {'4 watch':>7} {'root':>6} |"
+           f" {'emsd us/status':>14}")
+    print(hdr)
+    print('-' * len(hdr))
+    for mode in ('burst', 'paced'):
+        for flav in ('piker_ems', 'bare'):
+            r = res['a'].get((mode, flav))
+            if r is None:
+                continue
+            c = r['cpu']
+            hub = c.get('emsd', 0.0) if flav == 'piker_ems' else c.get('bench_hub', 0.0)
+            statuses = r['expected'] * 10 // 9  # each status went to 9 watchers and the owner
+            print(f"{mode:<22} {flav:<10} | {r['ipc']:>16} {r['deliveries'] / max(r['ipc'], 1):>12.2f} |"
+                  f" {hub:>8.2f} {c.get('paperboi.sim', 0.0) if flav == 'piker_ems' else 0.0:>8.2f}"
+                  f" {c.get('bench_client_0', 0.0):>6.2f} {c.get('bench_client_1', 0.0):>7.2f}"
+                  f" {c.get('bench_client_2', 0.0):>7.2f} {c.get('root', 0.0):>6.2f} |"
+                  f" {1e6 * hub / statuses:>14.1f}")
+    print('(emsd us/status: the emsd (hub) CPU of the phase per status it delivered, owner included)')
     print()
     b = res['b']
     ms = lambda xs, q: pct(xs, q) / 1e6  # noqa: E731

@@ -23,6 +23,11 @@ HEARTBEAT_S = 1.0
 """Idle interval after which a dialogue sends a heartbeat."""
 HEARTBEAT_TIMEOUT_S = 3 * HEARTBEAT_S
 """Silence after which a receiver declares its peer lost."""
+GATHER_S = 0.0005
+"""A gathering sender (see :func:`send_with_heartbeats`) waits this long at a time while its
+backlog grows ..."""
+GATHER_MAX_S = 0.005
+"""... and at most this long in all before sending what it has."""
 
 
 def heartbeat() -> dict:
@@ -40,6 +45,7 @@ async def send_with_heartbeats(
     stream: tractor.MsgStream,
     interval: float = HEARTBEAT_S,
     max_batch: int = 1,
+    gather: bool = False,
 ) -> None:
     """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
 
@@ -51,27 +57,50 @@ async def send_with_heartbeats(
     backlog has built up, what is already queued, up to ``max_batch`` messages, travels as one
     list (one IPC message instead of one each); a message alone in the queue is still sent at
     once, as itself. Nothing waits to fill a batch.
+
+    ``gather`` (with ``max_batch`` > 1): once a backlog is found (the producer outpaces this
+    stream, e.g. a burst), wait one scheduler pass at a time while the backlog keeps growing
+    (at most until ``max_batch``), so a burst travels in a few large lists rather than many
+    small ones: each IPC message costs both ends tractor's fixed per-message work. A message
+    that finds the queue empty is never held (a lone status leaves at once, as itself).
     """
+    stats = outbox.statistics
     while True:
-        msg = None
-        with trio.move_on_after(interval):
-            try:
-                msg = await outbox.receive()
-            except trio.EndOfChannel:
-                return
-        if msg is None:
-            await stream.send(heartbeat())
+        try:  # a message already queued is taken without setting up the timed wait
+            msg = outbox.receive_nowait()
+            backlog = True
+        except trio.WouldBlock:
+            backlog = False
+            msg = None
+            with trio.move_on_after(interval):
+                try:
+                    msg = await outbox.receive()
+                except trio.EndOfChannel:
+                    return
+            if msg is None:
+                await stream.send(heartbeat())
+                continue
+        except trio.EndOfChannel:
+            return
+        if max_batch <= 1:
+            await stream.send(msg)
             continue
-        batch = None
-        while max_batch > 1 and (batch is None or len(batch) < max_batch):
-            try:
-                nxt = outbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if batch is None:
-                batch = [msg]
-            batch.append(nxt)
-        await stream.send(msg if batch is None else batch)
+        queued = stats().current_buffer_used
+        if gather and backlog:
+            deadline = trio.current_time() + GATHER_MAX_S
+            while queued + 1 < max_batch and trio.current_time() < deadline:
+                await trio.sleep(GATHER_S)
+                now = stats().current_buffer_used
+                if now <= queued:  # the producer paused: send what there is
+                    break
+                queued = now
+        if not queued:
+            await stream.send(msg)
+            continue
+        batch = [msg]
+        for _ in range(min(queued, max_batch - 1)):
+            batch.append(outbox.receive_nowait())
+        await stream.send(batch)
 
 
 async def abandon_context(ctx: tractor.Context) -> None:
