@@ -254,6 +254,21 @@ def test_batched_sender_heartbeats_when_idle():
     trio.run(main)
 
 
+def test_an_idle_sender_whose_peer_is_gone_fails_with_the_send_error():
+    """An idle link's only sign of a dead peer is its heartbeat's failing send: it must end
+    the sender with that error (the caller's "peer gone" path), not hang or wrap it."""
+    class _DeadPeer:
+        async def send(self, msg) -> None:
+            raise trio.BrokenResourceError('peer gone')
+
+    async def main():
+        tx, rx = trio.open_memory_channel(10)
+        with trio.fail_after(10):
+            with pytest.raises(trio.BrokenResourceError):
+                await send_with_heartbeats(rx, _DeadPeer(), 0.01, 16, True)
+    trio.run(main)
+
+
 class _ScriptedStream:
     def __init__(self, items: list) -> None:
         self.items = list(items)
