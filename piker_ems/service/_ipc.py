@@ -26,7 +26,7 @@ HEARTBEAT_TIMEOUT_S = 3 * HEARTBEAT_S
 GATHER_S = 0.0005
 """A gathering sender (see :func:`send_with_heartbeats`) waits this long at a time while its
 backlog grows ..."""
-GATHER_MAX_S = 0.002
+GATHER_MAX_S = 0.005
 """... and at most this long in all before sending what it has."""
 
 
