@@ -163,8 +163,32 @@ class _Recorder:
             self.changed = trio.Event()
 
 
+class _IpcCount:
+    """IPC messages (a batch list counts as one) received by this actor's watchers."""
+
+    n = 0
+
+
+def _count_ems_ipc() -> None:
+    """Count the IPC messages piker_ems watchers receive here: wrap the client reader's
+    ``unbatch`` (called once per received item) in this client actor only."""
+    from piker_ems.clearing import _client
+
+    if getattr(_client.unbatch, 'counted', False):
+        return
+    inner = _client.unbatch
+
+    def unbatch(raw):
+        _IpcCount.n += 1
+        return inner(raw)
+
+    unbatch.counted = True
+    _client.unbatch = unbatch
+
+
 async def _serve_watchers(ctx: tractor.Context, recs: list[_Recorder]) -> None:
-    """Answer each ``{'expect': k}`` with every watcher's rows once all have k (or timeout)."""
+    """Answer each ``{'expect': k}`` with every watcher's rows once all have k (or timeout),
+    and the IPC messages they received meanwhile (heartbeats excluded)."""
     probe = _gc_probe()
     await ctx.started(None)
     async with ctx.open_stream() as cmds:
@@ -175,7 +199,8 @@ async def _serve_watchers(ctx: tractor.Context, recs: list[_Recorder]) -> None:
                 while any(len(r.rows) < k for r in recs):
                     with trio.move_on_after(0.01):
                         await min(recs, key=lambda r: len(r.rows)).changed.wait()
-            await cmds.send({'rows': [r.rows for r in recs], 'gc': probe.take()})
+            ipc, _IpcCount.n = _IpcCount.n, 0  # (the warm-up phase starts the count)
+            await cmds.send({'rows': [r.rows for r in recs], 'gc': probe.take(), 'ipc': ipc})
             for r in recs:
                 r.rows = []
 
@@ -187,6 +212,7 @@ async def ems_watchers(ctx: tractor.Context, fqsn: str, names: list[str], owner:
     from piker_ems.clearing import Status, open_ems
 
     recs = [_Recorder() for _ in names]
+    _count_ems_ipc()
 
     async def reader(trades, rec: _Recorder) -> None:
         async for msg in trades:
@@ -215,6 +241,7 @@ async def bare_watchers(ctx: tractor.Context, count: int) -> None:
 
     async def reader(stream, rec: _Recorder) -> None:
         async for msg in stream:
+            _IpcCount.n += 1
             rec.add(msg['oid'], msg['resp'])
 
     async with AsyncExitStack() as stack:

@@ -55,19 +55,27 @@ OWNER = 'placer'
 
 
 async def _phase(owner, watchers: list, n: int, interval: float) -> dict:
-    """Run one burst through an owner stream; collect the watchers' receive logs."""
+    """Run one burst through an owner stream; collect the watchers' receive logs, the IPC
+    messages the watchers received and the CPU seconds each actor spent meanwhile."""
+    from bench_load import _tree_cpu
+
     timeout = 60.0
+    cpu0 = _tree_cpu()
     await owner.send({'n': n, 'interval': interval, 'timeout': timeout})
     for w in watchers:
         await w.send({'expect': 2 * n, 'timeout': timeout})
     own = await owner.receive()
     rows: list[list] = []
     gcs = [own['gc']]
+    ipc = 0
     for w in watchers:
         got = await w.receive()
         rows.extend(got['rows'])
         gcs.append(got['gc'])
-    return {'own': own, 'rows': rows, 'n': n, 'interval': interval, 'gc': gcs}
+        ipc += got['ipc']
+    cpu1 = _tree_cpu()
+    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+    return {'own': own, 'rows': rows, 'n': n, 'interval': interval, 'gc': gcs, 'ipc': ipc, 'cpu': cpu}
 
 
 def _summarize(ph: dict) -> dict:
@@ -101,6 +109,8 @@ def _summarize(ph: dict) -> dict:
         'gc2': sum(g['n2'] for g in ph['gc']),
         'send_s': (ph['own']['t_sent'] - ph['own']['t0']) / 1e9,
         'owner_done_s': (ph['own']['t_own_done'] - ph['own']['t0']) / 1e9,
+        'ipc': ph['ipc'],
+        'cpu': ph['cpu'],
     }
 
 
@@ -176,6 +186,17 @@ async def run() -> dict:
     return res
 
 
+def _header(hdr: str) -> None:
+    print(hdr)
+    print('-' * len(hdr))
+
+
+def _emsd_us_per_status(r: dict, flav: str) -> float:
+    """CPU µs of emsd (bare: the hub) per status it delivered (9 watchers + the owner)."""
+    cpu = r['cpu'].get('emsd' if flav == 'piker_ems' else 'bench_hub', 0.0)
+    return 1e6 * cpu / (r['expected'] * 10 // 9)
+
+
 def report(res: dict) -> None:
     from _common import pct
 
@@ -185,8 +206,7 @@ def report(res: dict) -> None:
     hdr = (f"{'phase':<22} {'flavour':<10} | {'delivered':>15} | {'window s':>8} | {'deliv/s':>8} |"
            f" {'lat p50 ms':>10} {'p99 ms':>8} {'max ms':>8} | {'owner sent s':>12} {'owner done s':>12}"
            f" | {'client gc':>12}")
-    print(hdr)
-    print('-' * len(hdr))
+    _header(hdr)
     for mode, label in (('burst', f'burst {BURST}+{BURST}'),
                         ('paced', f'paced {PACED}+{PACED} @{PACED_INTERVAL * 1e3:g}ms')):
         if not res['a']:  # --reconnect
@@ -205,14 +225,28 @@ def report(res: dict) -> None:
     print('(ratio = piker_ems / bare; deliveries/s = watcher deliveries / (last watcher receive -'
           ' owner first send);\n client gc = gen-2 collections in the 3 client actors during the'
           ' phase and the longest GC pause of any generation there)')
+    if res['a']:
+        print()
+        print('where the CPU went: seconds of CPU per actor during each phase (emsd column: emsd, or'
+              ' bench_hub for bare), and the IPC messages the 9 watchers received (a batch is one)')
+        _header(f"{'phase':<22} {'flavour':<10} | {'watcher IPC msgs':>16} {'statuses/msg':>12} |"
+                f" {'emsd/hub':>8} {'paperboi':>8} {'owner':>6} {'5 watch':>7} {'4 watch':>7}"
+                f" {'root':>6} | {'emsd us/status':>14}")
+        for (mode, flav), r in res['a'].items():
+            c = r['cpu']
+            hub = c.get('emsd', 0.0) if flav == 'piker_ems' else c.get('bench_hub', 0.0)
+            print(f"{mode:<22} {flav:<10} | {r['ipc']:>16} {r['deliveries'] / max(r['ipc'], 1):>12.2f} |"
+                  f" {hub:>8.2f} {c.get('paperboi.sim', 0.0) if flav == 'piker_ems' else 0.0:>8.2f}"
+                  f" {c.get('bench_client_0', 0.0):>6.2f} {c.get('bench_client_1', 0.0):>7.2f}"
+                  f" {c.get('bench_client_2', 0.0):>7.2f} {c.get('root', 0.0):>6.2f} |"
+                  f" {_emsd_us_per_status(r, flav):>14.1f}")
+        print('(emsd us/status: the emsd (hub) CPU of the phase per status it delivered, owner included)')
     print()
     b = res['b']
     ms = lambda xs, q: pct(xs, q) / 1e6  # noqa: E731
     print(f'(b) reconnect snapshot: open_ems() call -> yielded with the start-up snapshot,'
           f' {SNAPSHOT_REPS} reps after 1 warm-up')
-    hdr = f"{'client':<36} | {'p50 ms':>7} {'p99 ms':>7} | {'close p50 ms':>12}"
-    print(hdr)
-    print('-' * len(hdr))
+    _header(f"{'client':<36} | {'p50 ms':>7} {'p99 ms':>7} | {'close p50 ms':>12}")
     print(f"{'nobody, 0 open orders (baseline)':<36} | {ms(b['base'], .5):>7.1f} {ms(b['base'], .99):>7.1f} |"
           f" {ms(b['base_close'], .5):>12.1f}")
     print(f"{f'owner, {SNAPSHOT_ORDERS} open dark orders':<36} | {ms(b['owner'], .5):>7.1f}"
@@ -241,6 +275,9 @@ def summary(res: dict) -> dict:
             'bare_p50_ms': round(b['p50_ms'], 2), 'bare_p99_ms': round(b['p99_ms'], 2),
             'p50_ratio': round(p['p50_ms'] / b['p50_ms'], 3),
             'delivered': p['deliveries'], 'expected': p['expected'],
+            'watcher_ipc_msgs': p['ipc'], 'bare_watcher_ipc_msgs': b['ipc'],
+            'emsd_cpu_us_per_status': round(_emsd_us_per_status(p, 'piker_ems'), 1),
+            'hub_cpu_us_per_status': round(_emsd_us_per_status(b, 'bare'), 1),
         }
     b = res['b']
     ms = lambda xs, q: round(pct(xs, q) / 1e6, 1)  # noqa: E731

@@ -178,6 +178,51 @@ def test_batched_sends_keep_order_and_deliver_each_once():
     trio.run(main)
 
 
+class _SlowWire:
+    """A stream whose every send takes 1 ms (of trio's clock): a backlog builds meanwhile."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    async def send(self, msg) -> None:
+        self.sent.append(msg)
+        await trio.sleep(0.001)
+
+
+def test_gathering_sender_sends_a_burst_in_fewer_lists_and_a_lone_message_at_once():
+    """A producer adding a message every 0.1 ms to a 1 ms wire (emsd fanning a burst out to a
+    watcher): with or without gathering every message arrives once and in order; gathering
+    sends the burst in at most half as many IPC messages, and still sends a message that finds
+    the queue empty at once, alone."""
+    async def burst(gather: bool) -> list:
+        stream = _SlowWire()
+        tx, rx = trio.open_memory_channel(1000)
+        async with trio.open_nursery() as n:
+            n.start_soon(send_with_heartbeats, rx, stream, 60.0, 64, gather)
+            await trio.testing.wait_all_tasks_blocked()  # the sender waits on an empty queue
+            for i in range(200):
+                tx.send_nowait({'n': i})
+                await trio.sleep(0.0001)
+            while len(_flatten(stream.sent)) < 200:  # (virtual time: the wire drains the rest)
+                await trio.sleep(0.001)
+            await trio.sleep(0.01)  # the wire is idle again
+            t0 = trio.current_time()
+            tx.send_nowait({'n': 'lone'})
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.sent[-1] == {'n': 'lone'} and trio.current_time() == t0  # not held
+            tx.close()
+        assert _flatten(stream.sent) == [{'n': i} for i in range(200)] + [{'n': 'lone'}]
+        assert stream.sent[0] == {'n': 0}  # it found the queue empty: sent as itself
+        assert max(len(x) for x in stream.sent if isinstance(x, list)) <= 64
+        return stream.sent
+
+    async def main():
+        plain, gathered = await burst(False), await burst(True)
+        assert len(plain) >= 15  # about one list per 1 ms send: ~10 messages each
+        assert 2 * len(gathered) <= len(plain), (len(gathered), len(plain))
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_unbatched_sender_sends_one_message_each():
     """The default (venue dialogues, whose receivers take single messages only): no lists."""
     async def main():
@@ -207,6 +252,21 @@ def test_batched_sender_heartbeats_when_idle():
                 await stream.first.wait()
                 tx.close()
         assert stream.sent[0]['name'] == 'heartbeat'
+    trio.run(main)
+
+
+def test_an_idle_sender_whose_peer_is_gone_fails_with_the_send_error():
+    """An idle link's only sign of a dead peer is its heartbeat's failing send: it must end
+    the sender with that error (the caller's "peer gone" path), not hang or wrap it."""
+    class _DeadPeer:
+        async def send(self, msg) -> None:
+            raise trio.BrokenResourceError('peer gone')
+
+    async def main():
+        tx, rx = trio.open_memory_channel(10)
+        with trio.fail_after(10):
+            with pytest.raises(trio.BrokenResourceError):
+                await send_with_heartbeats(rx, _DeadPeer(), 0.01, 16, True)
     trio.run(main)
 
 

@@ -168,6 +168,25 @@ def test_statuses_reach_only_owner_and_watchers():
     assert a.resps('d1') == ['dark_submitted']
 
 
+def test_watchers_joining_or_leaving_between_statuses_are_heard_from_then_on():
+    """The audience of an order's statuses follows connects and leaves (it is cached)."""
+    rig = Rig()
+    a = rig.client('a')
+    w1 = rig.client('w1', watch='symbol')
+    rig.send(a, dark('d1'))
+    rig.send(a, dark('d2'))
+    w2 = rig.client('w2', watch='symbol')
+    wall = rig.client('wall', fqsn='ethusd.sim', watch='all')
+    rig.router.drop_client(w1)
+    rig.send(a, Cancel(oid='d1', symbol=SYM))
+    assert w1.resps() == ['dark_submitted', 'dark_submitted']  # nothing after it left
+    assert w2.resps('d1') == wall.resps('d1') == ['dark_cancelled']
+    a2 = rig.client('a')
+    rig.send(a, Cancel(oid='d2', symbol=SYM))
+    assert a2.resps('d2') == w2.resps('d2') == ['dark_cancelled']
+    assert a.resps() == ['dark_submitted', 'dark_submitted', 'dark_cancelled', 'dark_cancelled']
+
+
 def test_disconnect_cancel_policy_applies_with_another_connection_of_the_same_name():
     rig = Rig()
     a1 = rig.client('a', on_disconnect='cancel')

@@ -137,7 +137,7 @@ async def _write(conn: ClientConn, stream: tractor.MsgStream, done: trio.CancelS
     A send failure means the client is gone (crashed, killed): end the whole connection.
     """
     try:
-        await send_with_heartbeats(conn.rx, stream, max_batch=MAX_BATCH)
+        await send_with_heartbeats(conn.rx, stream, max_batch=MAX_BATCH, gather=True)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
         log.warning('%r is gone (%s)', conn, type(err).__name__)
     finally:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import trio
@@ -131,8 +132,10 @@ class OrderState:
     def venue(self) -> VenueKey:
         return self.machine.venue
 
-    @property
+    @cached_property
     def fqsn(self) -> str:
+        """The order's symbol (fixed for its life: a modify may not change it), lower-cased
+        once: the router asks for it several times per event."""
         return self.machine.req.symbol.lower()
 
     @property

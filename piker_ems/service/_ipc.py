@@ -23,6 +23,11 @@ HEARTBEAT_S = 1.0
 """Idle interval after which a dialogue sends a heartbeat."""
 HEARTBEAT_TIMEOUT_S = 3 * HEARTBEAT_S
 """Silence after which a receiver declares its peer lost."""
+GATHER_S = 0.0005
+"""A gathering sender (see :func:`send_with_heartbeats`) waits this long at a time while its
+backlog grows ..."""
+GATHER_MAX_S = 0.005
+"""... and at most this long in all before sending what it has."""
 
 
 def heartbeat() -> dict:
@@ -40,43 +45,87 @@ async def send_with_heartbeats(
     stream: tractor.MsgStream,
     interval: float = HEARTBEAT_S,
     max_batch: int = 1,
+    gather: bool = False,
 ) -> None:
     """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
 
-    Returns when the outbox is closed and drained. Only the *wait* is timed, never a send
-    (cancelling a send mid-write could corrupt the stream's framing). Send errors propagate:
+    Returns when the outbox is closed and drained. Only the heartbeat's *wait* is timed, never
+    a send (cancelling a send mid-write could corrupt the stream's framing), and never the wait
+    for the next message: the heartbeat has its own task, which sends when nothing has left for
+    ``interval`` (a timed wait per message cost ~12 µs per wake-up). Send errors propagate:
     they mean the peer is gone.
 
     ``max_batch`` > 1 (for receivers that take the list form, see docs/protocol.md): when a
     backlog has built up, what is already queued, up to ``max_batch`` messages, travels as one
     list (one IPC message instead of one each); a message alone in the queue is still sent at
-    once, as itself. Nothing waits to fill a batch.
+    once, as itself.
+
+    ``gather`` (with ``max_batch`` > 1): once a backlog is found (the producer outpaces this
+    stream, e.g. a burst), wait :data:`GATHER_S` at a time while the backlog keeps growing (at
+    most :data:`GATHER_MAX_S`, or until ``max_batch``), so a burst travels in a few large lists
+    rather than many small ones: every IPC message costs both ends tractor's fixed
+    per-message work. A message that finds the queue empty is never held (a lone status leaves
+    at once, as itself).
     """
-    while True:
-        try:  # a backlog needs no timed wait (a cancel scope costs ~9 µs of trio)
-            msg = outbox.receive_nowait()
-        except trio.EndOfChannel:
-            return
-        except trio.WouldBlock:
-            msg = None
-            with trio.CancelScope(deadline=trio.current_time() + interval):
+    stats = outbox.statistics
+    clock = trio.current_time
+    last_sent = clock()
+
+    failed: list[Exception] = []
+
+    async def beat() -> None:
+        nonlocal last_sent
+        while True:
+            await trio.sleep_until(last_sent + interval)
+            if clock() >= last_sent + interval:
+                last_sent = clock()
+                try:
+                    # never cut a frame in half when the sender ends meanwhile: the channel
+                    # carries the peer's other dialogues too (a peer that has not read for
+                    # the heartbeat timeout is lost anyway)
+                    with trio.CancelScope(shield=True, deadline=clock() + HEARTBEAT_TIMEOUT_S) as cs:
+                        await stream.send(heartbeat())
+                    if cs.cancelled_caught:
+                        raise trio.BrokenResourceError(
+                            f'the peer read nothing for {HEARTBEAT_TIMEOUT_S:g}s')
+                except Exception as err:  # the peer is gone: end the sender with this error
+                    failed.append(err)
+                    n.cancel_scope.cancel()
+                    return
+
+    async with trio.open_nursery() as n:
+        n.start_soon(beat)
+        while True:
+            try:  # a message already queued: a backlog
+                msg = outbox.receive_nowait()
+                backlog = True
+            except trio.WouldBlock:
+                backlog = False
                 try:
                     msg = await outbox.receive()
                 except trio.EndOfChannel:
-                    return
-            if msg is None:
-                await stream.send(heartbeat())
-                continue
-        batch = None
-        while max_batch > 1 and (batch is None or len(batch) < max_batch):
-            try:
-                nxt = outbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            except trio.EndOfChannel:
                 break
-            if batch is None:
-                batch = [msg]
-            batch.append(nxt)
-        await stream.send(msg if batch is None else batch)
+            if max_batch > 1:
+                queued = stats().current_buffer_used
+                if gather and backlog:
+                    deadline = clock() + GATHER_MAX_S
+                    while queued + 1 < max_batch and clock() < deadline:
+                        await trio.sleep(GATHER_S)
+                        now = stats().current_buffer_used
+                        if now <= queued:  # the producer paused: send what there is
+                            break
+                        queued = now
+                if queued:
+                    msg = [msg]
+                    for _ in range(min(queued, max_batch - 1)):
+                        msg.append(outbox.receive_nowait())
+            await stream.send(msg)
+            last_sent = clock()
+        n.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
 
 
 async def abandon_context(ctx: tractor.Context) -> None:
