@@ -267,6 +267,8 @@ def summary(res: dict) -> dict:
 
     out: dict = {'bench': 'multiclient', 'burst': BURST, 'paced': PACED}
     for mode in ('burst', 'paced'):
+        if (mode, 'piker_ems') not in res['a']:  # --reconnect: (b) only
+            continue
         p, b = res['a'][(mode, 'piker_ems')], res['a'][(mode, 'bare')]
         out[mode] = {
             'rate': round(p['rate']), 'bare_rate': round(b['rate']),

@@ -142,6 +142,30 @@ def test_packed_snapshot_round_trips_and_garbage_is_refused():
             unpack_snapshot(garbage)
 
 
+def test_a_large_snapshot_travels_compressed_and_a_bad_one_is_refused(monkeypatch):
+    import zlib
+
+    import msgspec
+
+    from piker_ems.clearing import _messages
+
+    statuses = [to_wire(Status(oid=f'o{i:04d}', resp='dark_submitted', owner='me', req=Order(
+        action='buy', oid=f'o{i:04d}', symbol='btcusd.sim', price=1.0 + i, size=1.0)))
+        for i in range(1000)]
+    blob = pack_snapshot(statuses)
+    raw = msgspec.msgpack.encode(statuses)
+    assert len(blob) * 5 < len(raw)                 # what tractor formats, four times over
+    assert unpack_snapshot(blob) == statuses
+    assert unpack_snapshot(raw) == statuses         # an emsd that did not compress
+    for bad in (blob[:-40], zlib.compress(b'\xc1' * 100), zlib.compress(msgspec.msgpack.encode({'a': 1}))):
+        with pytest.raises(MsgError, match='invalid snapshot'):
+            unpack_snapshot(bad)
+    monkeypatch.setattr(_messages, '_SNAPSHOT_MAX_BYTES', 1 << 20)
+    bomb = zlib.compress(msgspec.msgpack.encode(['x' * 1000] * 5000), 9)  # 5 MB inflated
+    with pytest.raises(MsgError, match='invalid snapshot'):   # not inflated past the bound
+        unpack_snapshot(bomb)
+
+
 class _RecordingStream:
     def __init__(self) -> None:
         self.sent: list = []

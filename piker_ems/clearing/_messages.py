@@ -26,6 +26,7 @@ add detail without breaking older receivers.
 """
 import math
 import time
+import zlib
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union, get_args
@@ -622,11 +623,22 @@ def fast_order_wire(
 #: thousand nested dicts cost it ~10 ms to format where one bytes blob costs ~1 ms.
 _SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(list)
+#: A decompressed snapshot larger than this is refused (a zip bomb from a hostile peer).
+_SNAPSHOT_MAX_BYTES = 512 << 20
+
+
+#: Snapshots from this many statuses on are zlib-compressed (level 1: ~10x smaller for the
+#: repetitive status dicts; 1000 statuses: 318 -> 29 kB, 1.4 ms to compress, 0.4 ms to
+#: decompress, against ~1 ms of tractor's ``repr`` per copy of the raw blob, four copies).
+SNAPSHOT_COMPRESS_FROM = 64
+_ZLIB_LEVEL = 1
 
 
 def pack_snapshot(statuses: list[dict[str, Any]]) -> bytes:
-    """A list of Status wire dicts as one msgpack blob (emsd's start-up snapshot)."""
-    return _SNAPSHOT_ENCODER.encode(statuses)
+    """A list of Status wire dicts as one msgpack blob (emsd's start-up snapshot),
+    zlib-compressed from :data:`SNAPSHOT_COMPRESS_FROM` statuses on."""
+    blob = _SNAPSHOT_ENCODER.encode(statuses)
+    return zlib.compress(blob, _ZLIB_LEVEL) if len(statuses) >= SNAPSHOT_COMPRESS_FROM else blob
 
 
 def unpack_snapshot(blob: Any) -> list[dict[str, Any]]:
@@ -640,8 +652,10 @@ def unpack_snapshot(blob: Any) -> list[dict[str, Any]]:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise MsgError(f'invalid snapshot: expected a packed blob, got {type(blob).__name__}', msg=blob)
     try:
+        if blob[:1] == b'\x78':  # a zlib stream (a msgpack list starts 0x9_ or 0xdc/0xdd)
+            blob = zlib.decompressobj().decompress(blob, _SNAPSHOT_MAX_BYTES)
         out = _SNAPSHOT_DECODER.decode(blob)
-    except msgspec.DecodeError as err:
+    except (msgspec.DecodeError, zlib.error) as err:
         raise MsgError(f'invalid snapshot: {err}') from None
     return out
 
