@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import asynccontextmanager
 
 if __name__ == '__main__':  # children re-import this file: keep their import side-effect free
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,22 +85,20 @@ async def _bare_rtt(stream, msg: dict) -> int:
     return clock() - t0
 
 
-async def run(n: int) -> dict:
+@asynccontextmanager
+async def round_trip_rig(tpl: dict):
+    """pikerd on the registry address, the bare relays (3 hops and 1, with the real message
+    shapes of ``tpl``) and an EMS session on FQSN (paper account): the set-up of this bench and of
+    ``trace_hops.py``. Yields ``(bare3, bare1, feed, book, trades)``."""
     import tractor
-    import trio
 
-    from _common import FQSN, wire_size, wire_templates
+    from _common import FQSN
     from bench import _relay_actors as relay
     from piker_ems.clearing import open_ems
     from piker_ems.data import open_feed
     from piker_ems.service import open_pikerd
 
-    tpl = wire_templates()
-    res: dict = {k: [] for k in ('live', 'live_send', 'live_cancel', 'dark', 'dark_send',
-                                 'dark_cancel', 'base3', 'base1')}
-    res['sizes'] = {k: wire_size(v) for k, v in tpl.items()}
     addr = tuple(os.environ['PIKER_EMS_REGISTRY'].split(':'))
-    t_start = time.perf_counter()
     async with open_pikerd((addr[0], int(addr[1]))):
         async with tractor.open_nursery() as an:
             pa = await an.start_actor('bench_relay_a', enable_modules=['bench._relay_actors'])
@@ -112,55 +111,64 @@ async def run(n: int) -> dict:
                 open_feed(FQSN) as feed,
                 open_ems(FQSN, mode='paper', name='bench') as (book, trades, _),
             ):
-                last = feed.first_quotes[FQSN]['last']
-                price = round(last * 0.7, 2)  # far below the market (inside the default 50% price band): rests, never fills
-                res['setup_s'] = time.perf_counter() - t_start
-                res['last'] = last
-
-                async def piker_block(count: int, keep: bool) -> None:
-                    for _ in range(count):
-                        rtt, snd, cxl = await _piker_rtt(book, trades, price, 'live')
-                        if keep:
-                            res['live'].append(rtt)
-                            res['live_send'].append(snd)
-                            res['live_cancel'].append(cxl)
-                    for _ in range(count):
-                        rtt, snd, cxl = await _piker_rtt(book, trades, price, 'dark')
-                        if keep:
-                            res['dark'].append(rtt)
-                            res['dark_send'].append(snd)
-                            res['dark_cancel'].append(cxl)
-
-                async def bare_block(count: int, keep: bool) -> None:
-                    for _ in range(count):
-                        with trio.fail_after(TIMEOUT):
-                            ns = await _bare_rtt(s3, tpl['order'])
-                        if keep:
-                            res['base3'].append(ns)
-                    for _ in range(count):
-                        with trio.fail_after(TIMEOUT):
-                            ns = await _bare_rtt(s1, tpl['order'])
-                        if keep:
-                            res['base1'].append(ns)
-
-                await bare_block(WARMUP, keep=False)
-                await piker_block(WARMUP, keep=False)
-                t_meas = time.perf_counter()
-                done = 0
-                while done < n:
-                    step = min(BLOCK, n - done)
-                    await bare_block(step, keep=True)
-                    await piker_block(step, keep=True)
-                    done += step
-                res['measure_s'] = time.perf_counter() - t_meas
-                # check that nothing was left resting at the paper engine
-                from piker_ems.service import find_service
-                from piker_ems.service._auth import call
-
-                async with find_service('paperboi.sim') as pp:
-                    stats = await call(pp, 'piker_ems.clearing._paper', 'paper_stats')
-                res['resting'] = stats['resting_orders']
+                yield s3, s1, feed, book, trades
             await an.cancel()
+
+
+async def run(n: int) -> dict:
+    import trio
+
+    from _common import FQSN, wire_size, wire_templates
+
+    tpl = wire_templates()
+    res: dict = {k: [] for k in ('live', 'live_send', 'live_cancel', 'dark', 'dark_send',
+                                 'dark_cancel', 'base3', 'base1')}
+    res['sizes'] = {k: wire_size(v) for k, v in tpl.items()}
+    t_start = time.perf_counter()
+    async with round_trip_rig(tpl) as (s3, s1, feed, book, trades):
+        last = feed.first_quotes[FQSN]['last']
+        price = round(last * 0.7, 2)  # far below the market (inside the default 50% price band): rests, never fills
+        res['setup_s'] = time.perf_counter() - t_start
+        res['last'] = last
+
+        async def piker_block(count: int, keep: bool) -> None:
+            for kind in ('live', 'dark'):
+                for _ in range(count):
+                    rtt, snd, cxl = await _piker_rtt(book, trades, price, kind)
+                    if keep:
+                        res[kind].append(rtt)
+                        res[f'{kind}_send'].append(snd)
+                        res[f'{kind}_cancel'].append(cxl)
+
+        async def bare_block(count: int, keep: bool) -> None:
+            for _ in range(count):
+                with trio.fail_after(TIMEOUT):
+                    ns = await _bare_rtt(s3, tpl['order'])
+                if keep:
+                    res['base3'].append(ns)
+            for _ in range(count):
+                with trio.fail_after(TIMEOUT):
+                    ns = await _bare_rtt(s1, tpl['order'])
+                if keep:
+                    res['base1'].append(ns)
+
+        await bare_block(WARMUP, keep=False)
+        await piker_block(WARMUP, keep=False)
+        t_meas = time.perf_counter()
+        done = 0
+        while done < n:
+            step = min(BLOCK, n - done)
+            await bare_block(step, keep=True)
+            await piker_block(step, keep=True)
+            done += step
+        res['measure_s'] = time.perf_counter() - t_meas
+        # check that nothing was left resting at the paper engine
+        from piker_ems.service import find_service
+        from piker_ems.service._auth import call
+
+        async with find_service('paperboi.sim') as pp:
+            stats = await call(pp, 'piker_ems.clearing._paper', 'paper_stats')
+        res['resting'] = stats['resting_orders']
     res['total_s'] = time.perf_counter() - t_start
     return res
 

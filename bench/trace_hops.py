@@ -50,62 +50,44 @@ BARE_REQID = 'paper-000000'  # wire_templates()' BrokerdStatus reqid, as _what()
 
 async def workload(n: int) -> None:
     import sitecustomize
-    import tractor
     import trio
 
     from _common import FQSN, wire_templates
-    from bench import _relay_actors as relay
-    from bench_order_path import _wait_for
-    from piker_ems.clearing import open_ems
-    from piker_ems.data import open_feed
-    from piker_ems.service import open_pikerd
+    from bench_order_path import _wait_for, round_trip_rig
 
     mark = sitecustomize.mark
     tpl = wire_templates(oid=BARE_OID)
-    addr = os.environ['PIKER_EMS_REGISTRY'].split(':')
-    async with open_pikerd((addr[0], int(addr[1]))):
-        async with tractor.open_nursery() as an:
-            pa = await an.start_actor('bench_relay_a', enable_modules=['bench._relay_actors'])
-            kw = dict(to_b=tpl['brokerd_order'], reply_b=tpl['brokerd_status'])
-            async with (
-                pa.open_context(relay.relay_a, to_client=tpl['status_live'], hops=3, **kw) as (c3, _),
-                c3.open_stream() as s3,
-                pa.open_context(relay.relay_a, to_client=tpl['status_dark'], hops=1, **kw) as (c1, _),
-                c1.open_stream() as s1,
-                open_feed(FQSN) as feed,
-                open_ems(FQSN, mode='paper', name='bench') as (book, trades, _),
-            ):
-                price = round(feed.first_quotes[FQSN]['last'] * 0.7, 2)  # rests, never fills
+    async with round_trip_rig(tpl) as (s3, s1, feed, book, trades):
+        price = round(feed.first_quotes[FQSN]['last'] * 0.7, 2)  # rests, never fills
 
-                async def piker(kind: str, keep: bool) -> None:
-                    ack, cxl = (('broker_submitted', 'broker_cancelled') if kind == 'live'
-                                else ('dark_submitted', 'dark_cancelled'))
-                    with trio.fail_after(TIMEOUT):
-                        if keep:
-                            mark(f'start {kind}')
-                        oid = book.send('buy', price, 1.0, exec_mode=kind)
-                        await _wait_for(trades, oid, ack)
-                        if keep:
-                            mark(f'end {kind} {oid[:12]}')
-                        book.cancel(oid)
-                        await _wait_for(trades, oid, cxl)
+        async def piker(kind: str, keep: bool) -> None:
+            ack, cxl = (('broker_submitted', 'broker_cancelled') if kind == 'live'
+                        else ('dark_submitted', 'dark_cancelled'))
+            with trio.fail_after(TIMEOUT):
+                if keep:
+                    mark(f'start {kind}')
+                oid = book.send('buy', price, 1.0, exec_mode=kind)
+                await _wait_for(trades, oid, ack)
+                if keep:
+                    mark(f'end {kind} {oid[:12]}')
+                book.cancel(oid)
+                await _wait_for(trades, oid, cxl)
 
-                async def bare(kind: str, stream, keep: bool) -> None:  # noqa: ANN001
-                    with trio.fail_after(TIMEOUT):
-                        if keep:
-                            mark(f'start {kind}')
-                        await stream.send(tpl['order'])
-                        await stream.receive()
-                        if keep:
-                            mark(f'end {kind} {BARE_OID[:12]}')
+        async def bare(kind: str, stream, keep: bool) -> None:  # noqa: ANN001
+            with trio.fail_after(TIMEOUT):
+                if keep:
+                    mark(f'start {kind}')
+                await stream.send(tpl['order'])
+                await stream.receive()
+                if keep:
+                    mark(f'end {kind} {BARE_OID[:12]}')
 
-                for i in range(WARMUP + n):
-                    keep = i >= WARMUP
-                    await bare('bare3', s3, keep)
-                    await piker('live', keep)
-                    await bare('bare1', s1, keep)
-                    await piker('dark', keep)
-            await an.cancel()
+        for i in range(WARMUP + n):
+            keep = i >= WARMUP
+            await bare('bare3', s3, keep)
+            await piker('live', keep)
+            await bare('bare1', s1, keep)
+            await piker('dark', keep)
 
 
 def load_events(trace_dir: str) -> list[tuple[int, str, str, str]]:
