@@ -169,7 +169,7 @@ def test_statuses_reach_only_owner_and_watchers():
 
 
 def test_watchers_joining_or_leaving_between_statuses_are_heard_from_then_on():
-    """The audience of an order's statuses follows connects and leaves (it is cached)."""
+    """The audience of an order's statuses follows connects and leaves."""
     rig = Rig()
     a = rig.client('a')
     w1 = rig.client('w1', watch='symbol')

@@ -65,8 +65,6 @@ MAX_NOTIONAL = 1e15
 #: most this many reqids) and replayed once the ack arrives.
 EARLY_TTL_NS = 30_000_000_000
 EARLY_MAX = 1_000
-#: Audiences kept (see ``Router._audience``) before the cache starts over.
-MAX_AUDIENCES = 4096
 #: How long a request may wait for its symbol's first quote before it is refused.
 SYMBOL_WAIT_S = 15.0
 #: How long emsd keeps reopening a lost venue before its live orders end ``lost``.
@@ -159,8 +157,6 @@ class Router:
         self.by_name: dict[str, set[ClientConn]] = {}
         self.watch_symbol: dict[str, set[ClientConn]] = {}
         self.watch_all: dict[str, set[ClientConn]] = {}
-        # (owner, fqsn, broker) -> its audience; cleared whenever a client connects or leaves
-        self._audiences: dict[tuple[str, str, str], tuple[ClientConn, ...]] = {}
         # indexes so per-status / per-fill work never scans every client
         self.by_account: dict[tuple[str, str], set[ClientConn]] = {}  # (broker, account)
         self.clients_per_symbol: dict[str, int] = {}
@@ -302,20 +298,12 @@ class Router:
 
     # --- routing ------------------------------------------------------------------------------
 
-    def _audience(self, st: OrderState) -> tuple[ClientConn, ...]:
-        """Who hears about ``st``: its owner's connections and its watchers, each once.
-
-        Computed from the indexes once per (owner, symbol, broker) and kept until a client
-        connects or leaves (every status of a burst then costs one dict lookup)."""
-        key = (st.owner, st.fqsn, st.venue[0])
-        out = self._audiences.get(key)
-        if out is None:
-            if len(self._audiences) >= MAX_AUDIENCES:  # many owners x symbols: stay bounded
-                self._audiences.clear()
-            who = set(self.by_name.get(key[0], ()))
-            who.update(self.watch_symbol.get(key[1], ()))
-            who.update(self.watch_all.get(key[2], ()))
-            out = self._audiences[key] = tuple(who)
+    def _audience(self, st: OrderState) -> set[ClientConn]:
+        """Who hears about ``st``: its owner's connections and its watchers, each once (three
+        index lookups: computed per status, never stored, so it cannot go stale)."""
+        out = set(self.by_name.get(st.owner, ()))
+        out.update(self.watch_symbol.get(st.fqsn, ()))
+        out.update(self.watch_all.get(st.venue[0], ()))
         return out
 
     def _deliver(self, st: OrderState, msg: dict) -> None:
@@ -393,7 +381,6 @@ class Router:
 
     def add_client(self, conn: ClientConn) -> None:
         """Register a connection; it holds its name's orders whose holder left."""
-        self._audiences.clear()
         if conn not in self.clients:
             self.clients_per_symbol[conn.fqsn] = self.clients_per_symbol.get(conn.fqsn, 0) + 1
         self.clients.add(conn)
@@ -422,7 +409,6 @@ class Router:
             else:
                 self.clients_per_symbol.pop(conn.fqsn, None)
         self.clients.discard(conn)
-        self._audiences.clear()
         for index, key in ((self.by_name, conn.name), (self.watch_symbol, conn.fqsn),
                            (self.watch_all, conn.broker), (self.by_account, (conn.broker, conn.account))):
             conns = index.get(key)
