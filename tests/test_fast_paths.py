@@ -203,14 +203,19 @@ def test_batched_sends_keep_order_and_deliver_each_once():
 
 
 class _SlowWire:
-    """A stream whose every send takes 1 ms (of trio's clock): a backlog builds meanwhile."""
+    """A stream whose every send takes 1 ms (of trio's clock): a backlog builds meanwhile.
+    ``done`` is set when a send of the ``want``-th message has finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, want: int) -> None:
         self.sent: list = []
+        self.want = want
+        self.done = trio.Event()
 
     async def send(self, msg) -> None:
         self.sent.append(msg)
         await trio.sleep(0.001)
+        if len(_flatten(self.sent)) >= self.want:
+            self.done.set()
 
 
 def test_gathering_sender_sends_a_burst_in_fewer_lists_and_a_lone_message_at_once():
@@ -219,7 +224,7 @@ def test_gathering_sender_sends_a_burst_in_fewer_lists_and_a_lone_message_at_onc
     sends the burst in at most half as many IPC messages, and still sends a message that finds
     the queue empty at once, alone."""
     async def burst(gather: bool) -> list:
-        stream = _SlowWire()
+        stream = _SlowWire(want=200)
         tx, rx = trio.open_memory_channel(1000)
         async with trio.open_nursery() as n:
             n.start_soon(send_with_heartbeats, rx, stream, 60.0, 64, gather)
@@ -227,9 +232,8 @@ def test_gathering_sender_sends_a_burst_in_fewer_lists_and_a_lone_message_at_onc
             for i in range(200):
                 tx.send_nowait({'n': i})
                 await trio.sleep(0.0001)
-            while len(_flatten(stream.sent)) < 200:  # (virtual time: the wire drains the rest)
-                await trio.sleep(0.001)
-            await trio.sleep(0.01)  # the wire is idle again
+            await stream.done.wait()  # the wire drained the burst and is idle again
+            await trio.testing.wait_all_tasks_blocked()
             t0 = trio.current_time()
             tx.send_nowait({'n': 'lone'})
             await trio.testing.wait_all_tasks_blocked()
