@@ -302,3 +302,24 @@ def test_a_failing_event_is_contained_and_the_next_order_is_still_handled(monkey
     assert rig.router.apply_failures == 1
     assert a.resps('o1') == [] and a.resps('o2') == ['broker_disconnected']
     assert rig.router.orders['o1'].state == 'pending_new'  # the failed event changed nothing
+
+
+def test_a_request_that_hits_a_bug_gets_an_error_and_the_connection_carries_on(monkeypatch):
+    """One request whose handling raises (here the rate check) must not end the client's
+    receive loop: an ``error`` to the sender, counted, and the next request goes through."""
+    rig = Rig()
+    a = rig.client('a')
+    calls = []
+
+    def broken(conn, msg):
+        calls.append(msg.oid)
+        if msg.oid == 'bad':
+            raise RuntimeError('boom')
+        return None
+
+    monkeypatch.setattr(rig.router, '_risk_rate', broken)
+    rig.send(a, dark('bad'))
+    assert a.resps('bad') == ['error'] and 'boom' in a.statuses('bad')[-1].reason
+    assert rig.router.stats()['client_failures'] == 1
+    rig.send(a, dark('good'))
+    assert calls == ['bad', 'good'] and a.resps('good') == ['dark_submitted']

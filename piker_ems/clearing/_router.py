@@ -169,6 +169,7 @@ class Router:
         self.open_by_account: dict[str, dict[str, dict[str, OrderState]]] = {}
         self.venue_down: dict[VenueKey, int] = {}  # venue -> when it was lost (reconnecting)
         self.journal_failures = 0
+        self.client_failures = 0  # client requests that hit a bug (answered with an error)
         self.rejected_client_msgs = 0
         self.rejected_broker_msgs = 0
         self.illegal_events = 0   # venue events the order's state did not accept (all dropped)
@@ -465,8 +466,20 @@ class Router:
     # --- client requests ----------------------------------------------------------------------
 
     def handle_client_msg(self, conn: ClientConn, raw: object) -> None:
-        """Process one client message at once; every failure becomes an ``error`` status."""
+        """Process one client message at once; every failure becomes an ``error`` status.
+
+        Never raises: it runs in the client's receive loop, which one bad request (or a bug it
+        hits) must not end."""
         self.client_msgs += 1
+        try:
+            self._handle_client_msg(conn, raw)
+        except Exception as err:  # a bug: this request is refused, the connection carries on
+            self.client_failures += 1
+            log.exception('failed to handle %r from %r', raw, conn)
+            oid = raw.get('oid') if isinstance(raw, dict) and isinstance(raw.get('oid'), str) else None
+            self.reply_error(conn, oid, f'emsd failed to process the request: {err}')
+
+    def _handle_client_msg(self, conn: ClientConn, raw: object) -> None:
         try:
             msg = parse_client_msg(raw)
         except MsgError as err:
@@ -1004,6 +1017,7 @@ class Router:
             'illegal_events': self.illegal_events,
             'late_events': self.late_events,
             'apply_failures': self.apply_failures,
+            'client_failures': self.client_failures,
             'unknown_events': self.unknown_events,
             'client_msgs': self.client_msgs,
             'venue_events': self.venue_events,
