@@ -92,25 +92,29 @@ def default_sigint() -> None:  # runs in the child before exec
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_pikerd(port: int, log_path: Path, timeout: float = 10.0) -> subprocess.Popen:
-    """Start the real ``pikerd`` console script on ``port``; return once it accepts TCP."""
-    log = open(log_path, 'wb')
-    proc = subprocess.Popen(
-        [script('pikerd'), '--port', str(port), '--loglevel', 'info'],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=default_sigint,
-    )
-    log.close()
-    try:
-        wait_until(
-            lambda: port_open(port) or proc.poll() is not None, timeout,
-            msg=f'pikerd did not listen on {port} within {timeout}s',
+def start_daemon(cmd: list[str], log_path: Path, ready, timeout: float, what: str,
+                 env: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (output to ``log_path``); return once ``ready()`` is
+    true, or kill it and everything below it and fail, saying ``what`` did not start."""
+    with open(log_path, 'wb') as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, preexec_fn=default_sigint,
         )
-        assert proc.poll() is None, f'pikerd exited early:\n{log_path.read_text()}'
+    try:
+        wait_until(lambda: ready() or proc.poll() is not None, timeout,
+                   msg=f'{what} did not start within {timeout}s')
+        assert proc.poll() is None, f'{what} exited early:\n{log_path.read_text()}'
     except BaseException:
         stop_hard(proc)
         raise
     return proc
+
+
+def start_pikerd(port: int, log_path: Path, timeout: float = 10.0) -> subprocess.Popen:
+    """Start the real ``pikerd`` console script on ``port``; return once it accepts TCP."""
+    return start_daemon([script('pikerd'), '--port', str(port), '--loglevel', 'info'], log_path,
+                        lambda: port_open(port), timeout, f'pikerd on port {port}')
 
 
 def stop_hard(proc: subprocess.Popen) -> None:

@@ -26,7 +26,7 @@ from piker_ems.service import maybe_open_pikerd
 from piker_ems.service._auth import add_participant, credential_for, refusal, use_credential
 
 from _ems_helpers import SIM_CALM, collect_until, rpc
-from _proc import actor_pids, cli, json_lines, run_cli, script, start_pikerd, stop_hard, wait_until
+from _proc import actor_pids, cli, json_lines, run_cli, script, start_daemon, start_pikerd, stop_hard, wait_until
 from conftest import write_config
 
 RPC_S = 15.0       # bound on one RPC or one status (loaded 2-core machine)
@@ -48,34 +48,14 @@ def make_host(tmp_path: Path, name: str, pikerd_config: Path) -> tuple[Path, Pat
 
 def start_serve(name: str, host: str, port: int, home: Path, secret: Path, log: Path,
                 timeout: float = 30.0) -> subprocess.Popen:
-    """``piker serve NAME --host HOST`` in its own process group; returns once it says it
-    serves (its stderr line ``NAME served at HOST:PORT``)."""
+    """``piker serve NAME --host HOST`` in its own session; returns once it says it serves
+    (its stderr line ``NAME served at HOST:PORT``)."""
     env = {**os.environ, 'PIKER_EMS_CONFIG_DIR': str(home)}
     env.pop('PIKER_EMS_SECRET_FILE', None)
-    with open(log, 'wb') as out:
-        proc = subprocess.Popen(
-            [script('piker'), 'serve', name, '--host', host, '--registry', f'127.0.0.1:{port}',
-             '--secret-file', str(secret), '--loglevel', 'info'],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_until(lambda: f'{name} served at {host}:' in log.read_text() or proc.poll() is not None,
-                   timeout, interval=0.1, msg=f'{name} did not start serving within {timeout}s')
-        assert proc.poll() is None, f'piker serve {name} exited:\n{log.read_text()}'
-    except BaseException:
-        kill_group(proc)
-        raise
-    return proc
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process group (the serve process and its service child) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+    return start_daemon(
+        [script('piker'), 'serve', name, '--host', host, '--registry', f'127.0.0.1:{port}',
+         '--secret-file', str(secret), '--loglevel', 'info'],
+        log, lambda: f'{name} served at {host}:' in log.read_text(), timeout, f'piker serve {name}', env)
 
 
 def by_name(port: int) -> dict[str, list[tuple[str, str]]]:
@@ -160,7 +140,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                 async with open_ems('btcusd.sim', mode='paper', name='owner') as (book, trades, _):
                     resting = book.send('buy', 100.0, 1)  # rests: far below the market, inside the default price band
                     await collect_until(trades, {'broker_submitted'}, resting, timeout=RPC_S)
-                    await trio.to_thread.run_sync(kill_group, serves.pop('paper'))
+                    await trio.to_thread.run_sync(stop_hard, serves.pop('paper'))
                     told = await collect_until(trades, {'broker_disconnected'}, resting, timeout=RECOVER_S)
                     assert [s.resp for s in told][-1:] == ['broker_disconnected'], told
                     assert 'paperboi.sim' in told[-1].reason or 'sim.paper' in told[-1].reason
@@ -200,7 +180,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
 
         # the same for the served brokerd: orders fail in one line while it is down
         # (pikerd does not start a brokerd.sim of its own), and trades again once it is back
-        kill_group(serves.pop('broker'))
+        stop_hard(serves.pop('broker'))
         wait_until(lambda: by_name(port)['brokerd.sim'][0][1].startswith('served,down'), RECOVER_S,
                    interval=0.5, msg='pikerd did not notice the served brokerd.sim died')
         late = cli(port, 'order', 'buy', 'btcusd.sim', '--price', '200', '--size', '1', '--mode', 'live',
@@ -229,7 +209,7 @@ def test_orders_flow_through_served_services_and_survive_a_kill(reg_addr, config
                    msg='pikerd still lists the retired paperboi.sim')
     finally:
         for proc in serves.values():
-            kill_group(proc)
+            stop_hard(proc)
         stop_hard(pikerd)
 
 
