@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == '__main__' and 'PIKER_HOPTRACE_DIR' not in os.environ:
@@ -216,11 +215,7 @@ def main() -> None:
             print(f'WARNING: killed leftover processes {leaked}')
     import sitecustomize
 
-    # the root's own events are written at exit: write them now for the analysis
-    import atexit
-
-    atexit._run_exitfuncs()
-    time.sleep(0.2)
+    sitecustomize.dump()  # this process's own events (the actors wrote theirs as they exited)
     events = load_events(trace_dir)
     trips = round_trips(events)
     summaries = {k: summarize(v) for k, v in trips.items()}

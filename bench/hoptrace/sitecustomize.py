@@ -117,7 +117,9 @@ def _install(out_dir: str) -> None:
             json.dump({'name': name, 'pid': os.getpid(), 'events': events}, f)
 
     atexit.register(dump)
-    sys.modules[__name__].mark = mark  # type: ignore[attr-defined]
+    module = sys.modules[__name__]
+    module.mark = mark  # type: ignore[attr-defined]
+    module.dump = dump  # type: ignore[attr-defined]  (the bench process reads its own before exit)
 
 
 if _DIR:
