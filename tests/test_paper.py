@@ -377,3 +377,40 @@ async def test_batches_both_ways_when_asked(reg_addr, config_dir):
                     assert (st['received'], st['resting_orders'], st['rejected']) == (2, 1, 0)
             finally:
                 await portal.cancel_actor()
+
+
+async def test_a_malformed_feed_packet_is_skipped_and_the_feed_carries_on(monkeypatch):
+    """One non-dict packet on the quote stream must not cost the engine its feed (no
+    reconnect, no lost quotes): it is counted and skipped, the next quote still fills."""
+    from piker_ems.data import feed as feed_mod
+    from piker_ems.simvenue._fidelity import Fidelity
+    from piker_ems.simvenue._journal import Journal
+
+    opened = []
+    tx, rx = trio.open_memory_channel(10)
+
+    class FakeFeed:
+        first_quotes = {'btcusd.sim': {'bid': 100.0, 'ask': 100.01}}
+        stream = rx
+
+    @asynccontextmanager
+    async def fake_open_feed(fqsns, **kw):
+        opened.append(list(fqsns))
+        yield FakeFeed()
+
+    monkeypatch.setattr(feed_mod, 'open_feed', fake_open_feed)
+    engine = _paper.PaperEngine('sim', journal=Journal.memory('sim'), fee_bps=0.0, fidelity=Fidelity())
+    async with trio.open_nursery() as n:
+        engine.bind(n)
+        d = engine.open_dialogue('test')
+        engine.handle_raw(d, order('buy', 99.0, size=1))  # opens the feed, rests below the ask
+        with trio.fail_after(10):
+            assert kinds([await d.outbox.receive() for _ in range(2)]) == ['ack', 'status:submitted']
+            await tx.send(['not', 'a', 'packet'])
+            await tx.send({'btcusd.sim': {'bid': 98.0, 'ask': 98.5}})
+            fill, filled, pos = [await d.outbox.receive() for _ in range(3)]
+        assert kinds([fill, filled, pos]) == ['fill', 'status:filled', 'position']
+        assert (fill['price'], fill['size'], pos['size']) == (99.0, 1, 1)
+        assert opened == [['btcusd.sim']]  # never reconnected
+        assert (engine.failures, engine.quotes, engine.feeds) == (1, 1, {'btcusd': 'live'})
+        n.cancel_scope.cancel()
