@@ -40,7 +40,6 @@ RPCs: :func:`trades_dialogue` (``@tractor.context``) and :func:`paper_stats`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -154,11 +153,6 @@ class PaperEngine(DialogueEngine):
                         self.feeds[symbol] = 'live'
                         self._release(symbol)
                         async for packet in feed.stream:
-                            if not isinstance(packet, Mapping):  # one bad packet: skip, keep the feed
-                                self.failures += 1
-                                log.warning('%s: feed for %s sent a non-dict packet %r: skipped',
-                                            self.name, fqsn, packet)
-                                continue
                             quote = packet.get(fqsn)
                             if quote is not None:
                                 self.quotes += 1
