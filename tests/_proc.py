@@ -163,6 +163,22 @@ def cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProce
     return run_cli('--port', str(port), *args, timeout=timeout)
 
 
+@contextmanager
+def cli_running(port: int, *args: str):
+    """``piker --port PORT ARGS...`` running in the background (its stdout/stderr piped, text)
+    for the block: a test reads it while acting; killed if it still runs at the end."""
+    proc = subprocess.Popen(
+        [script('piker'), '--port', str(port), *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def json_lines(out: str) -> list[dict]:
     """The JSON objects of a ``--json`` output, one per line."""
     import json

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from _ems_helpers import SIM_CALM
-from _proc import cli, json_lines, pikerd_process, port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
+from _proc import cli, cli_running, json_lines, pikerd_process, port_open, run_cli, script, start_pikerd, stop_hard, wait_gone
 from conftest import write_config
 from piker_ems.service._auth import call
 from piker_ems.testing import descendants
@@ -38,20 +38,12 @@ def sim_set_price(port: int, symbol: str, price: float) -> None:
 
 def test_dark_buy_prints_submitted_triggered_filled_executed(pikerd):
     last = json_lines(cli(pikerd, 'quote', 'btcusd.sim', '--count', '1', '--json').stdout)[0]['last']
-    proc = subprocess.Popen(
-        [script('piker'), '--port', str(pikerd), 'order', 'buy', 'btcusd.sim',
-         '--price', f'{last + 0.5:.2f}', '--size', '1', '--mode', 'dark', '--json', '--timeout', '30'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with cli_running(pikerd, 'order', 'buy', 'btcusd.sim', '--price', f'{last + 0.5:.2f}', '--size', '1',
+                     '--mode', 'dark', '--json', '--timeout', '30') as proc:
         first = json.loads(proc.stdout.readline())
         assert first['resp'] == 'dark_submitted' and first['owner'] == 'piker'
         sim_set_price(pikerd, 'btcusd', round(last + 1, 2))
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     resps = [first['resp']] + [m['resp'] for m in json_lines(out)]
     assert resps == ['dark_submitted', 'dark_triggered', 'broker_submitted', 'broker_filled', 'broker_executed']
@@ -96,21 +88,13 @@ def test_order_usage_errors_and_timeout(pikerd):
 
 
 def test_orders_follows_other_clients_flows(pikerd):
-    watcher = subprocess.Popen(
-        [script('piker'), '--port', str(pikerd), 'orders', 'btcusd.sim', '--json', '--count', '2'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with cli_running(pikerd, 'orders', 'btcusd.sim', '--json', '--count', '2') as watcher:
         assert watcher.stderr.readline().startswith('following orders on btcusd.sim')
         placed = cli(pikerd, 'order', 'alert', 'btcusd.sim', '--price', '1', '--detach', '--name', 'bob')
         assert placed.returncode == 0
         cancelled = cli(pikerd, 'cancel', '--all', 'btcusd.sim', '--name', 'bob')
         assert cancelled.returncode == 0
         out, _ = watcher.communicate(timeout=15)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
     msgs = [m for m in json_lines(out) if m.get('name') == 'status']
     assert [m['resp'] for m in msgs] == ['alert_submitted', 'dark_cancelled']
     assert all(m['owner'] == 'bob' for m in msgs)
@@ -232,21 +216,13 @@ def test_orders_prints_open_orders_first_then_follows(pikerd):
                '--detach', '--name', 'ann').returncode == 0
     assert cli(pikerd, 'order', 'alert', 'other.sim', '--price', '1', '--detach', '--name', 'ann').returncode == 0
 
-    watcher = subprocess.Popen(
-        [script('piker'), '--port', str(pikerd), 'orders', 'btcusd.sim', '--json', '--count', '1'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with cli_running(pikerd, 'orders', 'btcusd.sim', '--json', '--count', '1') as watcher:
         first = [json.loads(watcher.stdout.readline()) for _ in range(2)]
         assert sorted(m['resp'] for m in first) == ['alert_submitted', 'broker_submitted']
         assert all(m['name'] == 'status' and m['req']['symbol'] == 'btcusd.sim' for m in first)
         done = cli(pikerd, 'cancel', '--all', 'btcusd.sim', '--name', 'ann')
         assert done.returncode == 0, done.stderr
         out, err = watcher.communicate(timeout=15)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
     assert watcher.returncode == 0, err
     [new] = json_lines(out)
     assert new['resp'] in ('dark_cancelled', 'broker_cancelled')

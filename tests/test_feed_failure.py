@@ -26,3 +26,26 @@ async def test_backend_failure_is_feedlost_and_brokerd_survives(reg_addr, config
             with trio.fail_after(5):
                 packet = await feed.stream.receive()
             assert 'btcusd.sim' in packet
+
+
+async def test_a_malformed_feed_message_is_skipped_and_the_pump_carries_on():
+    """The pump that drains brokerd's quote stream for a consumer (paperboi, emsd's dark
+    scans, a chart) skips and counts what is not a feed message; the quotes after it still
+    arrive and the feed is not lost (before, one such message ended the consumer's feed)."""
+    from piker_ems.data.feed import Feed, QuoteStream, _Link, _pump
+
+    wire_tx, wire_rx = trio.open_memory_channel(10)
+    tx, rx = trio.open_memory_channel(10)
+    feed = Feed(symbols={}, first_quotes={}, stream=QuoteStream(rx))
+    link = _Link(stream=wire_rx, firsts={})
+    async with trio.open_nursery() as n:
+        await n.start(_pump, 'sim', link, tx, feed, 30.0)
+        for bad in (['not', 'a', 'dict'], {'quotes': ['btcusd', 1.0]}, {'overrun': {}}):
+            await wire_tx.send(bad)
+        await wire_tx.send({'quotes': {'btcusd': {'last': 101.5}}})
+        with trio.fail_after(5):
+            assert await feed.stream.receive() == {'btcusd.sim': {'last': 101.5}}
+        assert (dict(feed.malformed), link.lost, dict(feed.dropped)) == ({'sim': 3}, False, {})
+        await wire_tx.aclose()  # brokerd closes: now the feed is lost, as before
+        with trio.fail_after(5), pytest.raises(FeedLost):
+            await feed.stream.receive()

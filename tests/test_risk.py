@@ -322,3 +322,20 @@ def test_price_band_off_with_zero(risk):
     a = rig.client('a', account='live')
     rig.send(a, live('far', price=1000.0))
     assert [c.oid for c in orders_sent(rig)] == ['far'] and rig.router.risk.refused == 0
+
+
+def test_idle_follows_the_trading_states():
+    """The no-config fast path is taken only while every state is active: a halt (or a
+    reducing account) turns it off, back to active turns it on; a configured limit keeps it off."""
+    risk = RiskEngine()
+    assert risk.idle
+    risk.set_state('*', 'halted')
+    assert not risk.idle
+    assert risk.check_order(account='live', fqsn='btcusd.sim', action='buy', price=100.0, size=1,
+                            live=True, last=100.0) == 'risk: trading is halted (cluster)'
+    risk.set_state('*', 'active')
+    risk.set_state('live', 'reducing')
+    assert not risk.idle
+    risk.set_state('live', 'active')
+    assert risk.idle and risk.snapshot() == {'*': 'active'}
+    assert not RiskEngine(parse_limits({'max_order_size': 5})).idle

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 
 from _ems_helpers import SIM_CALM
-from _proc import actor_pids, cli, json_lines, pikerd_process, run_cli, script, wait_gone
+from _proc import actor_pids, cli, cli_running, json_lines, pikerd_process, run_cli, wait_gone
 from conftest import write_config
 
 RISK = """
@@ -123,18 +122,11 @@ def test_newcomer_default_band_refuses_2x_in_one_line_and_a_watcher_sees_the_hal
     assert 'reason: risk: price_band_pct 50: limit ' in line, line
     oid = resting_live(port, 'sell', last * 1.2)
 
-    watcher = subprocess.Popen(
-        [script('piker'), '--port', str(port), 'orders', 'btcusd.sim', '--all', '--json', '--count', '2'],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_running(port, 'orders', 'btcusd.sim', '--all', '--json', '--count', '2') as watcher:
         snapshot = json.loads(watcher.stdout.readline())   # the resting sell, then it follows
         assert snapshot['oid'] == oid and snapshot['resp'] == 'broker_submitted'
         assert cli(port, 'halt').stdout.strip() == 'cluster: halted, 1 order cancelled'
         out, err = watcher.communicate(timeout=30)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
     assert watcher.returncode == 0, err
     notice, cancelled = json_lines(out)
     assert (notice['name'], notice['state'], notice['scope']) == ('trading_state', 'halted', '*')

@@ -176,10 +176,12 @@ class RiskEngine:
         self.band = bands.pop() if len(bands) == 1 else None
         self._limited = self.band is None or any(
             replace(v, price_band_pct=DEFAULT_PRICE_BAND_PCT) != Limits() for v in self.limits.values())
-        self.idle = not self._limited  # only the band, every state active: nothing else to check
 
-    def _update_idle(self) -> None:
-        self.idle = not self._limited and not self.states
+    @property
+    def idle(self) -> bool:
+        """Only the price band applies and every state is active: nothing else to check
+        (derived on each ask, so it can never disagree with :attr:`states`)."""
+        return not self._limited and not self.states
 
     # --- configuration ------------------------------------------------------------------
 
@@ -209,7 +211,6 @@ class RiskEngine:
             self.states.pop(scope, None)
         else:
             self.states[scope] = state
-        self._update_idle()
 
     def snapshot(self) -> dict[str, str]:
         """Every scope's state (the cluster always listed)."""

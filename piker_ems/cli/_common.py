@@ -131,6 +131,18 @@ def _remote_reason(exc: BaseException) -> str | None:
     return f'{msgdata.get("type_str", "remote error")} in a service: {last}'
 
 
+async def require_pikerd(state: CliState, why: str = '') -> tuple[str, int]:
+    """The registry's address, or a one-line :class:`UserError` if no pikerd runs there
+    (``why``: what the command cannot do then, e.g. ``no positions to show``)."""
+    from ..service import registry_is_up
+
+    addr = state.registry
+    if not await registry_is_up(addr):
+        raise UserError(f'no pikerd running at {addr[0]}:{addr[1]}{": " + why if why else ""} '
+                        f'(start one with: pikerd --port {addr[1]})')
+    return addr
+
+
 def run(fn: Callable[..., Awaitable[Any]], *args: Any, runner: Callable[..., Any] | None = None) -> Any:
     """Run ``fn(*args)`` under trio and turn failures into one readable line + exit code.
 

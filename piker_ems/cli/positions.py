@@ -15,7 +15,7 @@ import sys
 import click
 
 from ..simvenue._numbers import clean_pnl
-from ._common import CliState, UserError, participant_options, run
+from ._common import CliState, participant_options, require_pikerd, run
 
 PRICE_TIMEOUT_S = 10.0
 CLIENT_NAME = 'piker.positions'
@@ -73,13 +73,10 @@ async def _last_prices(fqsns: list[str], loglevel: str) -> dict[str, float]:
 
 
 async def _positions(state: CliState, account: str | None) -> list[dict]:
-    from ..service import maybe_open_emsd, maybe_open_pikerd, registry_is_up
+    from ..service import maybe_open_emsd, maybe_open_pikerd
     from ..service._auth import call
 
-    addr = state.registry
-    if not await registry_is_up(addr):
-        raise UserError(f'no pikerd running at {addr[0]}:{addr[1]}: no positions to show '
-                        f'(start one with: pikerd --port {addr[1]})')
+    addr = await require_pikerd(state, 'no positions to show')
     async with maybe_open_pikerd(addr, loglevel=state.loglevel, name=CLIENT_NAME,
                                  tractor_loglevel=state.tractor_loglevel):
         async with maybe_open_emsd(loglevel=state.loglevel) as portal:

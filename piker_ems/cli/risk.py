@@ -12,19 +12,17 @@ import json
 
 import click
 
-from ._common import CliState, UserError, participant_options, run
+from ._common import CliState, participant_options, require_pikerd, run
 from .positions import check_account
 
 CLIENT_NAME = 'piker.risk'
 
 
 async def _set(state: CliState, trading: str, account: str | None, alerts: bool) -> dict:
-    from ..service import maybe_open_emsd, maybe_open_pikerd, registry_is_up
+    from ..service import maybe_open_emsd, maybe_open_pikerd
     from ..service._auth import call
 
-    addr = state.registry
-    if not await registry_is_up(addr):
-        raise UserError(f'no pikerd running at {addr[0]}:{addr[1]} (start one with: pikerd --port {addr[1]})')
+    addr = await require_pikerd(state)
     async with maybe_open_pikerd(addr, loglevel=state.loglevel, name=CLIENT_NAME,
                                  tractor_loglevel=state.tractor_loglevel):
         async with maybe_open_emsd(loglevel=state.loglevel) as portal:

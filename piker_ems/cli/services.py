@@ -6,17 +6,15 @@ import time
 
 import click
 
-from ._common import CliState, UserError, participant_options, run
+from ._common import CliState, participant_options, require_pikerd, run
 
 
 async def _list(state: CliState) -> tuple[dict[str, tuple[str, int]], dict, dict[str, str] | None]:
-    from ..service import find_service, list_registry, registry_is_up
+    from ..service import find_service, list_registry
     from ..service._root import open_client_root
     from ..service._auth import call
 
-    addr = state.registry
-    if not await registry_is_up(addr):
-        raise UserError(f'no pikerd running at {addr[0]}:{addr[1]} (start one with: pikerd --port {addr[1]})')
+    addr = await require_pikerd(state)
     async with open_client_root('piker.services', addr, loglevel='critical'):
         table = await list_registry(addr)
         async with find_service('pikerd') as pikerd:

@@ -66,6 +66,8 @@ class Feed:
     stream: QuoteStream
     dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Quotes lost per broker because this consumer was slow (brokerd-side and local)."""
+    malformed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Messages per broker that were not a feed message (skipped, logged)."""
 
     def __aiter__(self) -> QuoteStream:
         return self.stream
@@ -112,17 +114,22 @@ async def _pump(
                 feed.stream.lost[broker] = f'brokerd.{broker} feed failed: {_remote_reason(err)}'
                 log.error(feed.stream.lost[broker])
                 return
-            quotes = msg.get('quotes')
-            if quotes is not None:
-                packet = {f'{sym}.{broker}': q for sym, q in quotes.items()}
-                try:
-                    tx.send_nowait(packet)
-                except trio.WouldBlock:
-                    feed.dropped[broker] += 1
-            elif 'overrun' in msg:
-                n = msg['overrun']['dropped']
-                feed.dropped[broker] += n
-                log.warning('brokerd.%s dropped %d quotes for this slow consumer', broker, n)
+            try:
+                quotes = msg.get('quotes')
+                if quotes is not None:
+                    packet = {f'{sym}.{broker}': q for sym, q in quotes.items()}
+                    try:
+                        tx.send_nowait(packet)
+                    except trio.WouldBlock:
+                        feed.dropped[broker] += 1
+                elif 'overrun' in msg:
+                    n = int(msg['overrun']['dropped'])
+                    feed.dropped[broker] += n
+                    log.warning('brokerd.%s dropped %d quotes for this slow consumer', broker, n)
+            except Exception as err:  # one malformed message must not end everyone's feed
+                feed.malformed[broker] += 1
+                log.warning('brokerd.%s sent a malformed feed message (%s: %s): skipped %r',
+                            broker, type(err).__name__, err, msg)
     finally:
         tx.close()
 

@@ -81,7 +81,6 @@ class SimExchange(DialogueEngine):
                 fidelity,
                 ack_delay=fidelity.ack_delay if ack_delay is None else float(ack_delay),
                 fill_delay=fidelity.fill_delay if fill_delay is None else float(fill_delay))
-        self.ack_delay, self.fill_delay = fidelity.ack_delay, fidelity.fill_delay
         super().__init__(
             'sim', self._next_reqid, name='brokerd.sim exchange', clock=clock, journal=journal,
             fee_bps=fee_bps, fill_prefix='sim', fidelity=fidelity,
@@ -123,8 +122,8 @@ class SimExchange(DialogueEngine):
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
         stats.update(
-            ack_delay=self.ack_delay,
-            fill_delay=self.fill_delay,
+            ack_delay=self.fidelity.ack_delay,   # (the latency model's: one source of truth)
+            fill_delay=self.fidelity.fill_delay,
             watched=sorted(self.watched),
         )
         return stats
