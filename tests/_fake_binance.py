@@ -19,7 +19,8 @@ parts). An incoming marketable order executes at once against the book.
 
 Test controls (not Binance: plain JSON under ``/_fake/``): ``quote`` (set bid/ask/sizes, one
 update), ``drop`` (close market or user websockets), ``block_user`` (refuse user-stream
-connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``state``.
+connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``subscribed``
+(answer once the given market streams are subscribed), ``state``.
 
 Run standalone: ``python tests/_fake_binance.py --port 9999 --api-key k --secret s`` (prints
 ``listening on http://127.0.0.1:<port>``).
@@ -122,7 +123,7 @@ class Exchange:
     trades: list[dict] = field(default_factory=list)
     next_order_id: int = 100_000
     next_trade_id: int = 7_000_000
-    market_ws: set = field(default_factory=set)        # (ws, set of streams)
+    market_ws: dict = field(default_factory=dict)      # ws -> the streams it subscribed
     user_ws: set = field(default_factory=set)
     user_blocked_until: float = 0.0
     ratelimited: int = 0
@@ -134,6 +135,15 @@ class Exchange:
             self.balances = {'BTC': [Decimal('0.00000000'), Decimal(0)],
                              'USDT': [Decimal('100000.00000000'), Decimal(0)]}
         self.rng = random.Random(self.seed)
+        self.subs_changed = asyncio.Event()   # set (and replaced) on every (UN)SUBSCRIBE
+
+    def subscriptions_changed(self) -> None:
+        self.subs_changed.set()
+        self.subs_changed = asyncio.Event()
+
+    def subscribed(self) -> set[str]:
+        """Every market stream some open websocket is subscribed to."""
+        return set().union(*self.market_ws.values())
 
     # -- the market ----------------------------------------------------------------
 
@@ -174,7 +184,7 @@ class Exchange:
 
     def broadcast(self, stream: str, payload: dict) -> None:
         text = json.dumps(payload)
-        for ws, streams in list(self.market_ws):
+        for ws, streams in list(self.market_ws.items()):
             if stream in streams and not ws.closed:
                 asyncio.ensure_future(self._send(ws, text))
 
@@ -597,9 +607,7 @@ def make_app(ex: Exchange) -> web.Application:
     async def market_ws(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        streams: set[str] = set()
-        entry = (ws, _Streams(streams))
-        ex.market_ws.add(entry)
+        streams = ex.market_ws[ws] = set()
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -610,8 +618,10 @@ def make_app(ex: Exchange) -> web.Application:
                 elif req.get('method') == 'UNSUBSCRIBE':
                     streams.difference_update(req.get('params', []))
                 await ws.send_str(json.dumps({'result': None, 'id': req.get('id')}))
+                ex.subscriptions_changed()
         finally:
-            ex.market_ws.discard(entry)
+            ex.market_ws.pop(ws, None)
+            ex.subscriptions_changed()
         return ws
 
     routes.get('/ws')(market_ws)
@@ -671,12 +681,26 @@ def make_app(ex: Exchange) -> web.Application:
         ex.broadcast(body['stream'], body['payload'])
         return web.json_response({'sent': body['stream']})
 
+    @routes.post('/_fake/subscribed')
+    async def wait_subscribed(request: web.Request) -> web.Response:
+        """Answer once every stream in ``streams`` is subscribed (408 after ``timeout`` s)."""
+        body = await request.json()
+        want = set(body['streams'])
+        try:
+            async with asyncio.timeout(float(body.get('timeout', 30))):
+                while not want <= ex.subscribed():
+                    await ex.subs_changed.wait()
+        except TimeoutError:
+            return web.json_response({'subscribed': sorted(ex.subscribed())}, status=408)
+        return web.json_response({'subscribed': sorted(ex.subscribed())})
+
     @routes.post('/_fake/drop')
     async def drop(request: web.Request) -> web.Response:
         which = (await request.json()).get('which', 'both')
         n = 0
         if which in ('market', 'both'):
-            for ws, _ in list(ex.market_ws):
+            for ws in list(ex.market_ws):
+                ex.market_ws.pop(ws)   # its subscriptions end now, not when the close completes
                 await ws.close()
                 n += 1
         if which in ('user', 'both'):
@@ -728,24 +752,6 @@ def make_app(ex: Exchange) -> web.Application:
 
 class _Limited(Exception):
     pass
-
-
-class _Streams(frozenset):
-    """A hashable view of a websocket's (mutable) subscriptions."""
-
-    def __new__(cls, streams: set[str]):
-        obj = super().__new__(cls)
-        obj.streams = streams
-        return obj
-
-    def __contains__(self, item: object) -> bool:
-        return item in self.streams
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
 
 async def serve(port: int, api_key: str, secret: str, rate: float, seed: int) -> None:

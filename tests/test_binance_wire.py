@@ -92,7 +92,7 @@ def test_ccxt_pro_parses_the_streams(fake):
             book = asyncio.ensure_future(ex.watch_bids_asks(['BTC/USDT']))
             tape = asyncio.ensure_future(ex.watch_trades('BTC/USDT'))
             orders = asyncio.ensure_future(ex.watch_orders())
-            await asyncio.sleep(0.5)   # let the subscriptions reach the fake
+            await asyncio.to_thread(fake.wait_subscribed, 'btcusdt@bookTicker', 'btcusdt@trade')
             await asyncio.to_thread(fake.ctl_sync, 'quote', {'bid': 50000, 'ask': 50000.01, 'ask_qty': 1})
             await ex.create_order('BTC/USDT', 'limit', 'buy', 0.01, 50001, {'clientOrderId': 'w-1'})
             tickers = await asyncio.wait_for(book, 10)
