@@ -63,19 +63,17 @@ def test_ccxt_parses_every_rest_payload(fake):
     asyncio.run(main())
 
 
-def test_signatures_are_checked(fake):
+@pytest.mark.parametrize('creds,error,reason', [
+    ({'secret': 'not-the-secret'}, 'AuthenticationError', 'Signature for this request is not valid'),
+    ({'key': 'not-the-key'}, 'ExchangeError', 'Invalid API-key'),
+])
+def test_signatures_are_checked(fake, creds, error, reason):
     import ccxt
 
     async def main():
-        ex = await _client(fake, secret='not-the-secret')
+        ex = await _client(fake, **creds)
         try:
-            with pytest.raises(ccxt.AuthenticationError, match='Signature for this request is not valid'):
-                await ex.fetch_balance()
-        finally:
-            await ex.close()
-        ex = await _client(fake, key='not-the-key')
-        try:
-            with pytest.raises(ccxt.ExchangeError, match='Invalid API-key'):
+            with pytest.raises(getattr(ccxt, error), match=reason):
                 await ex.fetch_balance()
         finally:
             await ex.close()
