@@ -3,6 +3,8 @@ live limit orders with their statuses, fills and positions, rejections, reconnec
 restarts and the keyless modes."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -27,10 +29,25 @@ def fake(config_dir):
     stop_fake(fake)
 
 
+@asynccontextmanager
+async def live_ems(reg_addr, **kw):
+    """pikerd and one EMS client ('A') trading the live binance account."""
+    async with open_pikerd(reg_addr, **kw), open_ems(
+            FQSN, mode='live', account='binance', name='A', **kw) as (book, trades, positions):
+        yield book, trades, positions
+
+
+async def resting_buy(book, trades) -> str:
+    """A buy of 0.1 at 49900, below the book, that the venue has taken (its oid)."""
+    oid = book.send('buy', 49900.0, 0.1)
+    assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+    return oid
+
+
 async def test_limit_order_ack_partial_fill_fill_and_position(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, positions):
+        async with live_ems(reg_addr) as (book, trades, positions):
             oid = book.send('buy', 49990.0, 0.2)
             first = await next_status(trades, oid, timeout=30)
             assert first.resp == 'broker_submitted'
@@ -126,7 +143,7 @@ async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, 
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             # cancel right away: one venue order, cancelled, one final status
             a = book.send('buy', 49000.0, 0.01)
             book.cancel(a)
@@ -165,7 +182,7 @@ async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, f
 async def test_rejections_carry_the_venue_reason(reg_addr, fake: FakeBinance, price, size, reason):
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             bad = book.send('buy', price, size)
             seq = await collect_until(trades, FINAL, bad, timeout=30)
             assert seq[-1].resp == 'broker_errored' and reason in seq[-1].reason, seq
@@ -180,9 +197,8 @@ async def test_streams_drop_and_a_fill_in_the_gap_is_reported_once(reg_addr, fak
 
     await fake.quote(50000, 50000.01, ask_qty=1.0)
     with trio.fail_after(120):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
-            oid = book.send('buy', 49900.0, 0.1)
-            assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
             # the user stream goes down (and stays down for 3 s); the order fills meanwhile
             await fake.ctl('block_user', {'seconds': 3})
             await fake.ctl('drop', {'which': 'market'})
@@ -201,7 +217,7 @@ async def test_streams_drop_and_a_fill_in_the_gap_is_reported_once(reg_addr, fak
 async def test_http_429_backs_off_and_says_so(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             await fake.ctl('ratelimit', {'count': 2})
             oid = book.send('buy', 49000.0, 0.01)
             seq = await collect_until(trades, {'broker_submitted', *FINAL}, oid, timeout=30)
@@ -221,9 +237,8 @@ async def test_brokerd_restart_reconciles_resting_orders(reg_addr, fake: FakeBin
 
     await fake.quote(50000, 50000.01, ask_qty=1.0)
     with trio.fail_after(150):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
-            oid = book.send('buy', 49900.0, 0.1)
-            assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
             [pid] = actor_pids('brokerd.binance', os.getpid())
             os.kill(pid, signal.SIGKILL)
             lost = await next_status(trades, oid, timeout=15)
@@ -268,8 +283,7 @@ async def test_secrets_never_reach_logs(reg_addr, fake: FakeBinance, capfd):
 
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr, loglevel='debug'), open_ems(
-                FQSN, mode='live', account='binance', name='A', loglevel='debug') as (book, trades, _):
+        async with live_ems(reg_addr, loglevel='debug') as (book, trades, _):
             bad = book.send('buy', 50000.0, 100.0)   # a refusal: its error text must be clean too
             seq = await collect_until(trades, FINAL, bad, timeout=30)
             assert seq[-1].resp == 'broker_errored'
