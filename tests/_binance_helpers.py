@@ -48,9 +48,12 @@ class FakeBinance:
         return await self.ctl('quote', body)
 
     def wait_subscribed(self, *streams: str, timeout: float = 30) -> dict:
-        """Block until some market websocket subscribed every one of ``streams`` (an HTTP
-        408 error after ``timeout`` seconds)."""
+        """Block until every one of ``streams`` is subscribed (``'user'``: a user-data
+        stream; an HTTP 408 error after ``timeout`` seconds)."""
         return self.ctl_sync('subscribed', {'streams': list(streams), 'timeout': timeout}, timeout + 5)
+
+    async def subscribed(self, *streams: str, timeout: float = 30) -> dict:
+        return await trio.to_thread.run_sync(lambda: self.wait_subscribed(*streams, timeout=timeout))
 
     async def state(self) -> dict:
         return await self.ctl('state')

@@ -20,7 +20,8 @@ parts). An incoming marketable order executes at once against the book.
 Test controls (not Binance: plain JSON under ``/_fake/``): ``quote`` (set bid/ask/sizes, one
 update), ``drop`` (close market or user websockets), ``block_user`` (refuse user-stream
 connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``subscribed``
-(answer once the given market streams are subscribed), ``state``.
+(answer once the given streams are subscribed), ``broadcast`` (one raw frame, malformed or not,
+to a market stream's or the user-data subscribers), ``state``.
 
 Run standalone: ``python tests/_fake_binance.py --port 9999 --api-key k --secret s`` (prints
 ``listening on http://127.0.0.1:<port>``).
@@ -142,8 +143,9 @@ class Exchange:
         self.subs_changed = asyncio.Event()
 
     def subscribed(self) -> set[str]:
-        """Every market stream some open websocket is subscribed to."""
-        return set().union(*self.market_ws.values())
+        """Every market stream some open websocket is subscribed to (and ``user`` while a
+        user-data stream is)."""
+        return set().union(*self.market_ws.values(), ['user'] if self.user_ws else [])
 
     # -- the market ----------------------------------------------------------------
 
@@ -652,6 +654,7 @@ def make_app(ex: Exchange) -> web.Application:
                     else:
                         await ws.send_str(json.dumps({'id': rid, 'status': 200, 'result': {'subscriptionId': 0}}))
                         ex.user_ws.add(ws)
+                        ex.subscriptions_changed()
                 elif method == 'ping':
                     await ws.send_str(json.dumps({'id': rid, 'status': 200, 'result': {}}))
                 else:
@@ -659,6 +662,7 @@ def make_app(ex: Exchange) -> web.Application:
                         'code': -1100, 'msg': f'unsupported method {method}'}}))
         finally:
             ex.user_ws.discard(ws)
+            ex.subscriptions_changed()
         return ws
 
     # -- test controls ----------------------------------------------------------------------
@@ -677,13 +681,19 @@ def make_app(ex: Exchange) -> web.Application:
 
     @routes.post('/_fake/broadcast')
     async def broadcast(request: web.Request) -> web.Response:
-        body = await request.json()   # one raw market frame, as is (for malformed-input tests)
-        ex.broadcast(body['stream'], body['payload'])
+        body = await request.json()   # one raw frame, as is (for malformed-input tests)
+        if body.get('stream') == 'user':   # to the user-data websockets, unwrapped
+            text = json.dumps(body['payload'])
+            for ws in list(ex.user_ws):
+                await ws.send_str(text)
+        else:
+            ex.broadcast(body['stream'], body['payload'])
         return web.json_response({'sent': body['stream']})
 
     @routes.post('/_fake/subscribed')
     async def wait_subscribed(request: web.Request) -> web.Response:
-        """Answer once every stream in ``streams`` is subscribed (408 after ``timeout`` s)."""
+        """Answer once every stream in ``streams`` (``user``: the user-data stream) is
+        subscribed (408 after ``timeout`` s)."""
         body = await request.json()
         want = set(body['streams'])
         try:

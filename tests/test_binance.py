@@ -124,9 +124,14 @@ async def test_quotes_and_history_come_from_the_venue(reg_addr, fake: FakeBinanc
         assert 'GET /api/v3/klines' in (await fake.state())['requests']
 
 
-async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance):
-    """One bad book-ticker frame (a price that is no number) must not end brokerd's quote
-    stream: the frame is skipped and later quotes still reach the feed."""
+@pytest.mark.parametrize('payload', [
+    {'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'},  # our parse fails
+    {'u': 10**9, 'b': '43211.00', 'B': '1', 'a': '43211.01', 'A': '1'},  # ccxt's handler raises
+], ids=['bad-price', 'no-symbol'])
+async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance, payload):
+    """One bad book-ticker frame (a price that is no number; a frame without its symbol, on
+    which ccxt's own handler raises) must not end brokerd's quote stream: the frame is
+    skipped and later quotes still reach the feed."""
     from piker_ems.data import open_feed
 
     await fake.quote(43210.5, 43210.51)
@@ -134,10 +139,28 @@ async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, 
         async with open_pikerd(reg_addr):
             async with open_feed(FQSN) as feed:
                 await moving_market_reaches(feed, fake, 43211.0)
-                await fake.ctl('broadcast', {'stream': 'btcusdt@bookTicker', 'payload': {
-                    'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'}})
+                await fake.ctl('broadcast', {'stream': 'btcusdt@bookTicker', 'payload': payload})
                 q = await moving_market_reaches(feed, fake, 43215.0)
                 assert q['bid'] == 43215.0
+
+
+async def test_a_user_stream_frame_ccxt_cannot_handle_is_skipped_and_fills_still_come(
+        reg_addr, fake: FakeBinance):
+    """An execution report with numbers that are not numbers: our handler and ccxt's both
+    raise on it; the frame is skipped and the user stream goes on reading (left to ccxt its
+    connection would go silent, and the fill below never be reported)."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
+            await fake.subscribed('user')
+            await fake.ctl('broadcast', {'stream': 'user', 'payload': {'subscriptionId': 0, 'event': {
+                'e': 'executionReport', 'E': 1, 's': 'BTCUSDT', 'i': 'x', 'x': 'TRADE', 'X': 'FILLED',
+                'L': 'x', 'l': 'x', 't': 'x', 'T': 'x'}}})
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)
+            seq = await collect_until(trades, FINAL, oid, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_executed']
+            assert seq[0].brokerd_msg['fill_id'] == str((await fake.state())['trades'][0]['id'])
 
 
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
