@@ -21,7 +21,8 @@ Test controls (not Binance: plain JSON under ``/_fake/``): ``quote`` (set bid/as
 update), ``drop`` (close market or user websockets), ``block_user`` (refuse user-stream
 connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``subscribed``
 (answer once the given streams are subscribed), ``broadcast`` (one raw frame, malformed or not,
-to a market stream's or the user-data subscribers), ``state``.
+to a market stream's or the user-data subscribers), ``malform`` (the next answer to a REST
+request is the given body), ``state``.
 
 Run standalone: ``python tests/_fake_binance.py --port 9999 --api-key k --secret s`` (prints
 ``listening on http://127.0.0.1:<port>``).
@@ -128,6 +129,7 @@ class Exchange:
     user_ws: set = field(default_factory=set)
     user_blocked_until: float = 0.0
     ratelimited: int = 0
+    malformed: dict[str, list] = field(default_factory=dict)   # 'GET /api/v3/x' -> next bodies
     requests: list[str] = field(default_factory=list)
     public_trades: list = field(default_factory=list)  # the tape (GET /api/v3/trades)
 
@@ -481,6 +483,9 @@ def make_app(ex: Exchange) -> web.Application:
             async def handler(request: web.Request) -> web.StreamResponse:
                 try:
                     p = await params_of(request, signed)
+                    canned = ex.malformed.get(f'{method} {path}')
+                    if canned:
+                        return web.json_response(canned.pop(0))
                     return web.json_response(fn(p))
                 except _Limited:
                     return web.json_response(
@@ -732,6 +737,12 @@ def make_app(ex: Exchange) -> web.Application:
         ex.ratelimited = int((await request.json()).get('count', 1))
         return web.json_response({'ratelimited': ex.ratelimited})
 
+    @routes.post('/_fake/malform')
+    async def malform(request: web.Request) -> web.Response:
+        body = await request.json()   # the next answer to ``request`` is ``body``, as is
+        ex.malformed.setdefault(body['request'], []).append(body['body'])
+        return web.json_response({'queued': len(ex.malformed[body['request']])})
+
     @routes.get('/_fake/state')
     async def state(request: web.Request) -> web.Response:
         return web.json_response({
@@ -740,6 +751,7 @@ def make_app(ex: Exchange) -> web.Application:
             'balances': {a: [_s(f), _s(l)] for a, (f, l) in ex.balances.items()},
             'requests': ex.requests,
             'user_ws': len(ex.user_ws), 'market_ws': len(ex.market_ws),
+            'malformed_pending': sum(len(v) for v in ex.malformed.values()),
             'bid': _s(ex.market.bid), 'ask': _s(ex.market.ask),
         })
 

@@ -163,6 +163,31 @@ async def test_a_user_stream_frame_ccxt_cannot_handle_is_skipped_and_fills_still
             assert seq[0].brokerd_msg['fill_id'] == str((await fake.state())['trades'][0]['id'])
 
 
+async def test_an_unreadable_balances_answer_does_not_end_the_dialogue(reg_addr, fake: FakeBinance):
+    """The account call after a fill answers nonsense: brokerd.binance logs it and goes on;
+    the next fill brings the position (both buys)."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            first = await resting_buy(book, trades)
+            await fake.ctl('malform', {'request': 'GET /api/v3/account', 'body': {'balances': [{'asset': 'BTC'}]}})
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)
+            seq = await collect_until(trades, FINAL, first, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_executed']
+            second = book.send('buy', 50001.0, 0.05)   # marketable: fills at once
+            final, held = None, None
+            with trio.fail_after(30):
+                async for msg in trades:
+                    if isinstance(msg, BrokerdPosition):
+                        held = held if held is not None else msg.size
+                    elif isinstance(msg, Status) and msg.oid == second and msg.resp in FINAL:
+                        final = msg.resp
+                    if final and held is not None:
+                        break
+            assert (final, held) == ('broker_executed', pytest.approx(0.15))
+            assert (await fake.state())['malformed_pending'] == 0   # the nonsense was served
+
+
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):

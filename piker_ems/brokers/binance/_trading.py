@@ -427,6 +427,8 @@ class LiveDialogue:
                 log.warning('binance: balances unavailable: %s', err.reason)
                 await trio.sleep(1.0)
                 self.positions_dirty.set()
+            except Exception:   # an answer we cannot read: the next fill asks again; the loop goes on
+                log.exception('binance: unreadable balances; positions wait for the next fill')
 
     async def snapshot(self, since_ns: int | None) -> VenueSnapshot:
         """Open orders, positions and (with ``since_ns``) fills and ended orders since then."""
