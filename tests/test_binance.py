@@ -127,7 +127,8 @@ async def test_quotes_and_history_come_from_the_venue(reg_addr, fake: FakeBinanc
 @pytest.mark.parametrize('payload', [
     {'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'},  # our parse fails
     {'u': 10**9, 'b': '43211.00', 'B': '1', 'a': '43211.01', 'A': '1'},  # ccxt's handler raises
-], ids=['bad-price', 'no-symbol'])
+    {'error': {'code': 2, 'msg': 'Invalid request'}, 'id': 1},  # ccxt fails every watcher of it
+], ids=['bad-price', 'no-symbol', 'error-frame'])
 async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance, payload):
     """One bad book-ticker frame (a price that is no number; a frame without its symbol, on
     which ccxt's own handler raises) must not end brokerd's quote stream: the frame is

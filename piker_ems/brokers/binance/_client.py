@@ -245,7 +245,8 @@ class BinanceVenue:
 
     def watch(self, method: str, symbol: str) -> Callable[[], AsyncIterator[Any]]:
         """An async generator (run on the asyncio loop) of a ccxt.pro watcher's updates that
-        survives disconnects: it reconnects with a doubling backoff and resubscribes."""
+        survives disconnects and error frames: it reconnects with a doubling backoff and
+        resubscribes."""
         ex = self.ex
         unified = self.market(symbol)['symbol']
 
@@ -265,7 +266,9 @@ class BinanceVenue:
                     backoff = 0.25
                     for item in items:
                         yield item
-                except ccxt.NetworkError as err:
+                except (ccxt.NetworkError, ccxt.ExchangeError) as err:
+                    # an error frame (ExchangeError) fails every watcher of the connection:
+                    # subscribe again, as after a drop, rather than end the feed
                     log.warning('binance %s %s: %s; reconnecting in %.2fs', method, symbol, err, backoff)
                     yield {'_reconnecting': str(err)}
                     await asyncio.sleep(backoff)
