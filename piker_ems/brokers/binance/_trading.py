@@ -104,7 +104,6 @@ class LiveDialogue:
         section = load_config().get('binance') or {}
         self.symbols: set[str] = {str(s).lower() for s in section.get('symbols', ['btcusdt'])}
         self.current: str | None = None  # oid of the request in flight (for rate-limit notices)
-        self.user_stream_up = False
 
     # -- output ------------------------------------------------------------------------
 
@@ -542,10 +541,8 @@ class LiveDialogue:
                         log.exception('binance: bad execution report %r', ev[1])
                 elif kind == 'up':
                     log.info('binance: user data stream subscribed; reconciling working orders')
-                    self.user_stream_up = True
                     await self.reconcile()
                 else:
-                    self.user_stream_up = False
                     log.warning('binance: user data stream down (%s); reconnecting', ev[1])
 
     def take(self, raw: Any) -> None:
