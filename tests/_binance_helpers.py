@@ -31,11 +31,11 @@ class FakeBinance:
             text += f'api_key = "{KEY}"\nsecret = "{SECRET}"\n'
         return text + extra
 
-    def ctl_sync(self, path: str, body: dict | None = None) -> dict:
+    def ctl_sync(self, path: str, body: dict | None = None, timeout: float = 10) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + '/_fake/' + path, data=data,
                                      method='POST' if data is not None else 'GET')
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
 
     async def ctl(self, path: str, body: dict | None = None) -> dict:
@@ -46,6 +46,14 @@ class FakeBinance:
         if ask is not None:
             body['ask'] = ask
         return await self.ctl('quote', body)
+
+    def wait_subscribed(self, *streams: str, timeout: float = 30) -> dict:
+        """Block until every one of ``streams`` is subscribed (``'user'``: a user-data
+        stream; an HTTP 408 error after ``timeout`` seconds)."""
+        return self.ctl_sync('subscribed', {'streams': list(streams), 'timeout': timeout}, timeout + 5)
+
+    async def subscribed(self, *streams: str, timeout: float = 30) -> dict:
+        return await trio.to_thread.run_sync(lambda: self.wait_subscribed(*streams, timeout=timeout))
 
     async def state(self) -> dict:
         return await self.ctl('state')

@@ -19,7 +19,10 @@ parts). An incoming marketable order executes at once against the book.
 
 Test controls (not Binance: plain JSON under ``/_fake/``): ``quote`` (set bid/ask/sizes, one
 update), ``drop`` (close market or user websockets), ``block_user`` (refuse user-stream
-connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``state``.
+connections for a while), ``ratelimit`` (answer the next N REST calls with 429), ``subscribed``
+(answer once the given streams are subscribed), ``broadcast`` (one raw frame, malformed or not,
+to a market stream's or the user-data subscribers), ``malform`` (the next answer to a REST
+request is the given body), ``state``.
 
 Run standalone: ``python tests/_fake_binance.py --port 9999 --api-key k --secret s`` (prints
 ``listening on http://127.0.0.1:<port>``).
@@ -122,10 +125,11 @@ class Exchange:
     trades: list[dict] = field(default_factory=list)
     next_order_id: int = 100_000
     next_trade_id: int = 7_000_000
-    market_ws: set = field(default_factory=set)        # (ws, set of streams)
+    market_ws: dict = field(default_factory=dict)      # ws -> the streams it subscribed
     user_ws: set = field(default_factory=set)
     user_blocked_until: float = 0.0
     ratelimited: int = 0
+    malformed: dict[str, list] = field(default_factory=dict)   # 'GET /api/v3/x' -> next bodies
     requests: list[str] = field(default_factory=list)
     public_trades: list = field(default_factory=list)  # the tape (GET /api/v3/trades)
 
@@ -134,6 +138,16 @@ class Exchange:
             self.balances = {'BTC': [Decimal('0.00000000'), Decimal(0)],
                              'USDT': [Decimal('100000.00000000'), Decimal(0)]}
         self.rng = random.Random(self.seed)
+        self.subs_changed = asyncio.Event()   # set (and replaced) on every (UN)SUBSCRIBE
+
+    def subscriptions_changed(self) -> None:
+        self.subs_changed.set()
+        self.subs_changed = asyncio.Event()
+
+    def subscribed(self) -> set[str]:
+        """Every market stream some open websocket is subscribed to (and ``user`` while a
+        user-data stream is)."""
+        return set().union(*self.market_ws.values(), ['user'] if self.user_ws else [])
 
     # -- the market ----------------------------------------------------------------
 
@@ -174,7 +188,7 @@ class Exchange:
 
     def broadcast(self, stream: str, payload: dict) -> None:
         text = json.dumps(payload)
-        for ws, streams in list(self.market_ws):
+        for ws, streams in list(self.market_ws.items()):
             if stream in streams and not ws.closed:
                 asyncio.ensure_future(self._send(ws, text))
 
@@ -469,6 +483,9 @@ def make_app(ex: Exchange) -> web.Application:
             async def handler(request: web.Request) -> web.StreamResponse:
                 try:
                     p = await params_of(request, signed)
+                    canned = ex.malformed.get(f'{method} {path}')
+                    if canned:
+                        return web.json_response(canned.pop(0))
                     return web.json_response(fn(p))
                 except _Limited:
                     return web.json_response(
@@ -597,9 +614,7 @@ def make_app(ex: Exchange) -> web.Application:
     async def market_ws(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        streams: set[str] = set()
-        entry = (ws, _Streams(streams))
-        ex.market_ws.add(entry)
+        streams = ex.market_ws[ws] = set()
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -610,8 +625,10 @@ def make_app(ex: Exchange) -> web.Application:
                 elif req.get('method') == 'UNSUBSCRIBE':
                     streams.difference_update(req.get('params', []))
                 await ws.send_str(json.dumps({'result': None, 'id': req.get('id')}))
+                ex.subscriptions_changed()
         finally:
-            ex.market_ws.discard(entry)
+            ex.market_ws.pop(ws, None)
+            ex.subscriptions_changed()
         return ws
 
     routes.get('/ws')(market_ws)
@@ -642,6 +659,7 @@ def make_app(ex: Exchange) -> web.Application:
                     else:
                         await ws.send_str(json.dumps({'id': rid, 'status': 200, 'result': {'subscriptionId': 0}}))
                         ex.user_ws.add(ws)
+                        ex.subscriptions_changed()
                 elif method == 'ping':
                     await ws.send_str(json.dumps({'id': rid, 'status': 200, 'result': {}}))
                 else:
@@ -649,6 +667,7 @@ def make_app(ex: Exchange) -> web.Application:
                         'code': -1100, 'msg': f'unsupported method {method}'}}))
         finally:
             ex.user_ws.discard(ws)
+            ex.subscriptions_changed()
         return ws
 
     # -- test controls ----------------------------------------------------------------------
@@ -667,16 +686,36 @@ def make_app(ex: Exchange) -> web.Application:
 
     @routes.post('/_fake/broadcast')
     async def broadcast(request: web.Request) -> web.Response:
-        body = await request.json()   # one raw market frame, as is (for malformed-input tests)
-        ex.broadcast(body['stream'], body['payload'])
+        body = await request.json()   # one raw frame, as is (for malformed-input tests)
+        if body.get('stream') == 'user':   # to the user-data websockets, unwrapped
+            text = json.dumps(body['payload'])
+            for ws in list(ex.user_ws):
+                await ws.send_str(text)
+        else:
+            ex.broadcast(body['stream'], body['payload'])
         return web.json_response({'sent': body['stream']})
+
+    @routes.post('/_fake/subscribed')
+    async def wait_subscribed(request: web.Request) -> web.Response:
+        """Answer once every stream in ``streams`` (``user``: the user-data stream) is
+        subscribed (408 after ``timeout`` s)."""
+        body = await request.json()
+        want = set(body['streams'])
+        try:
+            async with asyncio.timeout(float(body.get('timeout', 30))):
+                while not want <= ex.subscribed():
+                    await ex.subs_changed.wait()
+        except TimeoutError:
+            return web.json_response({'subscribed': sorted(ex.subscribed())}, status=408)
+        return web.json_response({'subscribed': sorted(ex.subscribed())})
 
     @routes.post('/_fake/drop')
     async def drop(request: web.Request) -> web.Response:
         which = (await request.json()).get('which', 'both')
         n = 0
         if which in ('market', 'both'):
-            for ws, _ in list(ex.market_ws):
+            for ws in list(ex.market_ws):
+                ex.market_ws.pop(ws)   # its subscriptions end now, not when the close completes
                 await ws.close()
                 n += 1
         if which in ('user', 'both'):
@@ -698,6 +737,12 @@ def make_app(ex: Exchange) -> web.Application:
         ex.ratelimited = int((await request.json()).get('count', 1))
         return web.json_response({'ratelimited': ex.ratelimited})
 
+    @routes.post('/_fake/malform')
+    async def malform(request: web.Request) -> web.Response:
+        body = await request.json()   # the next answer to ``request`` is ``body``, as is
+        ex.malformed.setdefault(body['request'], []).append(body['body'])
+        return web.json_response({'queued': len(ex.malformed[body['request']])})
+
     @routes.get('/_fake/state')
     async def state(request: web.Request) -> web.Response:
         return web.json_response({
@@ -706,6 +751,7 @@ def make_app(ex: Exchange) -> web.Application:
             'balances': {a: [_s(f), _s(l)] for a, (f, l) in ex.balances.items()},
             'requests': ex.requests,
             'user_ws': len(ex.user_ws), 'market_ws': len(ex.market_ws),
+            'malformed_pending': sum(len(v) for v in ex.malformed.values()),
             'bid': _s(ex.market.bid), 'ask': _s(ex.market.ask),
         })
 
@@ -728,24 +774,6 @@ def make_app(ex: Exchange) -> web.Application:
 
 class _Limited(Exception):
     pass
-
-
-class _Streams(frozenset):
-    """A hashable view of a websocket's (mutable) subscriptions."""
-
-    def __new__(cls, streams: set[str]):
-        obj = super().__new__(cls)
-        obj.streams = streams
-        return obj
-
-    def __contains__(self, item: object) -> bool:
-        return item in self.streams
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
 
 
 async def serve(port: int, api_key: str, secret: str, rate: float, seed: int) -> None:

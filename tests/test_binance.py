@@ -3,6 +3,8 @@ live limit orders with their statuses, fills and positions, rejections, reconnec
 restarts and the keyless modes."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -27,10 +29,25 @@ def fake(config_dir):
     stop_fake(fake)
 
 
+@asynccontextmanager
+async def live_ems(reg_addr, **kw):
+    """pikerd and one EMS client ('A') trading the live binance account."""
+    async with open_pikerd(reg_addr, **kw), open_ems(
+            FQSN, mode='live', account='binance', name='A', **kw) as (book, trades, positions):
+        yield book, trades, positions
+
+
+async def resting_buy(book, trades) -> str:
+    """A buy of 0.1 at 49900, below the book, that the venue has taken (its oid)."""
+    oid = book.send('buy', 49900.0, 0.1)
+    assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+    return oid
+
+
 async def test_limit_order_ack_partial_fill_fill_and_position(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, positions):
+        async with live_ems(reg_addr) as (book, trades, positions):
             oid = book.send('buy', 49990.0, 0.2)
             first = await next_status(trades, oid, timeout=30)
             assert first.resp == 'broker_submitted'
@@ -107,9 +124,15 @@ async def test_quotes_and_history_come_from_the_venue(reg_addr, fake: FakeBinanc
         assert 'GET /api/v3/klines' in (await fake.state())['requests']
 
 
-async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance):
-    """One bad book-ticker frame (a price that is no number) must not end brokerd's quote
-    stream: the frame is skipped and later quotes still reach the feed."""
+@pytest.mark.parametrize('payload', [
+    {'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'},  # our parse fails
+    {'u': 10**9, 'b': '43211.00', 'B': '1', 'a': '43211.01', 'A': '1'},  # ccxt's handler raises
+    {'error': {'code': 2, 'msg': 'Invalid request'}, 'id': 1},  # ccxt fails every watcher of it
+], ids=['bad-price', 'no-symbol', 'error-frame'])
+async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, fake: FakeBinance, payload):
+    """One bad book-ticker frame (a price that is no number; a frame without its symbol, on
+    which ccxt's own handler raises) must not end brokerd's quote stream: the frame is
+    skipped and later quotes still reach the feed."""
     from piker_ems.data import open_feed
 
     await fake.quote(43210.5, 43210.51)
@@ -117,16 +140,59 @@ async def test_a_malformed_market_message_is_skipped_and_quotes_go_on(reg_addr, 
         async with open_pikerd(reg_addr):
             async with open_feed(FQSN) as feed:
                 await moving_market_reaches(feed, fake, 43211.0)
-                await fake.ctl('broadcast', {'stream': 'btcusdt@bookTicker', 'payload': {
-                    'u': 10**9, 's': 'BTCUSDT', 'b': 'oops', 'B': '1', 'a': '43211.01', 'A': '1'}})
+                await fake.ctl('broadcast', {'stream': 'btcusdt@bookTicker', 'payload': payload})
                 q = await moving_market_reaches(feed, fake, 43215.0)
                 assert q['bid'] == 43215.0
+
+
+async def test_a_user_stream_frame_ccxt_cannot_handle_is_skipped_and_fills_still_come(
+        reg_addr, fake: FakeBinance):
+    """An execution report with numbers that are not numbers: our handler and ccxt's both
+    raise on it; the frame is skipped and the user stream goes on reading (left to ccxt its
+    connection would go silent, and the fill below never be reported)."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
+            await fake.subscribed('user')
+            await fake.ctl('broadcast', {'stream': 'user', 'payload': {'subscriptionId': 0, 'event': {
+                'e': 'executionReport', 'E': 1, 's': 'BTCUSDT', 'i': 'x', 'x': 'TRADE', 'X': 'FILLED',
+                'L': 'x', 'l': 'x', 't': 'x', 'T': 'x'}}})
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)
+            seq = await collect_until(trades, FINAL, oid, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_executed']
+            assert seq[0].brokerd_msg['fill_id'] == str((await fake.state())['trades'][0]['id'])
+
+
+async def test_an_unreadable_balances_answer_does_not_end_the_dialogue(reg_addr, fake: FakeBinance):
+    """The account call after a fill answers nonsense: brokerd.binance logs it and goes on;
+    the next fill brings the position (both buys)."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            first = await resting_buy(book, trades)
+            await fake.ctl('malform', {'request': 'GET /api/v3/account', 'body': {'balances': [{'asset': 'BTC'}]}})
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)
+            seq = await collect_until(trades, FINAL, first, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_executed']
+            second = book.send('buy', 50001.0, 0.05)   # marketable: fills at once
+            final, held = None, None
+            with trio.fail_after(30):
+                async for msg in trades:
+                    if isinstance(msg, BrokerdPosition):
+                        held = held if held is not None else msg.size
+                    elif isinstance(msg, Status) and msg.oid == second and msg.resp in FINAL:
+                        final = msg.resp
+                    if final and held is not None:
+                        break
+            assert (final, held) == ('broker_executed', pytest.approx(0.15))
+            assert (await fake.state())['malformed_pending'] == 0   # the nonsense was served
 
 
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             # cancel right away: one venue order, cancelled, one final status
             a = book.send('buy', 49000.0, 0.01)
             book.cancel(a)
@@ -165,7 +231,7 @@ async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, f
 async def test_rejections_carry_the_venue_reason(reg_addr, fake: FakeBinance, price, size, reason):
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             bad = book.send('buy', price, size)
             seq = await collect_until(trades, FINAL, bad, timeout=30)
             assert seq[-1].resp == 'broker_errored' and reason in seq[-1].reason, seq
@@ -180,9 +246,8 @@ async def test_streams_drop_and_a_fill_in_the_gap_is_reported_once(reg_addr, fak
 
     await fake.quote(50000, 50000.01, ask_qty=1.0)
     with trio.fail_after(120):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
-            oid = book.send('buy', 49900.0, 0.1)
-            assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
             # the user stream goes down (and stays down for 3 s); the order fills meanwhile
             await fake.ctl('block_user', {'seconds': 3})
             await fake.ctl('drop', {'which': 'market'})
@@ -201,7 +266,7 @@ async def test_streams_drop_and_a_fill_in_the_gap_is_reported_once(reg_addr, fak
 async def test_http_429_backs_off_and_says_so(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
+        async with live_ems(reg_addr) as (book, trades, _):
             await fake.ctl('ratelimit', {'count': 2})
             oid = book.send('buy', 49000.0, 0.01)
             seq = await collect_until(trades, {'broker_submitted', *FINAL}, oid, timeout=30)
@@ -221,9 +286,8 @@ async def test_brokerd_restart_reconciles_resting_orders(reg_addr, fake: FakeBin
 
     await fake.quote(50000, 50000.01, ask_qty=1.0)
     with trio.fail_after(150):
-        async with open_pikerd(reg_addr), open_ems(FQSN, mode='live', account='binance', name='A') as (book, trades, _):
-            oid = book.send('buy', 49900.0, 0.1)
-            assert (await next_status(trades, oid, timeout=30)).resp == 'broker_submitted'
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
             [pid] = actor_pids('brokerd.binance', os.getpid())
             os.kill(pid, signal.SIGKILL)
             lost = await next_status(trades, oid, timeout=15)
@@ -268,8 +332,7 @@ async def test_secrets_never_reach_logs(reg_addr, fake: FakeBinance, capfd):
 
     await fake.quote(50000, 50000.01)
     with trio.fail_after(90):
-        async with open_pikerd(reg_addr, loglevel='debug'), open_ems(
-                FQSN, mode='live', account='binance', name='A', loglevel='debug') as (book, trades, _):
+        async with live_ems(reg_addr, loglevel='debug') as (book, trades, _):
             bad = book.send('buy', 50000.0, 100.0)   # a refusal: its error text must be clean too
             seq = await collect_until(trades, FINAL, bad, timeout=30)
             assert seq[-1].resp == 'broker_errored'

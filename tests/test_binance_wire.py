@@ -63,19 +63,17 @@ def test_ccxt_parses_every_rest_payload(fake):
     asyncio.run(main())
 
 
-def test_signatures_are_checked(fake):
+@pytest.mark.parametrize('creds,error,reason', [
+    ({'secret': 'not-the-secret'}, 'AuthenticationError', 'Signature for this request is not valid'),
+    ({'key': 'not-the-key'}, 'ExchangeError', 'Invalid API-key'),
+])
+def test_signatures_are_checked(fake, creds, error, reason):
     import ccxt
 
     async def main():
-        ex = await _client(fake, secret='not-the-secret')
+        ex = await _client(fake, **creds)
         try:
-            with pytest.raises(ccxt.AuthenticationError, match='Signature for this request is not valid'):
-                await ex.fetch_balance()
-        finally:
-            await ex.close()
-        ex = await _client(fake, key='not-the-key')
-        try:
-            with pytest.raises(ccxt.ExchangeError, match='Invalid API-key'):
+            with pytest.raises(getattr(ccxt, error), match=reason):
                 await ex.fetch_balance()
         finally:
             await ex.close()
@@ -92,7 +90,7 @@ def test_ccxt_pro_parses_the_streams(fake):
             book = asyncio.ensure_future(ex.watch_bids_asks(['BTC/USDT']))
             tape = asyncio.ensure_future(ex.watch_trades('BTC/USDT'))
             orders = asyncio.ensure_future(ex.watch_orders())
-            await asyncio.sleep(0.5)   # let the subscriptions reach the fake
+            await asyncio.to_thread(fake.wait_subscribed, 'btcusdt@bookTicker', 'btcusdt@trade')
             await asyncio.to_thread(fake.ctl_sync, 'quote', {'bid': 50000, 'ask': 50000.01, 'ask_qty': 1})
             await ex.create_order('BTC/USDT', 'limit', 'buy', 0.01, 50001, {'clientOrderId': 'w-1'})
             tickers = await asyncio.wait_for(book, 10)

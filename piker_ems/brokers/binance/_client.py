@@ -131,12 +131,14 @@ class BinanceVenue:
         # callables (run on the asyncio loop) that get every raw executionReport
         self.report_sinks: set[Callable[[dict], None]] = set()
         self.on_rate_limit: list[Callable[[str, float], None]] = []
+        self.bad_frames = 0                  # websocket frames ccxt could not handle (skipped)
 
     async def start(self) -> None:
         self.bridge.start()
         try:
             self.ex = await self.bridge.call(_make_exchange, self.settings)
             self._tap_order_updates(self.ex)
+            self._skip_bad_frames(self.ex)
             await self.rest(self.ex.load_markets)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -162,6 +164,24 @@ class BinanceVenue:
             return original(client, message)
 
         ex.handle_order_update = tap
+
+    def _skip_bad_frames(self, ex: Any) -> None:
+        """Log and skip a websocket frame that ccxt's parser raises on. ccxt handles frames in
+        its receive loop's done-callback: an exception there is only printed by asyncio and the
+        loop is never rescheduled, so that connection (a quote feed, or the user stream with
+        every order's fills) would go silent without an error to reconnect on."""
+        original = ex.handle_message   # ccxt's clients take it when they are created
+
+        def guarded(client: Any, message: Any) -> Any:
+            try:
+                return original(client, message)
+            except Exception as err:
+                self.bad_frames += 1
+                log.warning('binance: skipped a websocket frame ccxt could not handle (%d so far): '
+                            '%.300r (%r)', self.bad_frames, message, err)
+                return None
+
+        ex.handle_message = guarded
 
     async def stop(self) -> None:
         if self.ex is not None and self.bridge.loop is not None:
@@ -225,7 +245,8 @@ class BinanceVenue:
 
     def watch(self, method: str, symbol: str) -> Callable[[], AsyncIterator[Any]]:
         """An async generator (run on the asyncio loop) of a ccxt.pro watcher's updates that
-        survives disconnects: it reconnects with a doubling backoff and resubscribes."""
+        survives disconnects and error frames: it reconnects with a doubling backoff and
+        resubscribes."""
         ex = self.ex
         unified = self.market(symbol)['symbol']
 
@@ -245,7 +266,9 @@ class BinanceVenue:
                     backoff = 0.25
                     for item in items:
                         yield item
-                except ccxt.NetworkError as err:
+                except (ccxt.NetworkError, ccxt.ExchangeError) as err:
+                    # an error frame (ExchangeError) fails every watcher of the connection:
+                    # subscribe again, as after a drop, rather than end the feed
                     log.warning('binance %s %s: %s; reconnecting in %.2fs', method, symbol, err, backoff)
                     yield {'_reconnecting': str(err)}
                     await asyncio.sleep(backoff)

@@ -104,7 +104,6 @@ class LiveDialogue:
         section = load_config().get('binance') or {}
         self.symbols: set[str] = {str(s).lower() for s in section.get('symbols', ['btcusdt'])}
         self.current: str | None = None  # oid of the request in flight (for rate-limit notices)
-        self.user_stream_up = False
 
     # -- output ------------------------------------------------------------------------
 
@@ -427,6 +426,8 @@ class LiveDialogue:
                 log.warning('binance: balances unavailable: %s', err.reason)
                 await trio.sleep(1.0)
                 self.positions_dirty.set()
+            except Exception:   # an answer we cannot read: the next fill asks again; the loop goes on
+                log.exception('binance: unreadable balances; positions wait for the next fill')
 
     async def snapshot(self, since_ns: int | None) -> VenueSnapshot:
         """Open orders, positions and (with ``since_ns``) fills and ended orders since then."""
@@ -540,10 +541,8 @@ class LiveDialogue:
                         log.exception('binance: bad execution report %r', ev[1])
                 elif kind == 'up':
                     log.info('binance: user data stream subscribed; reconciling working orders')
-                    self.user_stream_up = True
                     await self.reconcile()
                 else:
-                    self.user_stream_up = False
                     log.warning('binance: user data stream down (%s); reconnecting', ev[1])
 
     def take(self, raw: Any) -> None:
