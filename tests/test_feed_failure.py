@@ -49,3 +49,27 @@ async def test_a_malformed_feed_message_is_skipped_and_the_pump_carries_on():
         await wire_tx.aclose()  # brokerd closes: now the feed is lost, as before
         with trio.fail_after(5), pytest.raises(FeedLost):
             await feed.stream.receive()
+
+
+async def test_a_silent_brokerd_is_a_lost_feed_and_quotes_keep_it_alive(autojump_clock):
+    """The pump's silence deadline moves with every message: quotes closer together than the
+    heartbeat window keep the feed up however long it runs; one window of silence loses it,
+    with the reason said."""
+    from piker_ems.data.feed import Feed, QuoteStream, _Link, _pump
+
+    wire_tx, wire_rx = trio.open_memory_channel(10)
+    tx, rx = trio.open_memory_channel(100)
+    feed = Feed(symbols={}, first_quotes={}, stream=QuoteStream(rx))
+    link = _Link(stream=wire_rx, firsts={})
+    async with trio.open_nursery() as n:
+        await n.start(_pump, 'sim', link, tx, feed, 3.0)
+        for i in range(10):  # 20 s of quotes, each 2 s apart: longer than the window in all
+            await trio.sleep(2.0)
+            await wire_tx.send({'quotes': {'btcusd': {'last': 100.0 + i}}})
+            with trio.fail_after(1):
+                assert await feed.stream.receive() == {'btcusd.sim': {'last': 100.0 + i}}
+        assert not link.lost
+        t0 = trio.current_time()
+        with trio.fail_after(10), pytest.raises(FeedLost, match='sent nothing for 3s'):
+            await feed.stream.receive()
+        assert link.lost and 3.0 <= trio.current_time() - t0 < 3.5
