@@ -1,7 +1,9 @@
 """Test isolation: a free registry port and a temporary config dir per test, Qt offscreen,
-and a hard check that no actor process outlives its test."""
+a hard check that no actor process outlives its test, and a Qt test's widgets deleted in its
+own teardown on the main thread."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from pathlib import Path
@@ -66,3 +68,17 @@ def no_leaked_subactors():
     leaked = reap_descendants(grace=3)
     assert not leaked, f'leaked sub-processes: {leaked}'
 
+
+
+@pytest.fixture(autouse=True)
+def qt_objects_die_with_their_test(request):
+    """A Qt test's widgets (closed by pytest-qt, deleted later) are deleted now, and cycles
+    holding Qt wrappers collected now, on the main thread: not at some later test's first
+    event loop or in whatever thread the collector next happens to run."""
+    yield
+    if 'qtbot' not in request.fixturenames:
+        return
+    from PyQt5 import QtCore
+
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.DeferredDelete)
+    gc.collect()

@@ -93,3 +93,49 @@ def test_display_problem():
     assert display_problem({'QT_QPA_PLATFORM': 'offscreen'}) is None
     msg = display_problem({})
     assert msg is None or ('--screenshot' in msg and 'QT_QPA_PLATFORM=offscreen' in msg)
+
+
+def test_cycles_are_collected_on_the_gui_thread_only(qtbot):
+    """trio's I/O thread and worker threads allocate too; a collection started there would
+    delete Qt objects off the GUI thread (a segfault while Qt paints). During a guest run every
+    collection happens on the GUI thread, garbage made in a worker thread is still collected,
+    and automatic collection comes back when trio is done."""
+    import gc
+    import threading
+    import weakref
+
+    class Node:
+        pass
+
+    threads: list[str] = []
+
+    def record(phase, info):
+        if phase == 'start':
+            threads.append(threading.current_thread().name)
+
+    def make_garbage():
+        first = None
+        for _ in range(50_000):            # far past gen 0's threshold, in a worker thread
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+            first = first or weakref.ref(a)
+        return first
+
+    async def main():
+        ref = await trio.to_thread.run_sync(make_garbage)
+        with trio.fail_after(5):
+            while ref() is not None:       # only the GUI thread's timer may free it
+                await trio.sleep(0.02)
+        return len(threads)
+
+    assert gc.isenabled()
+    gc.callbacks.append(record)
+    try:
+        guest = start_guest(main)
+        qtbot.waitUntil(lambda: guest.done, timeout=10_000)
+        collections = guest.result()
+    finally:
+        gc.callbacks.remove(record)
+    assert collections >= 1
+    assert set(threads[:collections]) == {threading.main_thread().name}
+    assert gc.isenabled()

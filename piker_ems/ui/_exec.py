@@ -11,14 +11,19 @@ same widgets without locks. The rules that keep this from crashing or orphaning 
   actors are torn down normally;
 - ``app.quit()`` is called only from trio's ``done_callback``, i.e. once trio has finished.
   Quitting Qt first abandons the guest run: a segfault at exit and orphaned sub-actors.
+- Python's cyclic garbage collector runs on the GUI thread only (:class:`GuiThreadGC`):
+  trio waits for I/O in a worker thread, and a collection started there would delete Qt
+  objects off the GUI thread while Qt paints them.
 
 :func:`start_guest` starts a guest run on an existing ``QApplication`` (tests drive the Qt loop
 with ``qtbot``); :func:`run_qt` is the whole program: create the app, run, quit, return.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import threading
 import traceback
 from typing import Any, Awaitable, Callable
 
@@ -26,7 +31,7 @@ from ..log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ['GuestRun', 'NoDisplay', 'ScreenshotError', 'display_problem', 'missing_xcb_libraries',
+__all__ = ['GuestRun', 'GuiThreadGC', 'NoDisplay', 'ScreenshotError', 'display_problem', 'missing_xcb_libraries',
            'platform_problem', 'run_qt', 'start_guest']
 
 
@@ -171,6 +176,74 @@ def platform_problem(environ: dict[str, str] | None = None, ldd: str = 'ldd') ->
     return None
 
 
+class GuiThreadGC:
+    """Python's cyclic garbage collection on the GUI thread only, for as long as it is started.
+
+    Why: CPython collects cycles in whichever thread happens to allocate when a generation's
+    threshold is crossed. In trio's guest mode that is often trio's I/O thread (it allocates
+    the ready events on every wake-up). A collection there frees unreachable Qt wrappers (an
+    order line taken off the chart, a closed chart's items) and so deletes their C++ objects
+    off the GUI thread, possibly while Qt paints them: ``wrapped C/C++ object ... has been
+    deleted`` in ``paint``, then a segfault (seen in CI). So automatic collection is switched off
+    and a timer on the GUI thread runs the same generational collections CPython would
+    (gen 0 when its count passes its threshold, gen 1 and 2 likewise), at most one per tick.
+
+    The switch is process-wide (:mod:`gc` has one state); :meth:`stop` restores what it found.
+    One guest run per process (the chart) owns one of these.
+    """
+
+    def __init__(self, interval_ms: int = 100) -> None:
+        self.interval_ms = interval_ms
+        #: collections run by the timer, per generation (for tests and ``--loglevel debug``)
+        self.collections = [0, 0, 0]
+        self._timer = None
+        self._was_enabled = False
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
+
+    def start(self) -> None:
+        """Switch automatic collection off; collect from a timer on this (the GUI) thread."""
+        from PyQt5 import QtCore
+
+        if self._timer is not None:
+            return
+        self._thread = threading.current_thread()
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        self._timer = QtCore.QTimer()
+        self._timer.timeout.connect(self.collect_due)
+        self._timer.start(self.interval_ms)
+
+    def collect_due(self) -> int | None:
+        """Collect the oldest generation whose count passed its threshold (as CPython's own
+        trigger does); returns it, or None when nothing is due."""
+        if threading.current_thread() is not self._thread:
+            raise RuntimeError('GuiThreadGC.collect_due called off the GUI thread')
+        thresholds, counts = gc.get_threshold(), gc.get_count()
+        if thresholds[0] == 0 or counts[0] <= thresholds[0]:
+            return None
+        gen = 0
+        for g in (2, 1):
+            if counts[g] > thresholds[g]:
+                gen = g
+                break
+        gc.collect(gen)
+        self.collections[gen] += 1
+        return gen
+
+    def stop(self) -> None:
+        """Stop the timer and give automatic collection back if it was on before."""
+        if self._timer is None:
+            return
+        self._timer.stop()
+        self._timer = None
+        if self._was_enabled:
+            gc.enable()
+
+
 class GuestRun:
     """A trio run hosted by the Qt event loop.
 
@@ -187,6 +260,8 @@ class GuestRun:
         self.token = None
         self._on_done = on_done
         self._queued: list[Callable[[], Any]] = []
+        #: cycles are collected on the GUI thread while trio's I/O thread exists
+        self.gc = GuiThreadGC()
 
         event_type = QtCore.QEvent.Type(QtCore.QEvent.registerEventType())
 
@@ -215,6 +290,7 @@ class GuestRun:
         QtCore.QCoreApplication.postEvent(self._reenter, ev)
 
     def _done(self, outcome) -> None:
+        self.gc.stop()
         self.outcome = outcome
         self.done = True
         error = getattr(outcome, 'error', None)
@@ -259,14 +335,19 @@ def start_guest(
             fn()
         return await async_fn(*args)
 
-    trio.lowlevel.start_guest_run(
-        main,
-        run_sync_soon_threadsafe=guest._post,
-        done_callback=guest._done,
-        # Ctrl-C must surface inside trio (and tear the actor tree down there), never as an
-        # exception thrown out of a Qt callback, which PyQt turns into an abort
-        restrict_keyboard_interrupt_to_checkpoints=True,
-    )
+    guest.gc.start()
+    try:
+        trio.lowlevel.start_guest_run(
+            main,
+            run_sync_soon_threadsafe=guest._post,
+            done_callback=guest._done,
+            # Ctrl-C must surface inside trio (and tear the actor tree down there), never as an
+            # exception thrown out of a Qt callback, which PyQt turns into an abort
+            restrict_keyboard_interrupt_to_checkpoints=True,
+        )
+    except BaseException:
+        guest.gc.stop()
+        raise
     return guest
 
 
