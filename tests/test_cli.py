@@ -166,3 +166,11 @@ def test_quote_ctrl_c_stops_quietly(reg_addr):
     finally:
         if proc.poll() is None:
             stop_hard(proc)
+
+
+def test_cancel_without_a_daemon_fails_in_one_line(reg_addr):
+    proc = run_cli('--port', str(reg_addr[1]), 'cancel', '--all', 'btcusd.sim')
+    assert proc.returncode != 0
+    assert proc.stdout == ''
+    assert_one_line_error(proc, f'no pikerd running at 127.0.0.1:{reg_addr[1]}: nothing to cancel',
+                          f'pikerd --port {reg_addr[1]}')

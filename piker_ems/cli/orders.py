@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import click
 
-from ._common import CliState, UserError, check_fqsn, participant_options, run
+from ._common import CliState, UserError, check_fqsn, participant_options, require_pikerd, run
 
 EXIT_TIMEOUT = 3
 
@@ -213,13 +213,11 @@ async def _cancel_session(symbol: str, name: str, by_oid: bool, loglevel: str):
 async def _cancel(state: CliState, oid: str | None, fqsn: str | None, name: str, timeout: float, as_json: bool) -> int:
     import trio
 
-    from ..clearing import Status, open_ems
+    from ..clearing import Status
     from ..clearing._statuses import ERROR, is_error, is_final
-    from ..service import registry_is_up
-
-    if not await registry_is_up(state.registry):
-        raise UserError(f'no pikerd running at {state.registry[0]}:{state.registry[1]}: nothing to cancel')
     from ..service import maybe_open_pikerd
+
+    await require_pikerd(state, 'nothing to cancel')
 
     async with maybe_open_pikerd(state.registry, loglevel=state.loglevel, name=f'{name}.cancel',
                                  tractor_loglevel=state.tractor_loglevel):
