@@ -122,6 +122,13 @@ def read_log(path: Path) -> tuple[list[tuple], int]:
     return out, len(data) - pos
 
 
+def logs_aside(log_path: Path) -> list[Path]:
+    """The logs :meth:`Journal.rotate` set aside next to ``log_path`` and not folded yet, oldest
+    first (``<log>.<n>``, n increasing)."""
+    aside = [p for p in log_path.parent.glob(log_path.name + '.*') if p.suffix[1:].isdigit()]
+    return sorted(aside, key=lambda p: int(p.suffix[1:]))
+
+
 class Journal:
     """The journal of one emsd: its order log and store (see the module docstring)."""
 
@@ -196,11 +203,6 @@ class Journal:
 
     # --- folding the log into the store --------------------------------------------------------
 
-    def _logs(self) -> list[Path]:
-        """Logs set aside and not folded yet, oldest first."""
-        aside = [p for p in self.path.parent.glob(self.log_path.name + '.*') if p.suffix[1:].isdigit()]
-        return sorted(aside, key=lambda p: int(p.suffix[1:]))
-
     def rotate(self) -> bool:
         """Set the current log aside for folding (cheap: a rename); False if it is empty."""
         if self._fd < 0 or self._size == 0 or self._group is not None:
@@ -219,7 +221,7 @@ class Journal:
         transaction, deleting it after its commit. Stops at a file it cannot delete (folding a
         newer one first could let the older one, folded again later, undo it)."""
         with self._fold_lock:
-            paths = self._logs()
+            paths = logs_aside(self.log_path)
             if at_open and self.log_path.exists():  # the last life's current log (never ours)
                 paths.append(self.log_path)
             n = 0
@@ -251,7 +253,7 @@ class Journal:
     def fold_in_thread(self) -> int:
         """Fold the logs set aside by :meth:`rotate` on a connection of its own (for a worker
         thread; the order path keeps appending meanwhile)."""
-        if not self._logs():
+        if not logs_aside(self.log_path):
             return 0
         side = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
@@ -321,32 +323,29 @@ class Journal:
 
 def read_journal(path: Path | str) -> dict[str, JournalRecord]:
     """Every order of the journal at ``path`` as a restarted emsd would find it (the store plus
-    the logs, in order; an unreadable record as ``None``), read without changing anything: for tests and tools, while emsd may
-    be appending and folding (the logs are read first, so an entry folded meanwhile is found in
-    the store)."""
+    the logs, in order; an unreadable record as ``None``), read without changing anything: for
+    tests and tools, while emsd may be appending and folding (the logs are read first, so an
+    entry folded meanwhile is found in the store)."""
     path = Path(path)
     current = path.with_name(path.name + '-log')
-    aside = sorted((p for p in path.parent.glob(current.name + '.*') if p.suffix[1:].isdigit()),
-                   key=lambda p: int(p.suffix[1:]))
     entries: list[tuple] = []
-    for log_file in [*aside, current]:
+    for log_file in [*logs_aside(current), current]:
         try:
             entries.extend(read_log(log_file)[0])
         except FileNotFoundError:  # folded meanwhile: its entries are in the store now
             pass
     out: dict[str, JournalRecord] = {}
+    rows: list[tuple] = []
     if path.exists():
         db = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
         try:
-            for oid, record, final, unseen, updated in db.execute(
-                    'SELECT oid, record, final, unseen, updated_ns FROM orders'):
-                try:
-                    parsed = json.loads(record)
-                except (ValueError, TypeError):
-                    parsed = None  # unreadable: load() skips it (and says so)
-                out[oid] = JournalRecord(oid, parsed, bool(final), bool(unseen), updated)
+            rows = list(db.execute('SELECT oid, final, unseen, updated_ns, record FROM orders'))
         finally:
             db.close()
-    for oid, final, unseen, updated, record in entries:
-        out[oid] = JournalRecord(oid, json.loads(record), bool(final), bool(unseen), updated)
+    for oid, final, unseen, updated, record in [*rows, *entries]:  # the logs are newer
+        try:
+            parsed = json.loads(record)
+        except (ValueError, TypeError):
+            parsed = None  # unreadable: load() skips it (and says so)
+        out[oid] = JournalRecord(oid, parsed, bool(final), bool(unseen), updated)
     return out
