@@ -333,6 +333,35 @@ def test_client_reader_unpacks_batches_in_order():
     assert trades.lost  # the stream ended: the reader reports the link lost
 
 
+def test_client_reader_heartbeats_keep_the_link_and_silence_loses_it():
+    """The client's silence deadline moves with every message (heartbeats included): 20 s of
+    heartbeats 2 s apart keep a 3 s window open; then 3 s of silence loses emsd, said so."""
+    from trio.testing import MockClock
+
+    class _Paced:
+        def __init__(self, beats: int) -> None:
+            self.beats = beats
+
+        async def receive(self):
+            if not self.beats:
+                await trio.sleep_forever()      # emsd hangs: nothing, not even a heartbeat
+            self.beats -= 1
+            await trio.sleep(2.0)
+            return {'name': 'heartbeat', 'time': 0.0}
+
+    async def main():
+        book, _ = _book()
+        tx, rx = trio.open_memory_channel(math.inf)
+        trades = _client.TradesStream(rx, tx)
+        with trio.fail_after(60):
+            await _client._read(_Paced(10), tx, book, trades, 3.0)
+        return trades.lost, trio.current_time()
+
+    lost, ended = trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert lost == 'emsd sent nothing (not even a heartbeat) for 3s'
+    assert 23.0 <= ended < 23.5                   # 10 beats 2 s apart, then one 3 s window
+
+
 def _brute_open_orders(router, fqsn=None, owner=None, broker=None) -> list[str]:
     """What ``open_orders`` must return, by walking every order (its pre-index definition)."""
     out = []

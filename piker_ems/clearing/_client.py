@@ -21,7 +21,7 @@ from ..log import get_logger
 from ..service import maybe_open_emsd, maybe_open_pikerd
 from ..service._auth import Refused, WatchRefused, client_credential, credential_for, make_auth, refusal, use_credential
 from ..service._specs import ServiceDown, remote_error
-from ..service._ipc import HEARTBEAT_TIMEOUT_S, abandon_context, is_heartbeat
+from ..service._ipc import HEARTBEAT_TIMEOUT_S, Silence, abandon_context, is_heartbeat
 from ..symbols import parse_fqsn
 from . import _ems
 from ._orders import owner_name
@@ -325,11 +325,8 @@ async def _read(
     it went silent past ``heartbeat_timeout``); the client leaving cancels it instead.
     """
     reason = 'emsd closed the connection'
-    # one scope for the whole loop, its deadline pushed on by each message: a scope per
-    # receive cost ~9 µs of trio per status (bench/PROFILE.md, round 4)
-    silence = trio.CancelScope(deadline=trio.current_time() + heartbeat_timeout)
     try:
-        with silence:
+        with Silence(heartbeat_timeout) as silence:
             while True:
                 try:
                     raw = await stream.receive()
@@ -339,7 +336,7 @@ async def _read(
                 except Exception as err:  # noqa: BLE001 - remote errors end the link, with their reason
                     reason = _describe_remote(err)
                     return
-                silence.deadline = trio.current_time() + heartbeat_timeout
+                silence.heard()
                 if is_heartbeat(raw):
                     continue
                 for item in unbatch(raw):  # a batch (list) when emsd had a backlog for us
