@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import threading
 import traceback
 from typing import Any, Awaitable, Callable
 
@@ -194,15 +193,8 @@ class GuiThreadGC:
 
     def __init__(self, interval_ms: int = 100) -> None:
         self.interval_ms = interval_ms
-        #: collections run by the timer, per generation (for tests and ``--loglevel debug``)
-        self.collections = [0, 0, 0]
         self._timer = None
         self._was_enabled = False
-        self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._timer is not None
 
     def start(self) -> None:
         """Switch automatic collection off; collect from a timer on this (the GUI) thread."""
@@ -210,7 +202,6 @@ class GuiThreadGC:
 
         if self._timer is not None:
             return
-        self._thread = threading.current_thread()
         self._was_enabled = gc.isenabled()
         gc.disable()
         self._timer = QtCore.QTimer()
@@ -219,9 +210,8 @@ class GuiThreadGC:
 
     def collect_due(self) -> int | None:
         """Collect the oldest generation whose count passed its threshold (as CPython's own
-        trigger does); returns it, or None when nothing is due."""
-        if threading.current_thread() is not self._thread:
-            raise RuntimeError('GuiThreadGC.collect_due called off the GUI thread')
+        trigger does); returns it, or None when nothing is due. A Qt timer's slot: it runs on
+        the thread that started the timer."""
         thresholds, counts = gc.get_threshold(), gc.get_count()
         if thresholds[0] == 0 or counts[0] <= thresholds[0]:
             return None
@@ -231,7 +221,6 @@ class GuiThreadGC:
                 gen = g
                 break
         gc.collect(gen)
-        self.collections[gen] += 1
         return gen
 
     def stop(self) -> None:
