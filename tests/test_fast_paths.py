@@ -298,6 +298,39 @@ def test_an_idle_sender_whose_peer_is_gone_fails_with_the_send_error():
     trio.run(main)
 
 
+class _EncodingStream:
+    """Encodes each message as tractor's wire does (msgpack via msgspec, before any write) and
+    records those it could encode."""
+
+    def __init__(self) -> None:
+        import msgspec
+
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.sent: list = []
+
+    async def send(self, msg) -> None:
+        self.encode(msg)
+        self.sent.append(msg)
+
+
+@pytest.mark.parametrize('max_batch', [1, 16])
+def test_a_message_the_wire_cannot_encode_is_skipped_and_the_sender_carries_on(max_batch):
+    """One unencodable message (a backend's stray object, an out-of-range int) must not end
+    the dialogue: it is skipped (counted, logged) and every other message still leaves, in
+    order, also those batched in the same list with it."""
+    async def main():
+        stream = _EncodingStream()
+        tx, rx = trio.open_memory_channel(10)
+        for m in ({'n': 0}, {'n': 1}, {'n': object()}, {'n': 2**70}, {'n': 3}):
+            tx.send_nowait(m)
+        tx.close()  # a backlog: with max_batch 16 the five travel as one list, or try to
+        with trio.fail_after(10):
+            skipped = await send_with_heartbeats(rx, stream, 60.0, max_batch, True)
+        assert (skipped, _flatten(stream.sent)) == (2, [{'n': 0}, {'n': 1}, {'n': 3}])
+    trio.run(main)
+
+
+
 class _ScriptedStream:
     def __init__(self, items: list) -> None:
         self.items = list(items)
