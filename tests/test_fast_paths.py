@@ -330,6 +330,23 @@ def test_a_message_the_wire_cannot_encode_is_skipped_and_the_sender_carries_on(m
     trio.run(main)
 
 
+def test_a_sender_whose_peer_reads_nothing_fails_after_the_heartbeat_timeout():
+    """A peer that stopped reading (hung, not closed) blocks the heartbeat's send: after
+    HEARTBEAT_TIMEOUT_S the sender ends with BrokenResourceError (the caller's "peer gone")."""
+    from piker_ems.service._ipc import HEARTBEAT_TIMEOUT_S
+
+    class _HungPeer:
+        async def send(self, msg) -> None:
+            await trio.sleep_forever()
+
+    async def main():
+        tx, rx = trio.open_memory_channel(10)
+        t0 = trio.current_time()
+        with trio.fail_after(60), pytest.raises(trio.BrokenResourceError, match='read nothing'):
+            await send_with_heartbeats(rx, _HungPeer(), 1.0, 16, True)
+        assert trio.current_time() - t0 == pytest.approx(1.0 + HEARTBEAT_TIMEOUT_S)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
 
 class _ScriptedStream:
     def __init__(self, items: list) -> None:
