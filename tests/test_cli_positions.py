@@ -1,7 +1,6 @@
 """`piker positions` as a user runs it: real `pikerd` process, positions opened with `piker order`."""
 from __future__ import annotations
 
-
 import pytest
 
 from _ems_helpers import SIM_CALM

@@ -298,6 +298,56 @@ def test_an_idle_sender_whose_peer_is_gone_fails_with_the_send_error():
     trio.run(main)
 
 
+class _EncodingStream:
+    """Encodes each message as tractor's wire does (msgpack via msgspec, before any write) and
+    records those it could encode."""
+
+    def __init__(self) -> None:
+        import msgspec
+
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.sent: list = []
+
+    async def send(self, msg) -> None:
+        self.encode(msg)
+        self.sent.append(msg)
+
+
+@pytest.mark.parametrize('max_batch', [1, 16])
+def test_a_message_the_wire_cannot_encode_is_skipped_and_the_sender_carries_on(max_batch):
+    """One unencodable message (a backend's stray object, an out-of-range int) must not end
+    the dialogue: it is skipped (counted, logged) and every other message still leaves, in
+    order, also those batched in the same list with it."""
+    async def main():
+        stream = _EncodingStream()
+        tx, rx = trio.open_memory_channel(10)
+        for m in ({'n': 0}, {'n': 1}, {'n': object()}, {'n': 2**70}, {'n': 3}):
+            tx.send_nowait(m)
+        tx.close()  # a backlog: with max_batch 16 the five travel as one list, or try to
+        with trio.fail_after(10):
+            skipped = await send_with_heartbeats(rx, stream, 60.0, max_batch, True)
+        assert (skipped, _flatten(stream.sent)) == (2, [{'n': 0}, {'n': 1}, {'n': 3}])
+    trio.run(main)
+
+
+def test_a_sender_whose_peer_reads_nothing_fails_after_the_heartbeat_timeout():
+    """A peer that stopped reading (hung, not closed) blocks the heartbeat's send: after
+    HEARTBEAT_TIMEOUT_S the sender ends with BrokenResourceError (the caller's "peer gone")."""
+    from piker_ems.service._ipc import HEARTBEAT_TIMEOUT_S
+
+    class _HungPeer:
+        async def send(self, msg) -> None:
+            await trio.sleep_forever()
+
+    async def main():
+        tx, rx = trio.open_memory_channel(10)
+        t0 = trio.current_time()
+        with trio.fail_after(60), pytest.raises(trio.BrokenResourceError, match='read nothing'):
+            await send_with_heartbeats(rx, _HungPeer(), 1.0, 16, True)
+        assert trio.current_time() - t0 == pytest.approx(1.0 + HEARTBEAT_TIMEOUT_S)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 class _ScriptedStream:
     def __init__(self, items: list) -> None:
         self.items = list(items)

@@ -71,7 +71,7 @@ async def send_with_heartbeats(
     interval: float = HEARTBEAT_S,
     max_batch: int = 1,
     gather: bool = False,
-) -> None:
+) -> int:
     """Send everything queued on ``outbox`` in order, and a heartbeat whenever idle.
 
     Returns when the outbox is closed and drained. Only the heartbeat's *wait* is timed, never
@@ -91,12 +91,18 @@ async def send_with_heartbeats(
     rather than many small ones: every IPC message costs both ends tractor's fixed
     per-message work. A message that finds the queue empty is never held (a lone status leaves
     at once, as itself).
+
+    A message the wire cannot encode (a ``TypeError``/``OverflowError`` of the encoder, raised
+    before anything is written) is logged and skipped, the rest of its list sent one by one:
+    one bad message must not end the dialogue for every order on it. Returns how many were
+    skipped.
     """
     stats = outbox.statistics
     clock = trio.current_time
     last_sent = clock()
 
     failed: list[Exception] = []
+    skipped = 0
 
     async def beat() -> None:
         nonlocal last_sent
@@ -132,6 +138,7 @@ async def send_with_heartbeats(
                     break
             except trio.EndOfChannel:
                 break
+            batch = None
             if max_batch > 1:
                 queued = stats().current_buffer_used
                 if gather and backlog:
@@ -143,14 +150,36 @@ async def send_with_heartbeats(
                             break
                         queued = now
                 if queued:
-                    msg = [msg]
+                    batch = [msg]
                     for _ in range(min(queued, max_batch - 1)):
-                        msg.append(outbox.receive_nowait())
-            await stream.send(msg)
+                        batch.append(outbox.receive_nowait())
+                    msg = batch
+            try:
+                await stream.send(msg)
+            except UNENCODABLE:
+                skipped += await _send_each_encodable(stream, batch or [msg])
             last_sent = clock()
         n.cancel_scope.cancel()
     if failed:
         raise failed[0]
+    return skipped
+
+
+UNENCODABLE = (TypeError, OverflowError)
+"""What tractor's msgpack encoder raises for a message it cannot encode (before any write)."""
+
+
+async def _send_each_encodable(stream: tractor.MsgStream, msgs: list) -> int:
+    """Send ``msgs`` one by one, logging and skipping those the wire cannot encode; how many."""
+    skipped = 0
+    for msg in msgs:
+        try:
+            await stream.send(msg)
+        except UNENCODABLE as err:
+            skipped += 1
+            log.error('skipped a message the wire cannot encode (%s: %s): %.300r',
+                      type(err).__name__, err, msg)
+    return skipped
 
 
 async def abandon_context(ctx: tractor.Context) -> None:
