@@ -720,6 +720,8 @@ def make_app(ex: Exchange) -> web.Application:
                 n += 1
         if which in ('user', 'both'):
             for ws in list(ex.user_ws):
+                ex.user_ws.discard(ws)   # (as above: unsubscribed now)
+                ex.subscriptions_changed()
                 await ws.close()
                 n += 1
         return web.json_response({'closed': n})

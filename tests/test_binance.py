@@ -189,6 +189,24 @@ async def test_an_unreadable_balances_answer_does_not_end_the_dialogue(reg_addr,
             assert (await fake.state())['malformed_pending'] == 0   # the nonsense was served
 
 
+async def test_an_unreadable_order_answer_while_reconciling_does_not_end_the_user_stream(
+        reg_addr, fake: FakeBinance):
+    """The user stream comes back and the venue's answer about a working order is nonsense:
+    brokerd.binance logs it and reads on; the order's fill that follows is reported once."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)
+            await fake.ctl('malform', {'request': 'GET /api/v3/order', 'body': {'orderId': 'nonsense'}})
+            await fake.ctl('drop', {'which': 'user'})
+            await fake.subscribed('user')   # back: reconciling asks GET order and gets the nonsense
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)
+            seq = await collect_until(trades, FINAL, oid, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_executed']
+            assert seq[0].brokerd_msg['fill_id'] == str((await fake.state())['trades'][0]['id'])
+            assert (await fake.state())['malformed_pending'] == 0   # the nonsense was served
+
+
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):
