@@ -207,6 +207,31 @@ async def test_an_unreadable_order_answer_while_reconciling_does_not_end_the_use
             assert (await fake.state())['malformed_pending'] == 0   # the nonsense was served
 
 
+async def test_a_fill_missed_while_the_user_stream_was_down_is_fetched_by_the_next_one(
+        reg_addr, fake: FakeBinance):
+    """A partial fill happens while the user stream is down and reconciling it fails (an
+    unreadable answer); the next execution report of that order says more had executed before
+    it than we saw: brokerd.binance fetches the order's trades and reports the missed fill
+    first, so both fills reach emsd, once each (before, the missed one was lost for good)."""
+    await fake.quote(50000, 50000.01, ask_qty=1.0)
+    with trio.fail_after(120):
+        async with live_ems(reg_addr) as (book, trades, _):
+            oid = await resting_buy(book, trades)                   # 0.1 at 49900
+            await fake.ctl('malform', {'request': 'GET /api/v3/order', 'body': {'orderId': 'nonsense'}})
+            await fake.ctl('block_user', {'seconds': 3})
+            await fake.ctl('drop', {'which': 'user'})
+            await fake.quote(49899.99, 49900.0, ask_qty=0.04)       # 0.04 fills, unheard
+            await fake.subscribed('user')                            # back; the reconcile fails
+            await fake.quote(49899.99, 49900.0, ask_qty=1.0)        # the other 0.06
+            seq = await collect_until(trades, FINAL, oid, timeout=30)
+            assert [s.resp for s in seq] == ['broker_filled', 'broker_filled', 'broker_executed']
+            state = await fake.state()
+            assert [(s.brokerd_msg['fill_id'], s.brokerd_msg['size']) for s in seq[:2]] == [
+                (str(t['id']), float(t['qty'])) for t in state['trades']]
+            assert [float(t['qty']) for t in state['trades']] == [0.04, 0.06]
+            assert state['malformed_pending'] == 0                  # the reconcile did fail
+
+
 async def test_cancel_before_ack_modify_and_cancel_of_a_filled_order(reg_addr, fake: FakeBinance):
     await fake.quote(50000, 50000.01, ask_qty=0.5, bid_qty=0.5)
     with trio.fail_after(120):

@@ -216,18 +216,40 @@ class LiveDialogue:
         if order_id == tr.order_id:
             self.report(tr, res['status'], force=force)
 
+    async def fetch_fills(self, tr: Tracked, order_id: int) -> None:
+        """Report every trade of one leg we have not reported yet, oldest first (from the
+        venue's trade list; :meth:`fill` skips those already seen)."""
+        market = self.venue.market(tr.symbol)
+        trades = await self.venue.rest(self.ex.private_get_mytrades, {
+            'symbol': market['id'], 'orderId': order_id})
+        for t in sorted(trades, key=lambda t: int(t['id'])):
+            self.fill(tr, t['id'], float(t['price']), float(t['qty']), float(t.get('commission') or 0),
+                      t.get('commissionAsset'), t['time'], order_id)
+
     async def catch_up(self, tr: Tracked, res: dict) -> None:
         """Fetch the trades of a leg whose executed quantity is ahead of the fills we saw."""
         order_id = int(res['orderId'])
         executed = float(res.get('executedQty') or 0)
         if executed > tr.legs.get(order_id, 0.0) + 1e-12:
-            market = self.venue.market(tr.symbol)
-            trades = await self.venue.rest(self.ex.private_get_mytrades, {
-                'symbol': market['id'], 'orderId': order_id})
-            for t in sorted(trades, key=lambda t: int(t['id'])):
-                self.fill(tr, t['id'], float(t['price']), float(t['qty']), float(t.get('commission') or 0),
-                          t.get('commissionAsset'), t['time'], order_id)
+            await self.fetch_fills(tr, order_id)
         self.apply_rest(tr, res)
+
+    async def fill_gap(self, ev: dict) -> None:
+        """Before an execution report is applied: if its leg had executed more before this
+        trade than we know of (trades made while the user stream was down and not caught up,
+        e.g. a reconcile that failed), fetch and report those trades first. Applying the report
+        raises the leg to the venue's total, after which nothing would ask for them again."""
+        if ev.get('x') != 'TRADE':
+            return
+        order_id = int(ev['i'])
+        tr = self.orders.get(self.by_order_id.get(order_id) or ev.get('c'))
+        if tr is None or order_id not in tr.legs:
+            return
+        before = float(ev['z']) - float(ev['l'])
+        if before > tr.legs[order_id] + 1e-12:
+            log.warning('binance: order %s executed %g before this trade, we saw %g: fetching '
+                        'its trades', tr.oid, before, tr.legs[order_id])
+            await self.fetch_fills(tr, order_id)
 
     async def reconcile(self) -> None:
         """After the user stream (re)subscribed: the venue's word on every working order."""
@@ -535,6 +557,12 @@ class LiveDialogue:
             async for ev in events:
                 kind = ev[0]
                 if kind == 'report':
+                    try:
+                        await self.fill_gap(ev[1])
+                    except VenueError as err:
+                        log.warning('binance: fetching missed trades failed: %s', err.reason)
+                    except Exception:
+                        log.exception('binance: cannot look for missed trades of %r', ev[1])
                     try:
                         self.on_report(ev[1])
                     except Exception:
